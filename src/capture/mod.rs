@@ -1,0 +1,160 @@
+//! Capture: run a model's forward once on Burn's capture device and turn what it records into
+//! our [`Graph`], with every parameter named by its module path.
+//!
+//! ```no_run
+//! use burn::prelude::*;
+//! use burn_quantize::{Forward, Graph, models::ResNet};
+//!
+//! let device = Device::default();
+//! let model = ResNet::resnet18(1000, &device);
+//! let sample = Tensor::<4>::zeros([2, 3, 224, 224], &device);
+//! let graph = Graph::capture(&model, &sample)?;     // ResNet implements Forward<4, 2>
+//! println!("{graph}");
+//! // Or with any closure, for models with another forward signature:
+//! let graph = Graph::capture_with(&model, |m, x| m.forward(x), &sample)?;
+//! # Ok::<(), burn_quantize::Error>(())
+//! ```
+//!
+//! The user's model is neither consumed nor changed: capture works on an evaluation copy
+//! (`Module::valid`, which also gives BatchNorm fresh running-state handles, so moving the copy
+//! to the capture device cannot move the original's state).
+//!
+//! The forward is captured at the sample's batch size `n` and at `n + 1`, and the two graphs are
+//! merged into one whose shapes are symbolic in the batch size (see [`Dim`](crate::graph::Dim)).
+
+mod paths;
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use burn::backend::capture::CapturedGraph;
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::graph::{self, Graph, ParamRef, lower::Recorded, passes};
+use crate::{Error, Result};
+
+/// A model whose forward takes one tensor of rank `DI` and returns one of rank `DO`.
+///
+/// Implement it once for your model (usually by calling your inherent `forward`) to use the
+/// one-call APIs; or pass a closure to [`Graph::capture_with`] instead.
+pub trait Forward<const DI: usize, const DO: usize>: Module {
+    /// Runs the model.
+    fn forward(&self, input: Tensor<DI>) -> Tensor<DO>;
+}
+
+impl Graph {
+    /// Captures `model`'s [`Forward`] on `sample` (any batch size ≥ 1) into a batch-free graph.
+    pub fn capture<M, const DI: usize, const DO: usize>(
+        model: &M,
+        sample: &Tensor<DI>,
+    ) -> Result<Graph>
+    where
+        M: Forward<DI, DO>,
+    {
+        Self::capture_with(model, |m: &M, x| m.forward(x), sample)
+    }
+
+    /// Captures `forward(model, input)` on `sample` into a batch-free graph.
+    pub fn capture_with<M, F, const DI: usize, const DO: usize>(
+        model: &M,
+        forward: F,
+        sample: &Tensor<DI>,
+    ) -> Result<Graph>
+    where
+        M: Module,
+        F: Fn(&M, Tensor<DI>) -> Tensor<DO>,
+    {
+        let dims = sample.dims();
+        let n = *dims.first().ok_or_else(|| Error::Shape {
+            context: "capture sample".into(),
+            expected: "a tensor with a batch axis".into(),
+            got: "a rank-0 tensor".into(),
+        })?;
+        if n == 0 {
+            return Err(Error::Shape {
+                context: "capture sample".into(),
+                expected: "batch size >= 1".into(),
+                got: format!("{dims:?}"),
+            });
+        }
+        let data = sample.to_data();
+        let larger = data_at_batch(&data, n + 1);
+        let model = model.valid();
+        let at_n = capture_once(&model, &forward, data)?;
+        let at_n1 = capture_once(&model, &forward, larger)?;
+        let mut graph = graph::make_batch_free(at_n, &at_n1, n, n + 1);
+        passes::fuse_linear(&mut graph);
+        graph.validate()?;
+        Ok(graph)
+    }
+}
+
+/// The sample's items repeated along the batch axis to `n` items.
+fn data_at_batch(data: &TensorData, n: usize) -> TensorData {
+    let shape = data.shape().to_vec();
+    let item = shape[1..].iter().product::<usize>() * data.dtype().size();
+    let bytes = data.as_bytes();
+    let mut out = Vec::with_capacity(item * n);
+    for i in 0..n {
+        let j = i % shape[0];
+        out.extend_from_slice(&bytes[j * item..(j + 1) * item]);
+    }
+    let mut new_shape = shape;
+    new_shape[0] = n;
+    TensorData::from_bytes_vec(out, new_shape, data.dtype())
+}
+
+/// Runs the forward once on a fresh capture device and lowers what it records.
+fn capture_once<M, F, const DI: usize, const DO: usize>(
+    model: &M,
+    forward: &F,
+    sample: TensorData,
+) -> Result<Graph>
+where
+    M: Module,
+    F: Fn(&M, Tensor<DI>) -> Tensor<DO>,
+{
+    let device = Device::capture();
+    let mut params: HashMap<_, ParamRef> = HashMap::new();
+    let mut boundary = Ok(());
+    let scope = catch_unwind(AssertUnwindSafe(|| {
+        device.capture_scope(|scope| {
+            let on_capture = model.clone().to_device(&device);
+            params = paths::parameter_paths(&on_capture);
+            let input = Tensor::<DI>::from_data(sample, &device);
+            let input_id = paths::capture_id(&input);
+            let output = forward(&on_capture, input);
+            let output_id = paths::capture_id(&output);
+            match (input_id, output_id) {
+                (Some(i), Some(o)) => scope.complete([i], [o]),
+                _ => {
+                    boundary = Err(Error::Capture("the forward's tensors are not captured".into()));
+                    scope.complete([], [])
+                }
+            }
+        })
+    }));
+    let captured: CapturedGraph = match scope {
+        Ok(Ok(captured)) => captured,
+        Ok(Err(err)) => return Err(Error::Capture(err.to_string())),
+        Err(panic) => return Err(Error::Capture(panic_message(panic.as_ref()))),
+    };
+    boundary?;
+    graph::lower::lower(&Recorded {
+        operations: &captured.graph.operations,
+        inputs: &captured.graph.inputs,
+        outputs: &captured.graph.outputs,
+        values: &captured.values,
+        params: &params,
+    })
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    format!("the forward panicked on the capture device: {text}")
+}

@@ -1,0 +1,179 @@
+//! The float interpreter: runs a [`Graph`] with Burn tensors on a Burn device.
+
+use std::collections::HashMap;
+
+use burn::backend::ops::{BoolTensorOps, FloatTensorOps, IntTensorOps};
+use burn::backend::{Dispatch, DispatchTensor, TensorMetadata};
+use burn::tensor::{Device, Tensor};
+
+use super::{fallback, float_ops};
+use crate::graph::{Graph, Node, Op, ValueId, ValueKind};
+use crate::{Error, Result};
+
+/// Runs a [`Graph`] in float on one Burn device (NdArray, Flex, or any other; ops without a
+/// lowering need Flex or NdArray), with the graph's parameters uploaded once.
+///
+/// ```no_run
+/// # use burn::prelude::*;
+/// # use burn_quantize::{Graph, exec::FloatExecutor, models::ResNet};
+/// # let device = Device::default();
+/// # let model = ResNet::resnet18(1000, &device);
+/// # let images = Tensor::<4>::zeros([2, 3, 224, 224], &device);
+/// let graph = Graph::capture(&model, &images)?;
+/// let float = FloatExecutor::new(&graph, &device)?;
+/// let logits: Tensor<2> = float.forward(images)?;   // what model.forward(images) returns
+/// # Ok::<(), burn_quantize::Error>(())
+/// ```
+pub struct FloatExecutor<'g> {
+    graph: &'g Graph,
+    device: Device,
+    /// Parameters and constants, on the device.
+    tensors: HashMap<ValueId, DispatchTensor>,
+    /// For each node, the values it reads for the last time (freed after it runs).
+    frees: Vec<Vec<ValueId>>,
+}
+
+impl<'g> FloatExecutor<'g> {
+    /// Validates `graph` and uploads its parameters and constants to `device`.
+    pub fn new(graph: &'g Graph, device: &Device) -> Result<Self> {
+        graph.validate()?;
+        let dev = device.as_dispatch();
+        let tensors = graph
+            .tensors
+            .iter()
+            .map(|(&id, data)| {
+                let dtype = data.dtype();
+                let tensor = if dtype.is_float() {
+                    B::float_from_data(data.clone(), dev)
+                } else if dtype.is_int() || dtype.is_uint() {
+                    B::int_from_data(data.clone(), dev)
+                } else if dtype.is_bool() {
+                    B::bool_from_data(data.clone(), dev)
+                } else {
+                    return Err(Error::Unsupported(format!("constant {id} of type {dtype:?}")));
+                };
+                Ok((id, tensor))
+            })
+            .collect::<Result<_>>()?;
+        Ok(FloatExecutor { graph, device: device.clone(), tensors, frees: last_reads(graph) })
+    }
+
+    /// The graph it runs.
+    pub fn graph(&self) -> &Graph {
+        self.graph
+    }
+
+    /// Runs the graph on one input of rank `DI` and returns its one output of rank `DO`.
+    pub fn forward<const DI: usize, const DO: usize>(&self, input: Tensor<DI>) -> Result<Tensor<DO>> {
+        let input = input.to_device(&self.device).into_dispatch();
+        let mut outputs = self.run(vec![input])?;
+        if outputs.len() != 1 {
+            return Err(Error::Shape {
+                context: "graph outputs".into(),
+                expected: "one output".into(),
+                got: format!("{}", outputs.len()),
+            });
+        }
+        let out = outputs.pop().expect("one output");
+        let rank = out.shape().num_dims();
+        if rank != DO {
+            return Err(Error::Shape {
+                context: "graph output".into(),
+                expected: format!("rank {DO}"),
+                got: format!("rank {rank} {:?}", out.shape().to_vec()),
+            });
+        }
+        Ok(Tensor::from_dispatch(out))
+    }
+
+    /// Runs the graph on its inputs (on this executor's device) and returns its outputs.
+    pub fn run(&self, inputs: Vec<DispatchTensor>) -> Result<Vec<DispatchTensor>> {
+        self.run_observed(inputs, &mut |_, _| Ok(()))
+    }
+
+    /// Runs the graph and shows every node's outputs to `observe` as they are computed (used by
+    /// calibration and the numeric suite).
+    pub fn run_observed(
+        &self,
+        inputs: Vec<DispatchTensor>,
+        observe: &mut dyn FnMut(&Node, &[DispatchTensor]) -> Result<()>,
+    ) -> Result<Vec<DispatchTensor>> {
+        let graph = self.graph;
+        let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
+        let n = graph.batch_size_of(&shapes)?;
+        let mut live: HashMap<ValueId, DispatchTensor> = graph.inputs.iter().copied().zip(inputs).collect();
+        for (node, frees) in graph.nodes.iter().zip(&self.frees) {
+            let args = node
+                .inputs
+                .iter()
+                .map(|id| self.value(&live, *id))
+                .collect::<Result<Vec<_>>>()?;
+            let outputs = match &node.op {
+                Op::Fallback(ir) => {
+                    let named: Vec<_> = node.inputs.iter().copied().zip(args).collect();
+                    fallback::run_fallback(ir, &named, &|id| graph.shape_at(id, n), &self.device)?
+                }
+                op => vec![float_ops::eval(op, args, n)?],
+            };
+            self.check_outputs(node, &outputs, n)?;
+            observe(node, &outputs)?;
+            live.extend(node.outputs.iter().copied().zip(outputs));
+            for id in frees {
+                live.remove(id);
+            }
+        }
+        graph.outputs.iter().map(|id| self.value(&live, *id)).collect()
+    }
+
+    fn value(&self, live: &HashMap<ValueId, DispatchTensor>, id: ValueId) -> Result<DispatchTensor> {
+        live.get(&id)
+            .or_else(|| self.tensors.get(&id))
+            .cloned()
+            .ok_or_else(|| Error::InvalidGraph(format!("value {id} is read but was never made")))
+    }
+
+    /// Every output has the shape the graph says, at batch size `n`.
+    fn check_outputs(&self, node: &Node, outputs: &[DispatchTensor], n: usize) -> Result<()> {
+        if outputs.len() != node.outputs.len() {
+            return Err(Error::InvalidGraph(format!(
+                "node `{}` made {} outputs, the graph expects {}",
+                node.name,
+                outputs.len(),
+                node.outputs.len()
+            )));
+        }
+        for (&id, t) in node.outputs.iter().zip(outputs) {
+            let expected = self.graph.shape_at(id, n)?;
+            let got = t.shape().to_vec();
+            if got != expected {
+                return Err(Error::Shape {
+                    context: format!("output {id} of node `{}`", node.name),
+                    expected: format!("{expected:?} ({})", self.graph.shape_text(id)),
+                    got: format!("{got:?}"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+type B = Dispatch;
+
+/// For each node, the activations it is the last reader of (graph outputs are never freed).
+fn last_reads(graph: &Graph) -> Vec<Vec<ValueId>> {
+    let mut last: HashMap<ValueId, usize> = HashMap::new();
+    for (i, node) in graph.nodes.iter().enumerate() {
+        for &id in &node.inputs {
+            if matches!(graph.value(id).kind, ValueKind::Activation | ValueKind::Input) {
+                last.insert(id, i);
+            }
+        }
+    }
+    let mut frees = vec![Vec::new(); graph.nodes.len()];
+    for (id, i) in last {
+        if !graph.outputs.contains(&id) {
+            frees[i].push(id);
+        }
+    }
+    frees
+}

@@ -1,0 +1,145 @@
+//! The float arithmetic of each lowered [`Op`], as the same Burn backend ops that the eager
+//! forward calls, so the interpreter gives what the eager model gives.
+
+use burn::backend::ops::{ActivationOps, FloatTensorOps, ModuleOps};
+use burn::backend::{Dispatch, DispatchTensor, TensorMetadata};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Scalar, Shape, Slice};
+
+use crate::graph::{BinaryOp, Dim, Op, PadMode, ReduceOp};
+use crate::{Error, Result};
+
+type B = Dispatch;
+
+/// Computes a lowered op (anything but [`Op::Fallback`]) on its inputs, at batch size `n`.
+pub(crate) fn eval(op: &Op, inputs: Vec<DispatchTensor>, n: usize) -> Result<DispatchTensor> {
+    let count = inputs.len();
+    let mut it = inputs.into_iter();
+    let mut arg = |i: usize| {
+        it.next().ok_or_else(|| {
+            Error::InvalidGraph(format!("op `{}` needs input {i}, has {count}", op.kind()))
+        })
+    };
+    let x = arg(0)?;
+    Ok(match op {
+        Op::Conv2d(a) => {
+            let (w, b) = (arg(1)?, arg(2).ok());
+            let options = ConvOptions {
+                stride: a.stride,
+                padding: [(a.padding[0], a.padding[2]), (a.padding[1], a.padding[3])],
+                dilation: a.dilation,
+                groups: a.groups,
+            };
+            B::conv2d(x, w, b, options)
+        }
+        Op::BatchNorm { epsilon } => {
+            let (gamma, beta, mean, var) = (arg(1)?, arg(2)?, arg(3)?, arg(4)?);
+            B::batch_norm(x, gamma, beta, mean, var, *epsilon)
+        }
+        Op::Linear => {
+            let (w, b) = (arg(1)?, arg(2).ok());
+            linear(x, w, b)
+        }
+        Op::Matmul => {
+            B::float_matmul(x, arg(1)?)
+        }
+        Op::Relu => B::relu(x),
+        Op::Clamp { min, max } => match (min, max) {
+            (Some(lo), Some(hi)) => B::float_clamp(x, Scalar::from(*lo), Scalar::from(*hi)),
+            (Some(lo), None) => B::float_clamp_min(x, Scalar::from(*lo)),
+            (None, Some(hi)) => B::float_clamp_max(x, Scalar::from(*hi)),
+            (None, None) => x,
+        },
+        Op::Sigmoid => B::sigmoid(x),
+        Op::Tanh => B::float_tanh(x),
+        Op::Gelu => B::gelu(x),
+        Op::Softmax { axis } => B::softmax(x, *axis),
+        Op::Binary(kind) => {
+            let y = arg(1)?;
+            match kind {
+                BinaryOp::Add => B::float_add(x, y),
+                BinaryOp::Sub => B::float_sub(x, y),
+                BinaryOp::Mul => B::float_mul(x, y),
+                BinaryOp::Div => B::float_div(x, y),
+            }
+        }
+        Op::Scalar { op, value } => {
+            let v = Scalar::from(*value);
+            match op {
+                BinaryOp::Add => B::float_add_scalar(x, v),
+                BinaryOp::Sub => B::float_sub_scalar(x, v),
+                BinaryOp::Mul => B::float_mul_scalar(x, v),
+                BinaryOp::Div => B::float_div_scalar(x, v),
+            }
+        }
+        Op::Cat { axis } => {
+            let mut all = vec![x];
+            all.extend((1..count).map(&mut arg).collect::<Result<Vec<_>>>()?);
+            B::float_cat(all, *axis)
+        }
+        Op::MaxPool2d(p) => B::max_pool2d(x, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode),
+        Op::AvgPool2d { pool: p, count_include_pad } => {
+            B::avg_pool2d(x, p.kernel, p.stride, p.padding, *count_include_pad, p.ceil_mode)
+        }
+        Op::AdaptiveAvgPool2d { output } => B::adaptive_avg_pool2d(x, *output),
+        Op::Reduce { op, axes } => match (op, axes) {
+            (ReduceOp::Mean, None) => B::float_mean(x),
+            (ReduceOp::Sum, None) => B::float_sum(x),
+            (ReduceOp::Mean, Some(axes)) => axes.iter().fold(x, |t, &a| B::float_mean_dim(t, a)),
+            (ReduceOp::Sum, Some(axes)) => B::float_sum_dims(x, axes),
+        },
+        Op::Reshape { shape } => B::float_reshape(x, Shape::from(resolve(shape, n)?)),
+        Op::Permute { axes } => B::float_permute(x, axes),
+        Op::Pad { padding, mode } => {
+            let mode = match mode {
+                PadMode::Constant(v) => burn::tensor::ops::PadMode::Constant(*v as f32),
+                PadMode::Reflect => burn::tensor::ops::PadMode::Reflect,
+                PadMode::Edge => burn::tensor::ops::PadMode::Edge,
+            };
+            B::float_pad(x, padding, mode)
+        }
+        Op::Slice { ranges } => {
+            let slices = ranges
+                .iter()
+                .map(|r| {
+                    let at = |d: Dim| resolve(&[d], n).map(|v| v[0] as isize);
+                    Ok(Slice::new(at(r.start)?, Some(at(r.end)?), r.step))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            B::float_slice(x, &slices)
+        }
+        Op::Fallback(_) => {
+            return Err(Error::InvalidGraph("fallback ops run through Burn's interpreter".into()));
+        }
+    })
+}
+
+/// `x · W + b` over the last axis, as Burn's `Linear` computes it: the weight `[in, out]` gets
+/// leading axes of length 1 up to `x`'s rank, the bias is broadcast from `[1, .., out]`.
+fn linear(x: DispatchTensor, w: DispatchTensor, b: Option<DispatchTensor>) -> DispatchTensor {
+    let rank = x.shape().num_dims();
+    let lift = |t: DispatchTensor| {
+        let dims = t.shape().to_vec();
+        let mut lifted = vec![1; rank.saturating_sub(dims.len())];
+        lifted.extend(dims);
+        B::float_reshape(t, Shape::from(lifted))
+    };
+    let y = B::float_matmul(x, lift(w));
+    match b {
+        Some(b) => B::float_add(y, lift(b)),
+        None => y,
+    }
+}
+
+/// Concrete sizes of symbolic dims at batch size `n`.
+fn resolve(dims: &[Dim], n: usize) -> Result<Vec<usize>> {
+    dims.iter()
+        .map(|d| {
+            d.at(n).ok_or_else(|| Error::Shape {
+                context: "reshape or slice".into(),
+                expected: "a non-negative size".into(),
+                got: format!("{d} at N={n}"),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,1 @@
+//! The hand-written int8 kernel backend (work in progress).
