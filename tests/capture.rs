@@ -2,6 +2,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{AvgPool2dConfig, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::module::conv2d;
@@ -63,6 +64,28 @@ impl Forward<4, 2> for FunctionalNet {
         let y = sigmoid(y).mul_scalar(2.0).add_scalar(0.5).div_scalar(4.0).sub_scalar(0.1);
         let y = y.mean_dim(3).mean_dim(2).flatten::<2>(1, 3);
         self.head.forward(y)
+    }
+}
+
+/// The rest of the lowered ops: pools, activations, permutes, slices, matmul of activations.
+#[derive(Module, Debug)]
+struct MoreOpsNet {
+    conv: Conv2d,
+}
+
+impl Forward<4, 2> for MoreOpsNet {
+    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let y = self.conv.forward(x).clamp(0.0, 6.0); // ReLU6
+        let pooled = MaxPool2dConfig::new([2, 2]).init().forward(y.clone());
+        let avg = AvgPool2dConfig::new([2, 2]).init().forward(y);
+        let y = pooled.tanh() + burn::tensor::activation::gelu(avg); // [N, 4, 4, 4]
+        let y = y.swap_dims(1, 3).permute([0, 2, 1, 3]); // [N, 4, 4, 4]
+        let n = y.dims()[0];
+        let y = y.slice([0..n, 1..4, 0..4, 0..3]); // [N, 3, 4, 3]
+        let y = y.sum_dim(3).reshape([0, -1]); // [N, 12]
+        let gram = y.clone().unsqueeze_dim::<3>(2).matmul(y.clone().unsqueeze_dim::<3>(1)); // [N, 12, 12]
+        let y = burn::tensor::activation::softmax(gram.mean_dim(2).squeeze_dim::<2>(2), 1);
+        y.clone().sub(burn::tensor::activation::relu(y.neg()))
     }
 }
 
@@ -164,6 +187,38 @@ fn graph_runs_at_any_batch_size() {
         let out: Tensor<2> = float.forward(x.clone()).expect("run");
         assert_eq!(out.dims(), [n, 5]);
         assert_eq!(max_abs(model.forward(x), out), 0.0, "batch {n}");
+    }
+}
+
+#[test]
+fn every_lowered_op_matches_eager_on_flex_and_ndarray() {
+    #[allow(deprecated)] // NdArray is deprecated in Burn 0.22, but still a device users have
+    let devices = [Device::flex(), Device::ndarray()];
+    for device in devices {
+        let model = MoreOpsNet {
+            conv: Conv2dConfig::new([3, 4], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(&device),
+        };
+        let sample = Tensor::<4>::random([2, 3, 8, 8], Distribution::Default, &device);
+        let graph = Graph::capture(&model, &sample).expect("capture");
+        let kinds: Vec<String> = graph.nodes.iter().map(|n| n.op.kind()).collect();
+        for kind in ["clamp", "max_pool2d", "avg_pool2d", "tanh", "gelu", "permute", "slice", "sum",
+            "matmul", "softmax", "relu", "sub", "reshape"]
+        {
+            assert!(kinds.iter().any(|k| k == kind), "no {kind} node in {kinds:?}");
+        }
+        let float = FloatExecutor::new(&graph, &device).expect("executor");
+        for n in [1, 5] {
+            let x = Tensor::<4>::random([n, 3, 8, 8], Distribution::Default, &device);
+            let out: Tensor<2> = float.forward(x.clone()).expect("run");
+            assert_eq!(max_abs(model.forward(x), out), 0.0, "batch {n}");
+        }
+        let model = trained(FunctionalNet::new(&device), &device);
+        let graph = Graph::capture(&model, &sample).expect("capture");
+        let x = Tensor::<4>::random([3, 3, 8, 8], Distribution::Default, &device);
+        let out: Tensor<2> = FloatExecutor::new(&graph, &device).unwrap().forward(x.clone()).unwrap();
+        assert_eq!(max_abs(model.forward(x), out), 0.0);
     }
 }
 
