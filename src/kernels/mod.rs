@@ -1,1 +1,50 @@
-//! The hand-written int8 kernel backend (work in progress).
+//! The hand-written int8 kernel backend.
+//!
+//! Everything here works on plain slices: `u8` activations with an affine zero point
+//! (`x = s·(q − z)`), `i8` symmetric per-output-channel weights, `i32` biases with scale
+//! `s_x·s_w[c]`, NHWC layout for images. Kernels know nothing of graphs.
+//!
+//! # Integer conventions (DESIGN.md §4)
+//!
+//! * Conv / linear accumulate `acc = Σ q_x·q_w − z_x·Σ q_w + bias_i32` in `i32` (the
+//!   `−z_x·Σ q_w + bias` term is folded into a packed bias when the weights are packed;
+//!   padding positions read `z_x`, so they contribute nothing). The sums use wrapping `i32`
+//!   arithmetic on every path, so they are exact whenever the true sum fits in `i32` (always
+//!   for `K ≤ 32768` per group and `|bias_i32| < 2^30`).
+//! * The accumulator becomes `u8` through [`requantize`], the one scalar definition every
+//!   SIMD path matches bit for bit.
+//! * Elementwise ops (quantize, dequantize, add, cat, pooling) follow PyTorch's fbgemm/x86
+//!   arithmetic; each function's doc comment spells out the exact `f32` operations so a float
+//!   "debug mode" can reproduce the integers.
+//!
+//! # Paths
+//!
+//! [`Isa`] names the instruction-set paths; [`available_isas`] lists the ones this CPU runs
+//! (each SIMD GEMM path is checked bit-exact against the scalar kernel once, at first use),
+//! [`active_isa`] picks the best (or the one forced by `BURN_QUANTIZE_ISA`), and [`with_isa`]
+//! forces one for a closure. All paths and all thread counts give identical bytes.
+
+mod conv;
+mod elementwise;
+mod gemm;
+mod isa;
+mod linear;
+mod pack;
+mod params;
+mod peak;
+mod pool;
+mod simd;
+
+pub use conv::{Conv2dGeometry, PackedConv2d, qconv2d};
+pub use elementwise::{
+    CatInput, dequantize, dequantize_nhwc_to_nchw, qadd, qcat, quantize, quantize_nchw_to_nhwc,
+    requantize_u8,
+};
+pub use isa::{Isa, active_isa, available_isas, with_isa};
+pub use linear::{PackedLinear, qlinear};
+pub use params::{QParams, Requant, conv_multipliers, quantize_bias, requantize};
+pub use peak::measure_peak_gmacs;
+pub use pool::{
+    AvgPool2d, MaxPool2d, avg_pool_output_size, max_pool_output_size, qavg_pool2d,
+    qglobal_avg_pool, qmax_pool2d,
+};

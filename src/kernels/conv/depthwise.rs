@@ -1,0 +1,147 @@
+//! Direct depthwise convolution (`groups == C_in`, `C_out = multiplier·C_in`).
+//!
+//! Per output pixel and channel `c`, taps are taken in pairs in row-major order
+//! (`(0,1), (2,3), …`, a last odd tap alone):
+//! `acc[c] = bias'[c] + Σ_pairs (x[t0]·w[t0][c] + x[t1]·w[t1][c])` in wrapping `i32`, with
+//! `x[t] = x[pixel(t)][c / multiplier]` (`z_x` where the tap is padding), then
+//! [`requantize_parts`] per channel. Pairing changes nothing in exact arithmetic.
+//!
+//! With [`PackedConv2d::emulate_fbgemm_depthwise`](super::PackedConv2d::emulate_fbgemm_depthwise)
+//! each pair sum is first saturated to `i16`, as fbgemm's depthwise kernels do with
+//! `vpmaddubsw` (PyTorch's x86 depthwise convs overflow this way when activations use the full
+//! `u8` range). The channel loops are plain Rust compiled per tier ([`multiversion`]), so every
+//! tier computes the same integers.
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::Conv2dGeometry;
+use super::im2col::ConvRows;
+use crate::kernels::params::{Epilogue, requantize_parts};
+use crate::kernels::simd::{Tier, multiversion};
+
+/// Output pixels per parallel task (any split gives the same bytes).
+const PIXELS_PER_TASK: usize = 64;
+
+/// Depthwise weights as `[tap][C_out]` with the zero point folded into the biases.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct PackedDepthwise {
+    weights: Vec<i8>,
+    bias: Vec<i32>,
+    /// Saturate each tap pair's sum to `i16` (fbgemm's arithmetic).
+    #[serde(default)]
+    saturate_pairs: bool,
+}
+
+impl PackedDepthwise {
+    /// Packs `[C_out, 1, kh, kw]` weights: `bias'[c] = bias[c] − z_x·Σ_taps w[c]` (wrapping).
+    pub(super) fn new(
+        g: &Conv2dGeometry,
+        weights_oihw: &[i8],
+        bias: &[i32],
+        zero_point: u8,
+    ) -> Self {
+        let (channels, taps) = (g.out_channels, g.taps());
+        let mut weights = vec![0; taps * channels];
+        for (c, w) in weights_oihw.chunks_exact(taps).enumerate() {
+            for (t, &w) in w.iter().enumerate() {
+                weights[t * channels + c] = w;
+            }
+        }
+        let bias = bias
+            .iter()
+            .zip(weights_oihw.chunks_exact(taps))
+            .map(|(&b, w)| {
+                let sum: i64 = w.iter().map(|&w| i64::from(w)).sum();
+                (i64::from(b) - i64::from(zero_point) * sum) as i32
+            })
+            .collect();
+        PackedDepthwise { weights, bias, saturate_pairs: false }
+    }
+
+    /// Switches fbgemm's `i16` saturation of tap-pair sums on.
+    pub(super) fn saturate_pairs(&mut self) {
+        self.saturate_pairs = true;
+    }
+
+    /// Whether the packed arrays have the sizes of `channels` outputs and `taps` taps.
+    pub(super) fn fits(&self, channels: usize, taps: usize) -> bool {
+        self.weights.len() == channels * taps && self.bias.len() == channels
+    }
+
+    /// Computes every output pixel of `rows` into `out` (`[pixels, C_out]`, length-checked).
+    pub(super) fn run(&self, tier: Tier, rows: &ConvRows, epilogue: &Epilogue, out: &mut [u8]) {
+        let g = rows.geometry();
+        let zero_row = vec![rows.zero_point(); g.in_channels];
+        let job = Job {
+            packed: self,
+            rows,
+            epilogue,
+            zero_row: &zero_row,
+            multiplier: g.out_channels / g.in_channels,
+        };
+        out.par_chunks_mut(PIXELS_PER_TASK * g.out_channels)
+            .enumerate()
+            .for_each(|(task, out)| pixels(tier, &job, task * PIXELS_PER_TASK, out));
+    }
+}
+
+/// Everything one task reads.
+struct Job<'a> {
+    packed: &'a PackedDepthwise,
+    rows: &'a ConvRows<'a>,
+    epilogue: &'a Epilogue,
+    zero_row: &'a [u8],
+    multiplier: usize,
+}
+
+impl Job<'_> {
+    /// The input channels tap `t` of output row `r` reads (the zero-point row for padding).
+    fn tap(&self, r: usize, (y0, x0): (isize, isize), t: usize) -> &[u8] {
+        let g = self.rows.geometry();
+        let (kw, [dh, dw]) = (g.kernel[1], g.dilation);
+        let (iy, ix) = (y0 + (t / kw * dh) as isize, x0 + (t % kw * dw) as isize);
+        self.rows.pixel(r, iy, ix).unwrap_or(self.zero_row)
+    }
+}
+
+multiversion! {
+    /// Output pixels `first..` (as many as `out` holds).
+    fn pixels(job: &Job<'_>, first: usize, out: &mut [u8]) {
+        let (packed, ep, m) = (job.packed, job.epilogue, job.multiplier);
+        let channels = packed.bias.len();
+        let taps = packed.weights.len() / channels;
+        let (lo16, hi16) = if packed.saturate_pairs { (-32768, 32767) } else { (i32::MIN, i32::MAX) };
+        let mut acc = vec![0i32; channels];
+        for (p, out) in out.chunks_exact_mut(channels).enumerate() {
+            let r = first + p;
+            let origin = job.rows.origin(r);
+            acc.copy_from_slice(&packed.bias);
+            for t0 in (0..taps).step_by(2) {
+                let t1 = (t0 + 1).min(taps - 1);
+                let (x0, x1) = (job.tap(r, origin, t0), job.tap(r, origin, t1));
+                let w0 = &packed.weights[t0 * channels..][..channels];
+                // A last odd tap pairs with nothing (`second` is 0).
+                let w1 = &packed.weights[t1 * channels..][..channels];
+                let second = i32::from(t1 > t0);
+                let pair = |a0: u8, b0: i8, a1: u8, b1: i8| {
+                    let sum = i32::from(a0) * i32::from(b0) + second * i32::from(a1) * i32::from(b1);
+                    sum.clamp(lo16, hi16)
+                };
+                if m == 1 {
+                    let taps = x0.iter().zip(x1).zip(w0.iter().zip(w1));
+                    for (acc, ((&a0, &a1), (&b0, &b1))) in acc.iter_mut().zip(taps) {
+                        *acc = acc.wrapping_add(pair(a0, b0, a1, b1));
+                    }
+                } else {
+                    for (c, acc) in acc.iter_mut().enumerate() {
+                        *acc = acc.wrapping_add(pair(x0[c / m], w0[c], x1[c / m], w1[c]));
+                    }
+                }
+            }
+            for ((out, &acc), &m) in out.iter_mut().zip(&acc).zip(&ep.multipliers) {
+                *out = requantize_parts(acc, m, ep.zero_point, ep.lo, ep.hi);
+            }
+        }
+    }
+}

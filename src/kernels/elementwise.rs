@@ -1,0 +1,268 @@
+//! Elementwise quantized ops with PyTorch's x86 (fbgemm) arithmetic, exactly:
+//!
+//! * quantize (`quantize_per_tensor` → `fbgemm::Quantize`, AVX2 path):
+//!   `q = clamp(round_half_even(fma(x, 1/s, z)), 0, 255)` with `1/s` rounded to `f32` first and
+//!   one fused multiply-add; NaN → 255, as `vminps` does there.
+//! * dequantize (`fbgemm::Dequantize`): `x = s · f32(q − z)`.
+//! * add (`qadd_kernel`, vectorized): `a' = fma(s_a, f32(q_a), s_a·(−f32(z_a)))`, same for `b`,
+//!   `c = a' + b'`, `c = max(c, 0)` for a fused ReLU, then `q = clamp(round_half_even(c·(1/s_y))
+//!   + z_y, 0, 255)` (product, not fused).
+//! * requantize / cat (`quantized::cat` on NCHW inputs: dequantize, then quantize):
+//!   `q' = quantize(dequantize(q, from), to)`; a plain copy when `from == to`, which that formula
+//!   reproduces exactly.
+//!
+//! The loops are plain Rust compiled per tier ([`multiversion`]); all tiers give the same bytes.
+
+use rayon::prelude::*;
+
+use super::active_isa;
+use super::params::{QParams, expect_len, quantize_one, round_to_u8};
+use super::simd::{Tier, multiversion};
+use crate::{Error, Result};
+
+/// Elements per parallel task.
+const CHUNK: usize = 1 << 16;
+
+fn tier() -> Tier {
+    Tier::of(active_isa())
+}
+
+/// Quantizes `x` into `out` (same length): `clamp(round_half_even(fma(x, 1/s, z)), 0, 255)`.
+pub fn quantize(x: &[f32], qp: QParams, out: &mut [u8]) -> Result<()> {
+    qp.check("quantize")?;
+    expect_len("quantize output", out.len(), x.len())?;
+    let tier = tier();
+    let (inv, zero) = (1.0 / qp.scale, f32::from(qp.zero_point));
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(out, x)| quantize_slice(tier, x, inv, zero, out));
+    Ok(())
+}
+
+multiversion! {
+    fn quantize_slice(x: &[f32], inv: f32, zero: f32, out: &mut [u8]) {
+        for (out, &x) in out.iter_mut().zip(x) {
+            *out = quantize_one(x, inv, zero);
+        }
+    }
+}
+
+/// Dequantizes `q` into `out` (same length): `s · f32(q − z)`.
+pub fn dequantize(q: &[u8], qp: QParams, out: &mut [f32]) -> Result<()> {
+    qp.check("dequantize")?;
+    expect_len("dequantize output", out.len(), q.len())?;
+    let tier = tier();
+    out.par_chunks_mut(CHUNK)
+        .zip(q.par_chunks(CHUNK))
+        .for_each(|(out, q)| dequantize_slice(tier, q, qp, out));
+    Ok(())
+}
+
+multiversion! {
+    fn dequantize_slice(q: &[u8], qp: QParams, out: &mut [f32]) {
+        let zero = i32::from(qp.zero_point);
+        for (out, &q) in out.iter_mut().zip(q) {
+            *out = qp.scale * (i32::from(q) - zero) as f32;
+        }
+    }
+}
+
+/// Quantizes an NCHW `f32` tensor `[n, c, h, w]` into an NHWC `u8` tensor `[n, h, w, c]`
+/// (arithmetic of [`quantize`]).
+pub fn quantize_nchw_to_nhwc(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    qp: QParams,
+    out: &mut [u8],
+) -> Result<()> {
+    qp.check("quantize")?;
+    expect_len("quantize input", x.len(), n * c * h * w)?;
+    expect_len("quantize output", out.len(), n * c * h * w)?;
+    let (inv, zero) = (1.0 / qp.scale, f32::from(qp.zero_point));
+    out.par_chunks_mut((w * c).max(1)).enumerate().for_each(|(row, out)| {
+        let (image, y) = (row / h.max(1), row % h.max(1));
+        for (x_pos, pixel) in out.chunks_exact_mut(c).enumerate() {
+            for (ch, out) in pixel.iter_mut().enumerate() {
+                *out = quantize_one(x[((image * c + ch) * h + y) * w + x_pos], inv, zero);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Dequantizes an NHWC `u8` tensor `[n, h, w, c]` into an NCHW `f32` tensor `[n, c, h, w]`
+/// (arithmetic of [`dequantize`]).
+pub fn dequantize_nhwc_to_nchw(
+    q: &[u8],
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    qp: QParams,
+    out: &mut [f32],
+) -> Result<()> {
+    qp.check("dequantize")?;
+    expect_len("dequantize input", q.len(), n * h * w * c)?;
+    expect_len("dequantize output", out.len(), n * h * w * c)?;
+    let zero = i32::from(qp.zero_point);
+    out.par_chunks_mut((h * w).max(1)).enumerate().for_each(|(plane, out)| {
+        let (image, ch) = (plane / c.max(1), plane % c.max(1));
+        for (i, out) in out.iter_mut().enumerate() {
+            *out = qp.scale * (i32::from(q[(image * h * w + i) * c + ch]) - zero) as f32;
+        }
+    });
+    Ok(())
+}
+
+/// Quantized add of two tensors of the same shape (PyTorch `quantized::add` / `add_relu`).
+pub fn qadd(
+    a: &[u8],
+    a_qp: QParams,
+    b: &[u8],
+    b_qp: QParams,
+    out_qp: QParams,
+    relu: bool,
+    out: &mut [u8],
+) -> Result<()> {
+    for (qp, what) in [(a_qp, "add input a"), (b_qp, "add input b"), (out_qp, "add output")] {
+        qp.check(what)?;
+    }
+    expect_len("add input b", b.len(), a.len())?;
+    expect_len("add output", out.len(), a.len())?;
+    let params = AddParams::new(a_qp, b_qp, out_qp, relu);
+    let tier = tier();
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(out, (a, b))| add_slices(tier, a, b, &params, out));
+    Ok(())
+}
+
+/// The constants of one quantized add, as PyTorch broadcasts them.
+struct AddParams {
+    a_scale: f32,
+    a_offset: f32,
+    b_scale: f32,
+    b_offset: f32,
+    inv_out: f32,
+    zero_point: i32,
+    relu: bool,
+}
+
+impl AddParams {
+    fn new(a: QParams, b: QParams, out: QParams, relu: bool) -> Self {
+        AddParams {
+            a_scale: a.scale,
+            a_offset: a.scale * -f32::from(a.zero_point),
+            b_scale: b.scale,
+            b_offset: b.scale * -f32::from(b.zero_point),
+            inv_out: 1.0 / out.scale,
+            zero_point: i32::from(out.zero_point),
+            relu,
+        }
+    }
+}
+
+multiversion! {
+    fn add_slices(a: &[u8], b: &[u8], p: &AddParams, out: &mut [u8]) {
+        let (lo, hi) = (-p.zero_point as f32, (255 - p.zero_point) as f32);
+        for ((out, &a), &b) in out.iter_mut().zip(a).zip(b) {
+            let a = p.a_scale.mul_add(f32::from(a), p.a_offset);
+            let b = p.b_scale.mul_add(f32::from(b), p.b_offset);
+            let sum = if p.relu { (a + b).max(0.0) } else { a + b };
+            *out = round_to_u8(sum * p.inv_out, p.zero_point, lo, hi);
+        }
+    }
+}
+
+/// Requantizes `input` from `from` to `to` into `out` (same length):
+/// `quantize(dequantize(q, from), to)`, a copy when `from == to`.
+pub fn requantize_u8(input: &[u8], from: QParams, to: QParams, out: &mut [u8]) -> Result<()> {
+    expect_len("requantize output", out.len(), input.len())?;
+    let map = Requantizer::new(from, to)?;
+    let tier = tier();
+    out.par_chunks_mut(CHUNK)
+        .zip(input.par_chunks(CHUNK))
+        .for_each(|(out, input)| requantize_slice(tier, input, &map, out));
+    Ok(())
+}
+
+/// The constants of a `from → to` requantization.
+struct Requantizer {
+    identity: bool,
+    scale: f32,
+    zero: i32,
+    inv_to: f32,
+    zero_to: f32,
+}
+
+impl Requantizer {
+    fn new(from: QParams, to: QParams) -> Result<Self> {
+        from.check("requantize input")?;
+        to.check("requantize output")?;
+        Ok(Requantizer {
+            identity: from == to,
+            scale: from.scale,
+            zero: i32::from(from.zero_point),
+            inv_to: 1.0 / to.scale,
+            zero_to: f32::from(to.zero_point),
+        })
+    }
+}
+
+multiversion! {
+    fn requantize_slice(input: &[u8], map: &Requantizer, out: &mut [u8]) {
+        if map.identity {
+            out.copy_from_slice(input);
+            return;
+        }
+        for (out, &q) in out.iter_mut().zip(input) {
+            let x = map.scale * (i32::from(q) - map.zero) as f32;
+            *out = quantize_one(x, map.inv_to, map.zero_to);
+        }
+    }
+}
+
+/// One input of [`qcat`]: `pixels × channels` NHWC values with their quantization.
+#[derive(Clone, Copy, Debug)]
+pub struct CatInput<'a> {
+    /// The values, `channels` per pixel.
+    pub data: &'a [u8],
+    /// Channels per pixel.
+    pub channels: usize,
+    /// The input's quantization.
+    pub qparams: QParams,
+}
+
+/// Concatenates NHWC tensors along the channel (last) axis into `out`
+/// (`pixels × Σ channels`), each input requantized to `out_qp` as [`requantize_u8`] does.
+pub fn qcat(inputs: &[CatInput<'_>], pixels: usize, out_qp: QParams, out: &mut [u8]) -> Result<()> {
+    let total: usize = inputs.iter().map(|input| input.channels).sum();
+    if total == 0 {
+        return Err(Error::InvalidArgument("cat of inputs without channels".into()));
+    }
+    for input in inputs {
+        expect_len("cat input", input.data.len(), pixels * input.channels)?;
+    }
+    expect_len("cat output", out.len(), pixels * total)?;
+    let maps = inputs
+        .iter()
+        .map(|input| Requantizer::new(input.qparams, out_qp))
+        .collect::<Result<Vec<_>>>()?;
+    let tier = tier();
+    out.par_chunks_mut(total).enumerate().for_each(|(pixel, mut out)| {
+        for (input, map) in inputs.iter().zip(&maps) {
+            let (dst, rest) = out.split_at_mut(input.channels);
+            requantize_slice(
+                tier,
+                &input.data[pixel * input.channels..][..input.channels],
+                map,
+                dst,
+            );
+            out = rest;
+        }
+    });
+    Ok(())
+}

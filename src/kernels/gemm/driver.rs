@@ -1,0 +1,205 @@
+//! The GEMM driver: blocking, A packing, edge tiles and threads — no ISA code.
+//!
+//! A problem is cut into tasks of (group, block of rows, range of B panels). A task packs its
+//! rows of A once (or reads them in place when the source and kernel allow), then sweeps its
+//! panels: for each panel, every `mr`-row tile of the block runs the microkernel over the whole
+//! reduction, so the panel stays in cache while the block of A streams from L2. Each output
+//! element is computed by exactly one microkernel call over the full `K`, so the result does not
+//! depend on the blocking or on the number of threads.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::{Kernel, Tile};
+use crate::kernels::pack::{KR, PANEL, PackedB};
+use crate::kernels::params::Epilogue;
+
+/// Target size of one packed block of A (L2-resident while the panels sweep over it).
+const A_BLOCK_BYTES: usize = 256 * 1024;
+
+/// The rows of the A operand of a (grouped) GEMM.
+pub(crate) trait RowSource: Sync {
+    /// Bytes of one row (the reduction length `K`).
+    fn k(&self) -> usize;
+    /// Whether [`RowSource::row`] may be used: rows lie in memory and `K` is a multiple of `KR`.
+    fn direct(&self) -> bool;
+    /// Row `r` of group `g` in place, at least `K` bytes (only called when `direct()`).
+    fn row(&self, g: usize, r: usize) -> &[u8];
+    /// Writes the `K` bytes of row `r` of group `g` to `dst`.
+    fn copy_row(&self, g: usize, r: usize, dst: &mut [u8]);
+}
+
+/// Rows stored one after another, `K` bytes each (a linear layer's input).
+pub(crate) struct DenseRows<'a> {
+    data: &'a [u8],
+    k: usize,
+}
+
+impl<'a> DenseRows<'a> {
+    /// Rows of `k` bytes; `data.len()` must be a multiple of `k`.
+    pub(crate) fn new(data: &'a [u8], k: usize) -> Self {
+        DenseRows { data, k }
+    }
+}
+
+impl RowSource for DenseRows<'_> {
+    fn k(&self) -> usize {
+        self.k
+    }
+
+    fn direct(&self) -> bool {
+        self.k % KR == 0
+    }
+
+    fn row(&self, _g: usize, r: usize) -> &[u8] {
+        &self.data[r * self.k..][..self.k]
+    }
+
+    fn copy_row(&self, g: usize, r: usize, dst: &mut [u8]) {
+        dst.copy_from_slice(self.row(g, r));
+    }
+}
+
+/// One GEMM: `m` rows per group, packed weights, requantization constants.
+pub(crate) struct Gemm<'a> {
+    /// Where the rows of A come from.
+    pub(crate) rows: &'a dyn RowSource,
+    /// Rows per group.
+    pub(crate) m: usize,
+    /// Packed weights and biases.
+    pub(crate) b: &'a PackedB,
+    /// Requantization constants per packed column.
+    pub(crate) epilogue: &'a Epilogue,
+}
+
+/// A part of the output computed by one task.
+struct Task {
+    group: usize,
+    m0: usize,
+    mc: usize,
+    panels: std::ops::Range<usize>,
+}
+
+/// A pointer to the output that tasks write in disjoint parts.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut u8);
+
+// SAFETY: tasks write disjoint (row range × column range) parts of the output, which is
+// borrowed mutably for the whole parallel loop.
+unsafe impl Send for SharedOut {}
+// SAFETY: as above; no task reads or writes another task's part.
+unsafe impl Sync for SharedOut {}
+
+/// Per-thread buffers reused across tasks.
+#[derive(Default)]
+struct Scratch {
+    panel: Vec<u8>,
+    rows: Vec<*const u8>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+impl Gemm<'_> {
+    /// Computes every output of every group with `kernel`: row `i`, column `c` of group `g` goes
+    /// to `out[i·ldc + g·n + c]`. `parallel` spreads tasks over the current rayon pool.
+    pub(crate) fn run(&self, kernel: &Kernel, out: &mut [u8], ldc: usize, parallel: bool) {
+        let columns = self.b.groups() * self.b.n();
+        assert_eq!(self.rows.k(), self.b.k(), "A rows and packed B disagree on K");
+        assert!(ldc >= columns && (self.m == 0 || out.len() >= (self.m - 1) * ldc + columns));
+        assert!(self.epilogue.multipliers.len() == self.b.groups() * self.b.panels() * PANEL);
+        let tasks = self.plan(kernel, parallel);
+        let shared = SharedOut(out.as_mut_ptr());
+        let work = |task: &Task| {
+            SCRATCH
+                .with(|scratch| self.run_task(kernel, task, shared, ldc, &mut scratch.borrow_mut()))
+        };
+        if parallel && tasks.len() > 1 {
+            tasks.par_iter().for_each(work);
+        } else {
+            tasks.iter().for_each(work);
+        }
+    }
+
+    /// Cuts the problem into tasks: row blocks sized for L2, split further (rows first, then
+    /// panels) until there are a few tasks per thread.
+    fn plan(&self, kernel: &Kernel, parallel: bool) -> Vec<Task> {
+        let (groups, panels) = (self.b.groups(), self.b.panels());
+        let lda = self.b.k().div_ceil(kernel.k_align) * kernel.k_align;
+        let threads = if parallel { rayon::current_num_threads() } else { 1 };
+        let wanted = if threads > 1 { (threads * 4).div_ceil(groups) } else { 1 };
+        let mut mc = (A_BLOCK_BYTES / lda.max(1) / kernel.mr).max(1) * kernel.mr;
+        if self.m.div_ceil(mc) < wanted {
+            mc = self.m.div_ceil(wanted).div_ceil(kernel.mr).max(1) * kernel.mr;
+        }
+        let m_blocks = self.m.div_ceil(mc);
+        let n_chunks = wanted.div_ceil(m_blocks.max(1)).clamp(1, panels.max(1));
+        let per_chunk = panels.div_ceil(n_chunks).max(1);
+        let mut tasks = Vec::new();
+        for group in 0..groups {
+            for m0 in (0..self.m).step_by(mc) {
+                for p0 in (0..panels).step_by(per_chunk) {
+                    let panels = p0..(p0 + per_chunk).min(panels);
+                    tasks.push(Task { group, m0, mc: mc.min(self.m - m0), panels });
+                }
+            }
+        }
+        tasks
+    }
+
+    fn run_task(&self, kernel: &Kernel, task: &Task, out: SharedOut, ldc: usize, s: &mut Scratch) {
+        let (g, k, n) = (task.group, self.b.k(), self.b.n());
+        let lda = k.div_ceil(kernel.k_align) * kernel.k_align;
+        s.rows.clear();
+        if self.rows.direct() && !kernel.packed_a {
+            let rows = task.m0..task.m0 + task.mc;
+            s.rows.extend(rows.map(|r| self.rows.row(g, r).as_ptr()));
+        } else {
+            let padded_rows = task.mc.div_ceil(kernel.mr) * kernel.mr;
+            s.panel.resize(s.panel.len().max(padded_rows * lda), 0);
+            for i in 0..task.mc {
+                self.rows.copy_row(g, task.m0 + i, &mut s.panel[i * lda..][..k]);
+            }
+            let base = s.panel.as_ptr();
+            // SAFETY: `i·lda < padded_rows·lda <= s.panel.len()`.
+            s.rows.extend((0..padded_rows).map(|i| unsafe { base.add(i * lda) }));
+        }
+        let ep = self.epilogue;
+        for p in task.panels.clone() {
+            let (panel, bias) = (self.b.panel(g, p), self.b.panel_bias(g, p));
+            let multipliers = &ep.multipliers[self.b.column_offset(g, p)..][..PANEL];
+            for c0 in (0..PANEL).step_by(kernel.nr).take_while(|c0| p * PANEL + c0 < n) {
+                let col = p * PANEL + c0;
+                for i0 in (0..task.mc).step_by(kernel.mr) {
+                    let row = task.m0 + i0;
+                    let tile = Tile {
+                        rows: s.rows[i0..].as_ptr(),
+                        lda,
+                        m: (task.mc - i0).min(kernel.mr),
+                        n: (n - col).min(kernel.nr),
+                        k_groups: lda / KR,
+                        b: panel[c0 * KR..].as_ptr(),
+                        bias: bias[c0..].as_ptr(),
+                        multipliers: multipliers[c0..].as_ptr(),
+                        zero_point: ep.zero_point,
+                        lo: ep.lo,
+                        hi: ep.hi,
+                        // SAFETY: `row < m` and `g·n + col < columns <= ldc`, so the offset is
+                        // inside `out` (checked in `run`).
+                        out: unsafe { out.0.add(row * ldc + g * n + col) },
+                        ldc,
+                    };
+                    // SAFETY: the rows hold `lda = k_groups·KR` readable bytes (in place only
+                    // when `K % KR == 0` and the kernel takes row pointers; else the padded
+                    // panel, with `mr`-padded rows for kernels that need them); the panel holds
+                    // `K_ALIGN >= k_align`-padded groups of `PANEL >= c0 + nr` columns; `bias`
+                    // and `multipliers` hold `PANEL − c0 >= nr` values; output rows `row..row+m`
+                    // are inside `out`, and this task is the only one writing this tile.
+                    unsafe { (kernel.tile)(&tile) };
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! `u8 × i8 → i32` GEMM with a fused requantizing epilogue, one microkernel per ISA.
+//!
+//! Each microkernel is described as data ([`Kernel`]: its ISA, tile shape, how it reads A and
+//! its entry point) and registered in [`KERNELS`]; the driver ([`driver`]) cuts a problem into
+//! tiles and threads without knowing any ISA. Every microkernel computes, for its tile,
+//! `acc[i][j] = packed_bias[j] + Σ_k a[i][k]·b[k][j]` with wrapping `i32` arithmetic and then
+//! [`crate::kernels::requantize`] per element; the scalar kernel is the fallback and the oracle.
+
+pub(crate) mod driver;
+mod scalar;
+#[cfg(test)]
+mod tests;
+
+#[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512vnni;
+#[cfg(target_arch = "x86_64")]
+mod avxvnni;
+
+use super::Isa;
+use super::pack::PackedB;
+use super::params::{Epilogue, Requant};
+use driver::DenseRows;
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use amx::usable as amx_usable;
+
+/// `$f::<M>($t)` for `M = $t.m` in `1..=5`, `$f::<6>($t)` otherwise: the edge-row
+/// instantiations of a 6-row microkernel.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_rows {
+    ($f:ident, $t:expr) => {
+        match $t.m {
+            1 => $f::<1>($t),
+            2 => $f::<2>($t),
+            3 => $f::<3>($t),
+            4 => $f::<4>($t),
+            5 => $f::<5>($t),
+            _ => $f::<6>($t),
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+use by_rows;
+
+/// One microkernel call: an `m × n` block of outputs over the whole reduction.
+///
+/// Safety contract, checked by the driver: `rows[0..m]` (AMX: `rows[0..mr]`, `lda` bytes
+/// apart) are readable for `k_groups·KR` bytes; `b` is readable for `k_groups` groups
+/// `GROUP_STRIDE` bytes apart of `n` rounded up to 16 columns; `bias` and `multipliers` hold
+/// `n` rounded up to 16 values; `out` row `i < m` is writable for `n` bytes at `out + i·ldc`.
+pub(crate) struct Tile {
+    /// Pointers to the rows of A.
+    pub(crate) rows: *const *const u8,
+    /// Bytes between consecutive rows when the kernel needs them uniform (AMX).
+    pub(crate) lda: usize,
+    /// Rows to compute (`1..=mr`).
+    pub(crate) m: usize,
+    /// Columns to compute (`1..=nr`).
+    pub(crate) n: usize,
+    /// Groups of `KR` reduction steps.
+    pub(crate) k_groups: usize,
+    /// The first `k` group of the tile's first column in a packed panel.
+    pub(crate) b: *const i8,
+    /// Packed biases of the tile's columns.
+    pub(crate) bias: *const i32,
+    /// Requantization multipliers of the tile's columns.
+    pub(crate) multipliers: *const f32,
+    /// Output zero point.
+    pub(crate) zero_point: i32,
+    /// Lower clamp `qmin − z` (applied before rounding).
+    pub(crate) lo: f32,
+    /// Upper clamp `qmax − z` (applied before rounding).
+    pub(crate) hi: f32,
+    /// The output element of row 0, column 0.
+    pub(crate) out: *mut u8,
+    /// Bytes between output rows.
+    pub(crate) ldc: usize,
+}
+
+/// A registered microkernel.
+pub(crate) struct Kernel {
+    /// The path it belongs to.
+    pub(crate) isa: Isa,
+    /// Rows per call.
+    pub(crate) mr: usize,
+    /// Columns per call (divides the panel width).
+    pub(crate) nr: usize,
+    /// The reduction is read in multiples of this many bytes (A rows are padded to it).
+    pub(crate) k_align: usize,
+    /// Whether A must be packed: `mr` rows (zero-padded) with a uniform stride.
+    pub(crate) packed_a: bool,
+    /// The entry point; see [`Tile`] for its safety contract.
+    pub(crate) tile: unsafe fn(&Tile),
+}
+
+/// Every microkernel compiled into this build.
+pub(crate) static KERNELS: &[&Kernel] = &[
+    &scalar::KERNEL,
+    #[cfg(target_arch = "x86_64")]
+    &avx2::KERNEL,
+    #[cfg(target_arch = "x86_64")]
+    &avxvnni::KERNEL,
+    #[cfg(target_arch = "x86_64")]
+    &avx512vnni::KERNEL,
+    #[cfg(target_arch = "x86_64")]
+    &amx::KERNEL,
+];
+
+/// The microkernel of `isa` (the scalar one for a path this build has none for).
+pub(crate) fn kernel(isa: Isa) -> &'static Kernel {
+    KERNELS.iter().copied().find(|k| k.isa == isa).unwrap_or(&scalar::KERNEL)
+}
+
+/// Runs `isa`'s kernel on small fixed problems (edge tiles, odd `K`, zero points, clamps,
+/// direct and packed A) and compares every byte with the scalar kernel.
+pub(crate) fn self_check(isa: Isa) -> Result<(), String> {
+    for &(m, k, n) in &[(37, 201, 70), (13, 128, 16), (1, 4, 1)] {
+        let problem = CheckProblem::new(m, k, n);
+        let (expected, got) = (problem.run(Isa::Scalar), problem.run(isa));
+        if let Some(i) = (0..expected.len()).find(|&i| expected[i] != got[i]) {
+            return Err(format!(
+                "GEMM m={m} k={k} n={n}: output {i} is {} instead of {}",
+                got[i], expected[i]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A deterministic GEMM problem for [`self_check`] and the kernel tests.
+pub(crate) struct CheckProblem {
+    pub(crate) m: usize,
+    pub(crate) k: usize,
+    pub(crate) n: usize,
+    pub(crate) a: Vec<u8>,
+    pub(crate) w: Vec<i8>,
+    pub(crate) bias: Vec<i32>,
+    pub(crate) zero_point: u8,
+    pub(crate) requant: Requant,
+}
+
+impl CheckProblem {
+    /// Pseudo-random data covering the extremes of `u8` and `i8`.
+    pub(crate) fn new(m: usize, k: usize, n: usize) -> Self {
+        let mut state = (m * 131 + k * 17 + n) as u32 | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        let a = (0..m * k).map(|_| next() as u8).collect();
+        let w = (0..n * k).map(|_| next() as i8).collect();
+        let bias = (0..n).map(|_| (next() % 20_001) as i32 - 10_000).collect();
+        let multipliers = (0..n).map(|_| (next() % 1000 + 1) as f32 * 2e-6).collect();
+        let requant = Requant { multipliers, zero_point: 100, qmin: 20, qmax: 240 };
+        CheckProblem { m, k, n, a, w, bias, zero_point: 91, requant }
+    }
+
+    /// The `m × n` output of `isa`'s kernel, single-threaded.
+    pub(crate) fn run(&self, isa: Isa) -> Vec<u8> {
+        let packed = PackedB::new(1, self.k, self.n, self.zero_point, &self.bias, |_, c, kk| {
+            self.w[c * self.k + kk]
+        });
+        let epilogue = Epilogue::new(&self.requant, packed.columns());
+        let mut out = vec![0; self.m * self.n];
+        let rows = DenseRows::new(&self.a, self.k);
+        let gemm = driver::Gemm { rows: &rows, m: self.m, b: &packed, epilogue: &epilogue };
+        gemm.run(kernel(isa), &mut out, self.n, false);
+        out
+    }
+}

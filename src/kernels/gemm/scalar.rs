@@ -1,0 +1,52 @@
+//! The portable microkernel: the fallback path and the oracle the SIMD kernels are checked
+//! against.
+
+use super::{Kernel, Tile};
+use crate::kernels::Isa;
+use crate::kernels::pack::{GROUP_STRIDE, KR};
+use crate::kernels::params::requantize_parts;
+
+const MR: usize = 4;
+const NR: usize = 16;
+
+/// Registry entry of the scalar kernel.
+pub(super) static KERNEL: Kernel =
+    Kernel { isa: Isa::Scalar, mr: MR, nr: NR, k_align: KR, packed_a: false, tile };
+
+/// `acc = bias + Σ a·b` in wrapping `i32`, then [`requantize_parts`] per element.
+///
+/// # Safety
+/// The [`Tile`] contract.
+unsafe fn tile(t: &Tile) {
+    let k_bytes = t.k_groups * KR;
+    // SAFETY: the tile contract: `m` row pointers readable for `k_bytes`, `nr` biases and
+    // multipliers, `k_groups` panel groups of `nr` columns.
+    let (rows, bias, multipliers) = unsafe {
+        (
+            std::slice::from_raw_parts(t.rows, t.m),
+            std::slice::from_raw_parts(t.bias, NR),
+            std::slice::from_raw_parts(t.multipliers, NR),
+        )
+    };
+    let mut acc = [[0i32; NR]; MR];
+    for (i, &row) in rows.iter().enumerate() {
+        // SAFETY: see above.
+        let a = unsafe { std::slice::from_raw_parts(row, k_bytes) };
+        acc[i] = std::array::from_fn(|j| bias[j]);
+        for (g, a) in a.chunks_exact(KR).enumerate() {
+            // SAFETY: group `g < k_groups` of the panel holds `NR` columns of `KR` bytes.
+            let b = unsafe { std::slice::from_raw_parts(t.b.add(g * GROUP_STRIDE), NR * KR) };
+            for (acc, b) in acc[i].iter_mut().zip(b.chunks_exact(KR)) {
+                let dot = (0..KR).map(|l| i32::from(a[l]) * i32::from(b[l])).sum::<i32>();
+                *acc = acc.wrapping_add(dot);
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate().take(t.m) {
+        for (j, &acc) in acc.iter().enumerate().take(t.n) {
+            let q = requantize_parts(acc, multipliers[j], t.zero_point, t.lo, t.hi);
+            // SAFETY: output row `i < m` is writable for `n > j` bytes.
+            unsafe { *t.out.add(i * t.ldc + j) = q };
+        }
+    }
+}

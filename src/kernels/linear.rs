@@ -1,0 +1,82 @@
+//! Quantized linear (fully connected) layer.
+//!
+//! `acc[r][o] = bias'[o] + Σ_i x[r][i]·w[o][i]` in wrapping `i32` with
+//! `bias' = bias_i32 − z_x·Σ_i w[o][i]`, then [`crate::kernels::requantize`] per output feature:
+//! the same GEMM as a 1×1 convolution (rows read in place when `in_features % 4 == 0`).
+
+use serde::{Deserialize, Serialize};
+
+use super::active_isa;
+use super::gemm::{self, driver::DenseRows, driver::Gemm};
+use super::pack::PackedB;
+use super::params::{Epilogue, Requant, expect_len};
+use crate::{Error, Result};
+
+/// A linear layer's weights packed once for every kernel path (and for saving).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PackedLinear {
+    input_zero_point: u8,
+    weights: PackedB,
+}
+
+impl PackedLinear {
+    /// Packs PyTorch-ordered weights `[out_features, in_features]` (row-major) with `i32`
+    /// biases (scale `s_x·s_w[o]`), folding the input zero point into the biases.
+    pub fn new(
+        weights: &[i8],
+        out_features: usize,
+        in_features: usize,
+        bias: &[i32],
+        input_zero_point: u8,
+    ) -> Result<Self> {
+        if out_features == 0 || in_features == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "linear layer with {out_features} outputs and {in_features} inputs"
+            )));
+        }
+        expect_len("linear weights", weights.len(), out_features * in_features)?;
+        expect_len("linear bias", bias.len(), out_features)?;
+        let weights =
+            PackedB::new(1, in_features, out_features, input_zero_point, bias, |_, o, i| {
+                weights[o * in_features + i]
+            });
+        Ok(PackedLinear { input_zero_point, weights })
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.weights.k()
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.weights.n()
+    }
+
+    /// The input zero point folded into the packed biases.
+    pub fn input_zero_point(&self) -> u8 {
+        self.input_zero_point
+    }
+}
+
+/// Quantized linear: `input` `[rows, in_features]` → `output` `[rows, out_features]`.
+///
+/// Every ISA path and thread count writes the same bytes. Errors on wrong buffer lengths or bad
+/// multipliers.
+pub fn qlinear(
+    input: &[u8],
+    rows: usize,
+    linear: &PackedLinear,
+    requant: &Requant,
+    output: &mut [u8],
+) -> Result<()> {
+    let (k, n) = (linear.in_features(), linear.out_features());
+    expect_len("linear input", input.len(), rows * k)?;
+    expect_len("linear output", output.len(), rows * n)?;
+    requant.check(n)?;
+    let epilogue = Epilogue::new(requant, linear.weights.columns());
+    let source = DenseRows::new(input, k);
+    let gemm = Gemm { rows: &source, m: rows, b: &linear.weights, epilogue: &epilogue };
+    gemm.run(gemm::kernel(active_isa()), output, n, true);
+    Ok(())
+}

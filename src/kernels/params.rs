@@ -1,0 +1,251 @@
+//! Quantization parameters, the requantization definition and the helpers that turn PyTorch's
+//! float parameters into the integer ones the kernels take.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Affine `u8` quantization parameters: `x = scale · (q − zero_point)`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QParams {
+    /// The step between two quantized values; finite and positive.
+    pub scale: f32,
+    /// The `u8` value that represents 0.0.
+    pub zero_point: u8,
+}
+
+impl QParams {
+    /// Parameters with the given scale and zero point.
+    pub fn new(scale: f32, zero_point: u8) -> Self {
+        QParams { scale, zero_point }
+    }
+
+    /// `Err(InvalidArgument)` unless the scale is finite and positive.
+    pub(crate) fn check(&self, what: &str) -> Result<()> {
+        if self.scale.is_finite() && self.scale > 0.0 {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "{what}: scale must be finite and positive, got {}",
+                self.scale
+            )))
+        }
+    }
+}
+
+/// How an `i32` accumulator becomes the `u8` output of a conv or linear layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Requant {
+    /// `s_x·s_w[c] / s_y` per output channel (length `out_channels`), or one value for all.
+    pub multipliers: Vec<f32>,
+    /// The output zero point `z_y`.
+    pub zero_point: u8,
+    /// The lowest output value: `0`, or `z_y` for a fused ReLU.
+    pub qmin: u8,
+    /// The highest output value: `255`, or the quantized 6.0 for a fused ReLU6.
+    pub qmax: u8,
+}
+
+impl Requant {
+    /// No fused activation: the output spans `0..=255`.
+    pub fn new(multipliers: Vec<f32>, zero_point: u8) -> Self {
+        Requant { multipliers, zero_point, qmin: 0, qmax: 255 }
+    }
+
+    /// Fuses a ReLU: `qmin = z_y`.
+    pub fn with_relu(mut self) -> Self {
+        self.qmin = self.zero_point;
+        self
+    }
+
+    /// Fuses a ReLU6 for an output of scale `y_scale`: `qmin = z_y` and `qmax` = 6.0 quantized
+    /// exactly as [`crate::kernels::quantize`] would (PyTorch's `quantize_val(s_y, z_y, 6.0)`).
+    pub fn with_relu6(mut self, y_scale: f32) -> Self {
+        self.qmin = self.zero_point;
+        self.qmax = quantize_one(6.0, 1.0 / y_scale, f32::from(self.zero_point));
+        self
+    }
+
+    /// The multiplier of output channel `c` (call [`Requant::check`] first).
+    pub(crate) fn multiplier(&self, c: usize) -> f32 {
+        if self.multipliers.len() == 1 { self.multipliers[0] } else { self.multipliers[c] }
+    }
+
+    /// `Err` unless there are 1 or `channels` finite multipliers and `qmin <= qmax`.
+    pub(crate) fn check(&self, channels: usize) -> Result<()> {
+        let n = self.multipliers.len();
+        if n != 1 && n != channels {
+            return Err(Error::Shape {
+                context: "requant multipliers".into(),
+                expected: format!("1 or {channels} values"),
+                got: format!("{n} values"),
+            });
+        }
+        if let Some(bad) = self.multipliers.iter().find(|m| !m.is_finite()) {
+            return Err(Error::InvalidArgument(format!("requant multiplier {bad} is not finite")));
+        }
+        if self.qmin > self.qmax {
+            return Err(Error::InvalidArgument(format!(
+                "requant qmin {} is above qmax {}",
+                self.qmin, self.qmax
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// THE requantization: `i32` accumulator → `u8`, as fbgemm's `ReQuantizeOutput`.
+///
+/// Exactly, in `f32` with round-to-nearest-even at every step and no fused multiply-add:
+/// `v = (acc as f32) * multiplier` (the `i32 → f32` conversion rounds to nearest even), then
+/// `v` is clamped to `[qmin − z, qmax − z]`, rounded half to even, and `z` is added. Because
+/// rounding is monotone and the bounds are integers this equals
+/// `clamp(round_half_even(acc·m) + z, qmin, qmax)`, and it never overflows. Every SIMD path
+/// (`cvtdq2ps`, `mulps`, `maxps`, `minps`, `cvtps2dq`) computes these same operations.
+pub fn requantize(acc: i32, multiplier: f32, zero_point: u8, qmin: u8, qmax: u8) -> u8 {
+    let z = f32::from(zero_point);
+    requantize_parts(
+        acc,
+        multiplier,
+        i32::from(zero_point),
+        f32::from(qmin) - z,
+        f32::from(qmax) - z,
+    )
+}
+
+/// [`requantize`] with its constants precomputed: `lo = qmin − z`, `hi = qmax − z`.
+#[inline(always)]
+pub(crate) fn requantize_parts(acc: i32, multiplier: f32, zero_point: i32, lo: f32, hi: f32) -> u8 {
+    round_to_u8(acc as f32 * multiplier, zero_point, lo, hi)
+}
+
+/// The end of [`requantize`]: clamp `v` to `[lo, hi]`, round half to even, add `zero_point`.
+#[inline(always)]
+pub(crate) fn round_to_u8(v: f32, zero_point: i32, lo: f32, hi: f32) -> u8 {
+    (v.max(lo).min(hi).round_ties_even() as i32 + zero_point) as u8
+}
+
+/// Quantizes one value with a precomputed `inv_scale = 1/scale` and `zero = z as f32`:
+/// `clamp(round_half_even(fma(x, inv_scale, zero)), 0, 255)`, NaN → 255 (see
+/// [`crate::kernels::quantize`]).
+#[inline(always)]
+pub(crate) fn quantize_one(x: f32, inv_scale: f32, zero: f32) -> u8 {
+    x.mul_add(inv_scale, zero).min(255.0).max(0.0).round_ties_even() as u8
+}
+
+/// Integer biases for a conv or linear layer with a float bias, as close as an integer can get
+/// to fbgemm's.
+///
+/// `bias_i32[c] = round_half_even(bias[c] / (x_scale · w_scale[c]))` in `f32` (the product
+/// rounded first, then the quotient; saturating at the `i32` range). fbgemm keeps the quotient
+/// as a float and adds it to the converted accumulator, so outputs can differ from PyTorch's by
+/// one step in the rare cases where the dropped fraction moves `acc·m` across a rounding
+/// boundary. `w_scales` has one value per channel or one for all.
+pub fn quantize_bias(bias: &[f32], x_scale: f32, w_scales: &[f32]) -> Vec<i32> {
+    bias.iter()
+        .enumerate()
+        .map(|(c, &b)| {
+            let w_scale = if w_scales.len() == 1 { w_scales[0] } else { w_scales[c] };
+            (b / (x_scale * w_scale)).round_ties_even() as i32
+        })
+        .collect()
+}
+
+/// Per-channel requantization multipliers as fbgemm computes them:
+/// `(x_scale · w_scale[c]) / y_scale` in `f32`, the product rounded first.
+pub fn conv_multipliers(x_scale: f32, w_scales: &[f32], y_scale: f32) -> Vec<f32> {
+    w_scales.iter().map(|&w| (x_scale * w) / y_scale).collect()
+}
+
+/// The requantization constants as the kernels read them, per packed output column.
+#[derive(Clone, Debug)]
+pub(crate) struct Epilogue {
+    /// One multiplier per packed column (padding columns hold 0).
+    pub(crate) multipliers: Vec<f32>,
+    /// `z_y` as `i32`.
+    pub(crate) zero_point: i32,
+    /// `qmin − z_y`, the lower clamp applied before rounding.
+    pub(crate) lo: f32,
+    /// `qmax − z_y`, the upper clamp applied before rounding.
+    pub(crate) hi: f32,
+}
+
+impl Epilogue {
+    /// Builds the constants of `requant` for packed columns whose channels `column_channel`
+    /// gives (`None` for padding columns). `requant` must have passed [`Requant::check`].
+    pub(crate) fn new(requant: &Requant, columns: impl Iterator<Item = Option<usize>>) -> Self {
+        let z = f32::from(requant.zero_point);
+        Epilogue {
+            multipliers: columns.map(|c| c.map_or(0.0, |c| requant.multiplier(c))).collect(),
+            zero_point: i32::from(requant.zero_point),
+            lo: f32::from(requant.qmin) - z,
+            hi: f32::from(requant.qmax) - z,
+        }
+    }
+}
+
+/// `Err(Shape)` unless a buffer has the expected length.
+pub(crate) fn expect_len(context: &str, got: usize, expected: usize) -> Result<()> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(Error::Shape {
+            context: context.into(),
+            expected: format!("{expected} elements"),
+            got: format!("{got} elements"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requantize_rounds_half_to_even_and_clamps() {
+        assert_eq!(requantize(5, 0.5, 10, 0, 255), 12); // 2.5 -> 2
+        assert_eq!(requantize(7, 0.5, 10, 0, 255), 14); // 3.5 -> 4
+        assert_eq!(requantize(-5, 0.5, 10, 0, 255), 8); // -2.5 -> -2
+        assert_eq!(requantize(i32::MAX, 1.0, 0, 0, 255), 255);
+        assert_eq!(requantize(i32::MIN, 1.0, 200, 0, 255), 0);
+        assert_eq!(requantize(-100, 0.1, 50, 50, 255), 50); // fused ReLU
+        assert_eq!(requantize(1_000, 0.1, 50, 0, 120), 120); // fused ReLU6
+    }
+
+    #[test]
+    fn quantize_one_matches_fbgemm_examples() {
+        // fbgemm's QuantUtils example: x * (1/s) = 127.5 rounds to 128 (ties to even).
+        let s = 0.002_148_548_6_f32;
+        assert_eq!(quantize_one(0.273_939_94, 1.0 / s, 0.0), 128);
+        assert_eq!(quantize_one(f32::NAN, 10.0, 3.0), 255);
+        assert_eq!(quantize_one(f32::INFINITY, 10.0, 3.0), 255);
+        assert_eq!(quantize_one(-1e30, 10.0, 3.0), 0);
+    }
+
+    #[test]
+    fn relu6_bound_is_quantized_six() {
+        let r = Requant::new(vec![1.0], 10).with_relu6(0.05);
+        assert_eq!((r.qmin, r.qmax), (10, 130));
+        let r = Requant::new(vec![1.0], 200).with_relu6(0.01);
+        assert_eq!(r.qmax, 255);
+    }
+
+    #[test]
+    fn bias_and_multipliers_follow_fbgemm_rounding() {
+        assert_eq!(quantize_bias(&[1.0, -0.25, 0.0], 0.5, &[0.1, 0.2, 0.3]), vec![20, -2, 0]);
+        assert_eq!(quantize_bias(&[f32::MAX], 1e-30, &[1e-10]), vec![i32::MAX]);
+        let m = conv_multipliers(0.05, &[0.01], 0.06);
+        assert_eq!(m, vec![(0.05f32 * 0.01) / 0.06]);
+    }
+
+    #[test]
+    fn bad_requant_is_an_error() {
+        assert!(Requant::new(vec![1.0; 3], 0).check(4).is_err());
+        assert!(Requant::new(vec![f32::NAN], 0).check(4).is_err());
+        let mut r = Requant::new(vec![1.0], 0);
+        r.qmin = 9;
+        r.qmax = 8;
+        assert!(r.check(4).is_err());
+        assert!(Requant::new(vec![1.0; 4], 0).check(4).is_ok());
+    }
+}
