@@ -120,9 +120,15 @@ pub(crate) fn requantize_parts(acc: i32, multiplier: f32, zero_point: i32, lo: f
 }
 
 /// The end of [`requantize`]: clamp `v` to `[lo, hi]`, round half to even, add `zero_point`.
+///
+/// The clamps are written as comparisons (`maxps`/`minps` semantics, identical to
+/// `f32::max`/`f32::min` for these operands: a NaN `v` becomes `lo`) and the rounding as
+/// [`round_half_even`], so that loops over it vectorize.
 #[inline(always)]
 pub(crate) fn round_to_u8(v: f32, zero_point: i32, lo: f32, hi: f32) -> u8 {
-    (v.max(lo).min(hi).round_ties_even() as i32 + zero_point) as u8
+    let v = if v > lo { v } else { lo };
+    let v = if v < hi { v } else { hi };
+    (round_half_even(v) + zero_point) as u8
 }
 
 /// Quantizes one value with a precomputed `inv_scale = 1/scale` and `zero = z as f32`:
@@ -130,7 +136,19 @@ pub(crate) fn round_to_u8(v: f32, zero_point: i32, lo: f32, hi: f32) -> u8 {
 /// [`crate::kernels::quantize`]).
 #[inline(always)]
 pub(crate) fn quantize_one(x: f32, inv_scale: f32, zero: f32) -> u8 {
-    x.mul_add(inv_scale, zero).min(255.0).max(0.0).round_ties_even() as u8
+    let v = x.mul_add(inv_scale, zero);
+    let v = if v < 255.0 { v } else { 255.0 };
+    let v = if v > 0.0 { v } else { 0.0 };
+    round_half_even(v) as u8
+}
+
+/// `v.round_ties_even() as i32` for `|v| <= 2^22`: adding `1.5·2^23` rounds to an integer
+/// (ties to even, the default rounding) and leaves it in the low mantissa bits. Written with a
+/// bit cast because float-to-int casts do not vectorize.
+#[inline(always)]
+fn round_half_even(v: f32) -> i32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
 }
 
 /// Integer biases for a conv or linear layer with a float bias, as close as an integer can get
@@ -210,6 +228,17 @@ mod tests {
         assert_eq!(requantize(i32::MIN, 1.0, 200, 0, 255), 0);
         assert_eq!(requantize(-100, 0.1, 50, 50, 255), 50); // fused ReLU
         assert_eq!(requantize(1_000, 0.1, 50, 0, 120), 120); // fused ReLU6
+    }
+
+    #[test]
+    fn magic_rounding_is_round_half_to_even() {
+        let limit = (1 << 22) as f32;
+        let mut values = vec![-limit, limit, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, -0.0, 0.49999997];
+        values.extend((-2000..2000).map(|i| i as f32 * 0.25));
+        values.extend((0..2000).map(|i| (i as f32 * 1234.567).sin() * limit));
+        for v in values {
+            assert_eq!(round_half_even(v), v.round_ties_even() as i32, "{v}");
+        }
     }
 
     #[test]

@@ -74,7 +74,7 @@ impl RowSource for ConvRows<'_> {
 
     fn direct(&self) -> bool {
         let g = self.geometry;
-        g.kernel == [1, 1] && g.padding == [0; 4] && g.in_per_group() % KR == 0
+        g.kernel == [1, 1] && g.padding == [0; 4] && g.in_per_group().is_multiple_of(KR)
     }
 
     fn row(&self, group: usize, r: usize) -> &[u8] {
@@ -84,27 +84,76 @@ impl RowSource for ConvRows<'_> {
         &pixel[group * cin_g..][..cin_g]
     }
 
-    fn copy_row(&self, group: usize, r: usize, dst: &mut [u8]) {
-        let g = self.geometry;
-        let ([kh, kw], [dh, dw], cin_g) = (g.kernel, g.dilation, g.in_per_group());
-        let (y0, x0) = self.origin(r);
-        // With one group and no horizontal dilation, a kernel row is one run of input bytes.
-        let whole_rows = g.groups == 1 && dw == 1;
-        for ky in 0..kh {
-            let iy = y0 + (ky * dh) as isize;
-            let dst = &mut dst[ky * kw * cin_g..][..kw * cin_g];
-            if whole_rows && x0 >= 0 && x0 as usize + kw <= self.in_hw[1] {
-                if let Some(offset) = self.offset(r, iy, x0) {
-                    dst.copy_from_slice(&self.input[offset..][..kw * cin_g]);
-                    continue;
-                }
-            }
-            for (kx, dst) in dst.chunks_exact_mut(cin_g).enumerate() {
-                match self.pixel(r, iy, x0 + (kx * dw) as isize) {
-                    Some(pixel) => dst.copy_from_slice(&pixel[group * cin_g..][..cin_g]),
-                    None => dst.fill(self.zero_point),
+    fn copy_rows(&self, group: usize, first: usize, dst: &mut [u8], lda: usize) {
+        let [oh, ow] = self.out_hw;
+        let (mut n, mut oy, mut ox) = (first / (oh * ow), first / ow % oh, first % ow);
+        let k = self.k();
+        for i in 0..dst.len() / lda {
+            self.copy_pixel(group, [n, oy, ox], &mut dst[i * lda..][..k]);
+            ox += 1;
+            if ox == ow {
+                (ox, oy) = (0, oy + 1);
+                if oy == oh {
+                    (oy, n) = (0, n + 1);
                 }
             }
         }
+    }
+}
+
+impl ConvRows<'_> {
+    /// Writes the im2col row of output pixel `(n, oy, ox)` for `group` to `dst` (`K` bytes).
+    fn copy_pixel(&self, group: usize, [n, oy, ox]: [usize; 3], dst: &mut [u8]) {
+        let g = self.geometry;
+        let ([h, w], c, cin_g) = (self.in_hw, g.in_channels, g.in_per_group());
+        let ([kh, kw], [dh, dw]) = (g.kernel, g.dilation);
+        let y0 = (oy * g.stride[0]) as isize - g.padding[0] as isize;
+        let x0 = (ox * g.stride[1]) as isize - g.padding[1] as isize;
+        let image = &self.input[n * h * w * c..][..h * w * c];
+        // With one group and no horizontal dilation, a kernel row inside the image is one run.
+        let whole_row = g.groups == 1 && dw == 1 && x0 >= 0 && x0 as usize + kw <= w;
+        let run = kw * cin_g;
+        for ky in 0..kh {
+            let (iy, dst) = (y0 + (ky * dh) as isize, &mut dst[ky * run..][..run]);
+            if iy < 0 || iy as usize >= h {
+                dst.fill(self.zero_point);
+                continue;
+            }
+            let row = &image[iy as usize * w * c..][..w * c];
+            if whole_row {
+                copy_small(dst, &row[x0 as usize * c..][..run]);
+                continue;
+            }
+            for kx in 0..kw {
+                let (ix, dst) = (x0 + (kx * dw) as isize, &mut dst[kx * cin_g..][..cin_g]);
+                if ix < 0 || ix as usize >= w {
+                    dst.fill(self.zero_point);
+                } else {
+                    copy_small(dst, &row[ix as usize * c + group * cin_g..][..cin_g]);
+                }
+            }
+        }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the short runs of im2col, as fixed-size (possibly
+/// overlapping) copies instead of a `memcpy` call per run.
+#[inline(always)]
+fn copy_small(dst: &mut [u8], src: &[u8]) {
+    let n = dst.len();
+    debug_assert_eq!(n, src.len());
+    macro_rules! overlapping {
+        ($size:literal) => {{
+            for start in (0..n - $size).step_by($size).chain([n - $size]) {
+                dst[start..start + $size].copy_from_slice(&src[start..start + $size]);
+            }
+        }};
+    }
+    match n {
+        32.. => overlapping!(32),
+        16.. => overlapping!(16),
+        8.. => overlapping!(8),
+        4.. => overlapping!(4),
+        _ => dst.copy_from_slice(src),
     }
 }

@@ -53,7 +53,9 @@ impl Conv2dGeometry {
                  group count: {self:?}"
             )));
         }
-        if self.in_channels % self.groups != 0 || self.out_channels % self.groups != 0 {
+        if !self.in_channels.is_multiple_of(self.groups)
+            || !self.out_channels.is_multiple_of(self.groups)
+        {
             return Err(Error::InvalidArgument(format!(
                 "conv2d groups {} do not divide in_channels {} and out_channels {}",
                 self.groups, self.in_channels, self.out_channels
@@ -193,7 +195,7 @@ impl PackedConv2d {
     pub fn emulate_fbgemm_depthwise(mut self) -> Self {
         let g = self.geometry;
         let [k, _] = g.kernel;
-        let fast_path = g.in_channels % 8 == 0
+        let fast_path = g.in_channels.is_multiple_of(8)
             && (g.out_channels == g.in_channels || g.out_channels == 2 * g.in_channels)
             && g.kernel[0] == g.kernel[1]
             && (k == 3 || k == 5)

@@ -87,7 +87,7 @@ unsafe fn tile(t: &Tile) {
     #[repr(C, align(64))]
     struct Acc([[i32; NR]; MR]);
     let mut c = Acc([[0; NR]; MR]);
-    debug_assert!(t.k_groups % (K_ALIGN / KR) == 0);
+    debug_assert!(t.k_groups.is_multiple_of(K_ALIGN / KR));
     // SAFETY: rows 0..32 are readable for `k_groups·4` bytes, `lda` apart (tile contract), so
     // every A tile load stays inside them; the panel holds `k_groups` groups of at least 32
     // columns, so every B tile row (64 bytes at a 256-byte stride) is inside it; `c` is 32 rows

@@ -26,8 +26,9 @@ pub(crate) trait RowSource: Sync {
     fn direct(&self) -> bool;
     /// Row `r` of group `g` in place, at least `K` bytes (only called when `direct()`).
     fn row(&self, g: usize, r: usize) -> &[u8];
-    /// Writes the `K` bytes of row `r` of group `g` to `dst`.
-    fn copy_row(&self, g: usize, r: usize, dst: &mut [u8]);
+    /// Writes the `K` bytes of rows `first..` of group `g` to `dst`, one row every `lda >= K`
+    /// bytes (as many rows as `dst` holds).
+    fn copy_rows(&self, g: usize, first: usize, dst: &mut [u8], lda: usize);
 }
 
 /// Rows stored one after another, `K` bytes each (a linear layer's input).
@@ -49,15 +50,17 @@ impl RowSource for DenseRows<'_> {
     }
 
     fn direct(&self) -> bool {
-        self.k % KR == 0
+        self.k.is_multiple_of(KR)
     }
 
     fn row(&self, _g: usize, r: usize) -> &[u8] {
         &self.data[r * self.k..][..self.k]
     }
 
-    fn copy_row(&self, g: usize, r: usize, dst: &mut [u8]) {
-        dst.copy_from_slice(self.row(g, r));
+    fn copy_rows(&self, g: usize, first: usize, dst: &mut [u8], lda: usize) {
+        for (i, dst) in dst.chunks_exact_mut(lda).enumerate() {
+            dst[..self.k].copy_from_slice(self.row(g, first + i));
+        }
     }
 }
 
@@ -159,9 +162,7 @@ impl Gemm<'_> {
         } else {
             let padded_rows = task.mc.div_ceil(kernel.mr) * kernel.mr;
             s.panel.resize(s.panel.len().max(padded_rows * lda), 0);
-            for i in 0..task.mc {
-                self.rows.copy_row(g, task.m0 + i, &mut s.panel[i * lda..][..k]);
-            }
+            self.rows.copy_rows(g, task.m0, &mut s.panel[..task.mc * lda], lda);
             let base = s.panel.as_ptr();
             // SAFETY: `i·lda < padded_rows·lda <= s.panel.len()`.
             s.rows.extend((0..padded_rows).map(|i| unsafe { base.add(i * lda) }));
