@@ -108,7 +108,7 @@ fn kind_channels((kind, a, b, groups): (u8, usize, usize, usize)) -> (usize, usi
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn random_convs_match_the_naive_reference(case in conv_case()) {

@@ -52,7 +52,7 @@ fn values(n: usize, seed: u64, spread: f32) -> Vec<f32> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(128))]
 
     #[test]
     fn quantize_and_dequantize_follow_fbgemm(qp in qparams(), n in 0usize..3000, seed in any::<u64>()) {
@@ -126,24 +126,29 @@ fn requantize_with_the_same_parameters_is_a_copy() {
 
 #[test]
 fn layout_changes_move_values_and_quantize_like_quantize() {
-    let (n, c, h, w) = (2, 3, 4, 5);
-    let qp = QParams::new(0.02, 40);
-    let x = values(n * c * h * w, 7, 3.0);
-    let mut nhwc = vec![0; x.len()];
-    quantize_nchw_to_nhwc(&x, n, c, h, w, qp, &mut nhwc).expect("to nhwc");
-    let mut back = vec![0.0; x.len()];
-    dequantize_nhwc_to_nchw(&nhwc, n, h, w, c, qp, &mut back).expect("to nchw");
-    for i in 0..n {
-        for ch in 0..c {
-            for y in 0..h {
-                for xx in 0..w {
-                    let nchw = ((i * c + ch) * h + y) * w + xx;
-                    let q = nhwc[((i * h + y) * w + xx) * c + ch];
-                    assert_eq!(q, quantize_ref(x[nchw], qp));
-                    assert_eq!(back[nchw], dequantize_ref(q, qp));
+    for (n, c, h, w) in [(2, 3, 4, 5), (1, 1, 7, 3), (3, 17, 2, 9)] {
+        let qp = QParams::new(0.02, 40);
+        let x = values(n * c * h * w, 7, 3.0);
+        let (mut nhwc, mut back) = (vec![0; x.len()], vec![0.0; x.len()]);
+        for i in 0..n {
+            for ch in 0..c {
+                for p in 0..h * w {
+                    let (nchw, q) = ((i * c + ch) * h * w + p, &mut nhwc[(i * h * w + p) * c + ch]);
+                    *q = quantize_ref(x[nchw], qp);
+                    back[nchw] = dequantize_ref(*q, qp);
                 }
             }
         }
+        check_all_paths("quantize to NHWC", &nhwc, || {
+            let mut out = vec![0; x.len()];
+            quantize_nchw_to_nhwc(&x, n, c, h, w, qp, &mut out).expect("to nhwc");
+            out
+        });
+        check_all_paths("dequantize to NCHW", &back, || {
+            let mut out = vec![0.0; x.len()];
+            dequantize_nhwc_to_nchw(&nhwc, n, h, w, c, qp, &mut out).expect("to nchw");
+            out
+        });
     }
 }
 

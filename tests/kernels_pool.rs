@@ -107,7 +107,7 @@ fn window() -> impl Strategy<Value = ([usize; 2], [usize; 2], [usize; 2], [usize
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(128))]
 
     #[test]
     fn max_pool_matches_naive_windows(

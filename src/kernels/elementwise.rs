@@ -81,16 +81,26 @@ pub fn quantize_nchw_to_nhwc(
     qp.check("quantize")?;
     expect_len("quantize input", x.len(), n * c * h * w)?;
     expect_len("quantize output", out.len(), n * c * h * w)?;
-    let (inv, zero) = (1.0 / qp.scale, f32::from(qp.zero_point));
+    let (tier, inv, zero) = (tier(), 1.0 / qp.scale, f32::from(qp.zero_point));
     out.par_chunks_mut((w * c).max(1)).enumerate().for_each(|(row, out)| {
-        let (image, y) = (row / h.max(1), row % h.max(1));
-        for (x_pos, pixel) in out.chunks_exact_mut(c).enumerate() {
-            for (ch, out) in pixel.iter_mut().enumerate() {
-                *out = quantize_one(x[((image * c + ch) * h + y) * w + x_pos], inv, zero);
-            }
-        }
+        let (image, y) = (row / h, row % h);
+        let planes = &x[image * c * h * w..][..c * h * w];
+        quantize_to_pixels(tier, planes, h * w, y * w, inv, zero, out);
     });
     Ok(())
+}
+
+multiversion! {
+    /// Quantizes pixels `first..` of the channel planes `planes` (`c × plane` values) into
+    /// interleaved pixels (`out`, `c` bytes each).
+    fn quantize_to_pixels(planes: &[f32], plane: usize, first: usize, inv: f32, zero: f32, out: &mut [u8]) {
+        let c = planes.len() / plane;
+        for (i, pixel) in out.chunks_exact_mut(c).enumerate() {
+            for (ch, out) in pixel.iter_mut().enumerate() {
+                *out = quantize_one(planes[ch * plane + first + i], inv, zero);
+            }
+        }
+    }
 }
 
 /// Dequantizes an NHWC `u8` tensor `[n, h, w, c]` into an NCHW `f32` tensor `[n, c, h, w]`
@@ -107,14 +117,22 @@ pub fn dequantize_nhwc_to_nchw(
     qp.check("dequantize")?;
     expect_len("dequantize input", q.len(), n * h * w * c)?;
     expect_len("dequantize output", out.len(), n * h * w * c)?;
-    let zero = i32::from(qp.zero_point);
+    let tier = tier();
     out.par_chunks_mut((h * w).max(1)).enumerate().for_each(|(plane, out)| {
-        let (image, ch) = (plane / c.max(1), plane % c.max(1));
-        for (i, out) in out.iter_mut().enumerate() {
-            *out = qp.scale * (i32::from(q[(image * h * w + i) * c + ch]) - zero) as f32;
-        }
+        let (image, ch) = (plane / c, plane % c);
+        dequantize_channel(tier, &q[image * h * w * c..][..h * w * c], ch, qp, out);
     });
     Ok(())
+}
+
+multiversion! {
+    /// Dequantizes channel `ch` of interleaved pixels (`pixels`, `out.len()` of them) into `out`.
+    fn dequantize_channel(pixels: &[u8], ch: usize, qp: QParams, out: &mut [f32]) {
+        let (c, zero) = (pixels.len() / out.len(), i32::from(qp.zero_point));
+        for (i, out) in out.iter_mut().enumerate() {
+            *out = qp.scale * (i32::from(pixels[i * c + ch]) - zero) as f32;
+        }
+    }
 }
 
 /// Quantized add of two tensors of the same shape (PyTorch `quantized::add` / `add_relu`).

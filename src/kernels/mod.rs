@@ -17,6 +17,15 @@
 //!   arithmetic; each function's doc comment spells out the exact `f32` operations so a float
 //!   "debug mode" can reproduce the integers.
 //!
+//! # Matching PyTorch (fbgemm)
+//!
+//! Give a conv or linear layer `bias_i32 = quantize_bias(bias, s_x, s_w)` and
+//! `Requant::new(conv_multipliers(s_x, s_w, s_y), z_y)` (plus `.with_relu()` for a fused ReLU).
+//! fbgemm adds its bias as a float (`bias / (s_x·s_w)`) where we round it to `i32`, so a few
+//! outputs in a thousand can differ by one step. fbgemm's depthwise kernels saturate tap-pair
+//! sums to `i16` (`vpmaddubsw`); [`PackedConv2d::emulate_fbgemm_depthwise`] reproduces that,
+//! exact arithmetic is the default.
+//!
 //! # Paths
 //!
 //! [`Isa`] names the instruction-set paths; [`available_isas`] lists the ones this CPU runs

@@ -95,31 +95,29 @@ struct Job<'a> {
     multiplier: usize,
 }
 
-impl Job<'_> {
-    /// The input channels tap `t` of output row `r` reads (the zero-point row for padding).
-    fn tap(&self, r: usize, (y0, x0): (isize, isize), t: usize) -> &[u8] {
-        let g = self.rows.geometry();
-        let (kw, [dh, dw]) = (g.kernel[1], g.dilation);
-        let (iy, ix) = (y0 + (t / kw * dh) as isize, x0 + (t % kw * dw) as isize);
-        self.rows.pixel(r, iy, ix).unwrap_or(self.zero_row)
-    }
-}
-
 multiversion! {
     /// Output pixels `first..` (as many as `out` holds).
     fn pixels(job: &Job<'_>, first: usize, out: &mut [u8]) {
-        let (packed, ep, m) = (job.packed, job.epilogue, job.multiplier);
+        let (packed, ep, m, rows) = (job.packed, job.epilogue, job.multiplier, job.rows);
         let channels = packed.bias.len();
-        let taps = packed.weights.len() / channels;
-        let (lo16, hi16) = if packed.saturate_pairs { (-32768, 32767) } else { (i32::MIN, i32::MAX) };
+        let g = rows.geometry();
+        let ([_, kw], [dh, dw]) = (g.kernel, g.dilation);
+        let offsets: Vec<_> =
+            (0..packed.weights.len() / channels).map(|t| (t / kw * dh, t % kw * dw)).collect();
+        let (lo16, hi16) =
+            if packed.saturate_pairs { (-32768, 32767) } else { (i32::MIN, i32::MAX) };
         let mut acc = vec![0i32; channels];
-        for (p, out) in out.chunks_exact_mut(channels).enumerate() {
-            let r = first + p;
-            let origin = job.rows.origin(r);
+        let mut taps: Vec<&[u8]> = Vec::with_capacity(offsets.len());
+        for (out, pixel) in out.chunks_exact_mut(channels).zip(rows.pixels_from(first)) {
+            let (y0, x0) = rows.origin(pixel);
+            taps.clear();
+            taps.extend(offsets.iter().map(|&(dy, dx)| {
+                rows.pixel(pixel[0], y0 + dy as isize, x0 + dx as isize).unwrap_or(job.zero_row)
+            }));
             acc.copy_from_slice(&packed.bias);
-            for t0 in (0..taps).step_by(2) {
-                let t1 = (t0 + 1).min(taps - 1);
-                let (x0, x1) = (job.tap(r, origin, t0), job.tap(r, origin, t1));
+            for t0 in (0..taps.len()).step_by(2) {
+                let t1 = (t0 + 1).min(taps.len() - 1);
+                let (x0, x1) = (taps[t0], taps[t1]);
                 let w0 = &packed.weights[t0 * channels..][..channels];
                 // A last odd tap pairs with nothing (`second` is 0).
                 let w1 = &packed.weights[t1 * channels..][..channels];
@@ -129,8 +127,8 @@ multiversion! {
                     sum.clamp(lo16, hi16)
                 };
                 if m == 1 {
-                    let taps = x0.iter().zip(x1).zip(w0.iter().zip(w1));
-                    for (acc, ((&a0, &a1), (&b0, &b1))) in acc.iter_mut().zip(taps) {
+                    let lanes = x0.iter().zip(x1).zip(w0.iter().zip(w1));
+                    for (acc, ((&a0, &a1), (&b0, &b1))) in acc.iter_mut().zip(lanes) {
                         *acc = acc.wrapping_add(pair(a0, b0, a1, b1));
                     }
                 } else {

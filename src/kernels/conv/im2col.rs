@@ -41,29 +41,33 @@ impl<'a> ConvRows<'a> {
         self.geometry
     }
 
-    /// Offset in the input of pixel `(n, iy, ix)` of output row `r`'s image, or `None` where
-    /// `(iy, ix)` (relative to the unpadded image, may be negative) is padding.
-    fn offset(&self, r: usize, iy: isize, ix: isize) -> Option<usize> {
-        let [h, w] = self.in_hw;
-        let n = r / (self.out_hw[0] * self.out_hw[1]);
-        let (iy, ix) = (usize::try_from(iy).ok()?, usize::try_from(ix).ok()?);
-        (iy < h && ix < w).then(|| ((n * h + iy) * w + ix) * self.geometry.in_channels)
+    /// Output pixels `first..`, as `[n, oy, ox]` in row order.
+    pub(super) fn pixels_from(&self, first: usize) -> impl Iterator<Item = [usize; 3]> + use<> {
+        let [oh, ow] = self.out_hw;
+        let start = [first / (oh * ow), first / ow % oh, first % ow];
+        std::iter::successors(Some(start), move |&[n, oy, ox]| {
+            Some(match (ox + 1 == ow, oy + 1 == oh) {
+                (false, _) => [n, oy, ox + 1],
+                (true, false) => [n, oy + 1, 0],
+                (true, true) => [n + 1, 0, 0],
+            })
+        })
     }
 
-    /// The `C_in` channels of input pixel `(iy, ix)` of output row `r`'s image (`None`: padding).
-    pub(super) fn pixel(&self, r: usize, iy: isize, ix: isize) -> Option<&'a [u8]> {
-        let c = self.geometry.in_channels;
-        self.offset(r, iy, ix).map(|offset| &self.input[offset..][..c])
-    }
-
-    /// Top-left input coordinate (before adding `ky·dh`, `kx·dw`) of output row `r`.
-    pub(super) fn origin(&self, r: usize) -> (isize, isize) {
+    /// Input coordinate of tap `(0, 0)` of output pixel `[_, oy, ox]` (may be negative).
+    pub(super) fn origin(&self, [_, oy, ox]: [usize; 3]) -> (isize, isize) {
         let g = self.geometry;
-        let (oy, ox) = ((r / self.out_hw[1]) % self.out_hw[0], r % self.out_hw[1]);
         (
             (oy * g.stride[0]) as isize - g.padding[0] as isize,
             (ox * g.stride[1]) as isize - g.padding[1] as isize,
         )
+    }
+
+    /// The `C_in` channels of input pixel `(iy, ix)` of image `n` (`None` where it is padding).
+    pub(super) fn pixel(&self, n: usize, iy: isize, ix: isize) -> Option<&'a [u8]> {
+        let ([h, w], c) = (self.in_hw, self.geometry.in_channels);
+        let (iy, ix) = (usize::try_from(iy).ok()?, usize::try_from(ix).ok()?);
+        (iy < h && ix < w).then(|| &self.input[((n * h + iy) * w + ix) * c..][..c])
     }
 }
 
@@ -78,37 +82,28 @@ impl RowSource for ConvRows<'_> {
     }
 
     fn row(&self, group: usize, r: usize) -> &[u8] {
-        let (iy, ix) = self.origin(r);
+        let pixel = self.pixels_from(r).next().expect("an output pixel");
+        let (iy, ix) = self.origin(pixel);
         let cin_g = self.geometry.in_per_group();
-        let pixel = self.pixel(r, iy, ix).expect("a 1x1 unpadded conv reads inside the image");
-        &pixel[group * cin_g..][..cin_g]
+        let input = self.pixel(pixel[0], iy, ix).expect("a 1x1 unpadded conv reads the image");
+        &input[group * cin_g..][..cin_g]
     }
 
     fn copy_rows(&self, group: usize, first: usize, dst: &mut [u8], lda: usize) {
-        let [oh, ow] = self.out_hw;
-        let (mut n, mut oy, mut ox) = (first / (oh * ow), first / ow % oh, first % ow);
         let k = self.k();
-        for i in 0..dst.len() / lda {
-            self.copy_pixel(group, [n, oy, ox], &mut dst[i * lda..][..k]);
-            ox += 1;
-            if ox == ow {
-                (ox, oy) = (0, oy + 1);
-                if oy == oh {
-                    (oy, n) = (0, n + 1);
-                }
-            }
+        for (dst, pixel) in dst.chunks_exact_mut(lda).zip(self.pixels_from(first)) {
+            self.copy_pixel(group, pixel, &mut dst[..k]);
         }
     }
 }
 
 impl ConvRows<'_> {
     /// Writes the im2col row of output pixel `(n, oy, ox)` for `group` to `dst` (`K` bytes).
-    fn copy_pixel(&self, group: usize, [n, oy, ox]: [usize; 3], dst: &mut [u8]) {
+    fn copy_pixel(&self, group: usize, pixel: [usize; 3], dst: &mut [u8]) {
         let g = self.geometry;
         let ([h, w], c, cin_g) = (self.in_hw, g.in_channels, g.in_per_group());
         let ([kh, kw], [dh, dw]) = (g.kernel, g.dilation);
-        let y0 = (oy * g.stride[0]) as isize - g.padding[0] as isize;
-        let x0 = (ox * g.stride[1]) as isize - g.padding[1] as isize;
+        let ((y0, x0), n) = (self.origin(pixel), pixel[0]);
         let image = &self.input[n * h * w * c..][..h * w * c];
         // With one group and no horizontal dilation, a kernel row inside the image is one run.
         let whole_row = g.groups == 1 && dw == 1 && x0 >= 0 && x0 as usize + kw <= w;

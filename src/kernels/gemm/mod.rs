@@ -48,10 +48,10 @@ use by_rows;
 
 /// One microkernel call: an `m × n` block of outputs over the whole reduction.
 ///
-/// Safety contract, checked by the driver: `rows[0..m]` (AMX: `rows[0..mr]`, `lda` bytes
-/// apart) are readable for `k_groups·KR` bytes; `b` is readable for `k_groups` groups
-/// `GROUP_STRIDE` bytes apart of `n` rounded up to 16 columns; `bias` and `multipliers` hold
-/// `n` rounded up to 16 values; `out` row `i < m` is writable for `n` bytes at `out + i·ldc`.
+/// Safety contract, kept by the driver: `rows[0..m]` (for a kernel with `packed_a`:
+/// `rows[0..mr]`, `lda` bytes apart) are readable for `k_groups·KR` bytes; `b` is readable for
+/// `k_groups` groups `GROUP_STRIDE` bytes apart of the kernel's `nr` columns; `bias` and
+/// `multipliers` hold `nr` values; `out` row `i < m` is writable for `n` bytes at `out + i·ldc`.
 pub(crate) struct Tile {
     /// Pointers to the rows of A.
     pub(crate) rows: *const *const u8,
