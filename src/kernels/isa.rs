@@ -172,4 +172,12 @@ mod tests {
         assert_eq!(active_isa(), before);
         assert!(available_isas().contains(&Isa::Scalar));
     }
+
+    #[test]
+    fn forcing_an_unavailable_path_is_an_error() {
+        for isa in Isa::ALL.into_iter().filter(|isa| !available_isas().contains(isa)) {
+            let forced = with_isa(isa, active_isa);
+            assert!(matches!(forced, Err(Error::IsaUnavailable(name)) if name == isa.name()));
+        }
+    }
 }
