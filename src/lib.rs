@@ -8,6 +8,8 @@
 //! - [`exec`]: interpreters over the graph ([`exec::FloatExecutor`] runs it in float on any
 //!   Burn device);
 //! - [`kernels`]: the hand-written int8 CPU kernels;
+//! - [`observe`]: observers that record value ranges and compute quantization parameters
+//!   exactly as PyTorch's do;
 //! - [`models`]: models used across the project (a torchvision-layout ResNet).
 
 pub mod capture;
@@ -16,6 +18,7 @@ pub mod exec;
 pub mod graph;
 pub mod kernels;
 pub mod models;
+pub mod observe;
 
 pub use capture::Forward;
 pub use error::{Error, Result};

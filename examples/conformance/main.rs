@@ -10,6 +10,8 @@
 
 mod float;
 mod goldens;
+mod kernels;
+mod observers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +19,7 @@ use std::process::ExitCode;
 /// One conformance check: its name on the command line and the function that runs it.
 type Check = (&'static str, fn(&std::path::Path) -> Result<bool, Box<dyn std::error::Error>>);
 
-const CHECKS: &[Check] = &[("float", float::run)];
+const CHECKS: &[Check] = &[("float", float::run), ("kernels", kernels::run), ("observers", observers::run)];
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
