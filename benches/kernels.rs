@@ -26,7 +26,10 @@ const CONVS: [(&str, usize, usize, usize, usize, usize); 4] = [
 ];
 
 fn one_thread() -> ThreadPool {
-    rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("1-thread pool")
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("1-thread pool")
 }
 
 fn data(n: usize, seed: u64) -> Vec<u8> {
@@ -54,7 +57,10 @@ fn convs(c: &mut Criterion) {
             dilation: [1, 1],
             groups: 1,
         };
-        let weights: Vec<i8> = data(cout * cin * k * k, 1).into_iter().map(|v| v as i8).collect();
+        let weights: Vec<i8> = data(cout * cin * k * k, 1)
+            .into_iter()
+            .map(|v| v as i8)
+            .collect();
         let packed = PackedConv2d::new(geometry, &weights, &vec![0; cout], 128).expect("conv");
         let requant = Requant::new(vec![1e-4], 0).with_relu();
         let (oh, ow) = packed.output_size(hw, hw).expect("output size");
@@ -79,8 +85,10 @@ fn elementwise(c: &mut Criterion) {
     let pool = one_thread();
     let qp = QParams::new(0.05, 100);
     let mut group = c.benchmark_group("elementwise");
-    let x: Vec<f32> =
-        data(224 * 224 * 3, 3).into_iter().map(|v| f32::from(v) / 50.0 - 2.0).collect();
+    let x: Vec<f32> = data(224 * 224 * 3, 3)
+        .into_iter()
+        .map(|v| f32::from(v) / 50.0 - 2.0)
+        .collect();
     let (a, b) = (data(56 * 56 * 64, 4), data(56 * 56 * 64, 5));
     let pool_in = data(112 * 112 * 64, 6);
     let max_pool = MaxPool2d {
@@ -93,23 +101,30 @@ fn elementwise(c: &mut Criterion) {
     for isa in available_isas() {
         let run = |f: &mut (dyn FnMut() + Send)| pool.install(|| with_isa(isa, f)).expect("path");
         group.throughput(Throughput::Elements(x.len() as u64));
-        group.bench_function(BenchmarkId::new("quantize_224x224x3", isa.name()), |bench| {
-            let mut q = vec![0; x.len()];
-            run(&mut || bench.iter(|| quantize(black_box(&x), qp, &mut q)))
-        });
+        group.bench_function(
+            BenchmarkId::new("quantize_224x224x3", isa.name()),
+            |bench| {
+                let mut q = vec![0; x.len()];
+                run(&mut || bench.iter(|| quantize(black_box(&x), qp, &mut q)))
+            },
+        );
         group.throughput(Throughput::Elements(a.len() as u64));
         group.bench_function(BenchmarkId::new("add_relu_56x56x64", isa.name()), |bench| {
             let mut out = vec![0; a.len()];
             run(&mut || bench.iter(|| qadd(black_box(&a), qp, &b, qp, qp, true, &mut out)))
         });
         group.throughput(Throughput::Elements(pool_in.len() as u64));
-        group.bench_function(BenchmarkId::new("maxpool_3x3s2_112x112x64", isa.name()), |bench| {
-            let mut out = vec![0; 56 * 56 * 64];
-            run(&mut || {
-                bench
-                    .iter(|| qmax_pool2d(black_box(&pool_in), 1, 112, 112, 64, &max_pool, &mut out))
-            })
-        });
+        group.bench_function(
+            BenchmarkId::new("maxpool_3x3s2_112x112x64", isa.name()),
+            |bench| {
+                let mut out = vec![0; 56 * 56 * 64];
+                run(&mut || {
+                    bench.iter(|| {
+                        qmax_pool2d(black_box(&pool_in), 1, 112, 112, 64, &max_pool, &mut out)
+                    })
+                })
+            },
+        );
     }
     group.finish();
 }

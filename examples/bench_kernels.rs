@@ -40,7 +40,16 @@ const fn shape(
     hw: usize,
     count: usize,
 ) -> Shape {
-    Shape { name, cin, cout, k, stride, pad: k / 2, hw, count }
+    Shape {
+        name,
+        cin,
+        cout,
+        k,
+        stride,
+        pad: k / 2,
+        hw,
+        count,
+    }
 }
 
 const RESNET18: [Shape; 11] = [
@@ -92,7 +101,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) as u32
     }
 }
@@ -108,11 +120,17 @@ fn int8_time(s: &Shape, batch: usize, rng: &mut Lcg) -> Duration {
         dilation: [1, 1],
         groups: 1,
     };
-    let weights: Vec<i8> = (0..s.cout * s.cin * s.k * s.k).map(|_| rng.next() as i8).collect();
-    let bias: Vec<i32> = (0..s.cout).map(|_| (rng.next() % 20_000) as i32 - 10_000).collect();
+    let weights: Vec<i8> = (0..s.cout * s.cin * s.k * s.k)
+        .map(|_| rng.next() as i8)
+        .collect();
+    let bias: Vec<i32> = (0..s.cout)
+        .map(|_| (rng.next() % 20_000) as i32 - 10_000)
+        .collect();
     let packed = PackedConv2d::new(geometry, &weights, &bias, 128).expect("valid conv");
     let requant = Requant::new(vec![1e-4; s.cout], 0).with_relu();
-    let input: Vec<u8> = (0..batch * s.hw * s.hw * s.cin).map(|_| rng.next() as u8).collect();
+    let input: Vec<u8> = (0..batch * s.hw * s.hw * s.cin)
+        .map(|_| rng.next() as u8)
+        .collect();
     let mut out = vec![0u8; batch * s.out_hw().pow(2) * s.cout];
     median(|| qconv2d(&input, batch, s.hw, s.hw, &packed, &requant, &mut out).expect("conv"))
 }
@@ -120,10 +138,16 @@ fn int8_time(s: &Shape, batch: usize, rng: &mut Lcg) -> Duration {
 /// Median time of Burn's Flex f32 conv on the same shape.
 fn flex_time(s: &Shape, batch: usize, rng: &mut Lcg) -> Duration {
     let device = Device::flex();
-    let mut data =
-        |n: usize| (0..n).map(|_| rng.next() as f32 / u32::MAX as f32 - 0.5).collect::<Vec<f32>>();
+    let mut data = |n: usize| {
+        (0..n)
+            .map(|_| rng.next() as f32 / u32::MAX as f32 - 0.5)
+            .collect::<Vec<f32>>()
+    };
     let x = Tensor::<4>::from_data(
-        TensorData::new(data(batch * s.cin * s.hw * s.hw), [batch, s.cin, s.hw, s.hw]),
+        TensorData::new(
+            data(batch * s.cin * s.hw * s.hw),
+            [batch, s.cin, s.hw, s.hw],
+        ),
         &device,
     );
     let w = Tensor::<4>::from_data(
@@ -143,14 +167,27 @@ fn main() {
     let batches: Vec<usize> = std::env::args()
         .skip_while(|a| a != "--batches")
         .nth(1)
-        .map(|list| list.split(',').map(|b| b.parse().expect("batch size")).collect())
+        .map(|list| {
+            list.split(',')
+                .map(|b| b.parse().expect("batch size"))
+                .collect()
+        })
         .unwrap_or_else(|| vec![1, 32]);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("1-thread pool");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("1-thread pool");
     let paths = available_isas();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("paths: {paths:?}; best: {}; load average: {}", active_isa(), load.trim());
-    let peaks: Vec<(Isa, Option<f64>)> =
-        paths.iter().map(|&isa| (isa, measure_peak_gmacs(isa).expect("available path"))).collect();
+    println!(
+        "paths: {paths:?}; best: {}; load average: {}",
+        active_isa(),
+        load.trim()
+    );
+    let peaks: Vec<(Isa, Option<f64>)> = paths
+        .iter()
+        .map(|&isa| (isa, measure_peak_gmacs(isa).expect("available path")))
+        .collect();
     for (isa, peak) in &peaks {
         match peak {
             Some(p) => println!("measured peak of {isa}: {p:.1} GMAC/s (1 core)"),

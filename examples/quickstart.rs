@@ -25,7 +25,11 @@ fn main() -> Result<()> {
     let capture_ms = start.elapsed().as_secs_f64() * 1e3;
     let listing = graph.to_string();
     let lines: Vec<&str> = listing.lines().collect();
-    println!("captured ResNet-18 in {capture_ms:.0} ms: {} nodes, {} parameters", graph.nodes.len(), graph.parameter_paths().len());
+    println!(
+        "captured ResNet-18 in {capture_ms:.0} ms: {} nodes, {} parameters",
+        graph.nodes.len(),
+        graph.parameter_paths().len()
+    );
     for line in lines.iter().take(8) {
         println!("{line}");
     }
@@ -36,7 +40,10 @@ fn main() -> Result<()> {
         model.forward(images.clone()).into_data();
     });
     let graph_ms = median_ms(|| {
-        float.forward::<4, 2>(images.clone()).expect("run").into_data();
+        float
+            .forward::<4, 2>(images.clone())
+            .expect("run")
+            .into_data();
     });
     let diff: f32 = (model.forward(images.clone()) - float.forward::<4, 2>(images)?)
         .abs()
@@ -52,8 +59,13 @@ fn main() -> Result<()> {
     println!("| calibrate + convert          | coming next  |");
     println!("| Fashion-MNIST model          | coming next  |");
     println!();
-    println!("eager {eager_ms:.1} ms / batch of 8, graph interpreter {graph_ms:.1} ms (64x64 images, Flex)");
-    println!("quickstart: nodes={} max_abs_vs_eager={diff:.1e} eager_ms={eager_ms:.1} interpreter_ms={graph_ms:.1}", graph.nodes.len());
+    println!(
+        "eager {eager_ms:.1} ms / batch of 8, graph interpreter {graph_ms:.1} ms (64x64 images, Flex)"
+    );
+    println!(
+        "quickstart: nodes={} max_abs_vs_eager={diff:.1e} eager_ms={eager_ms:.1} interpreter_ms={graph_ms:.1}",
+        graph.nodes.len()
+    );
     Ok(())
 }
 

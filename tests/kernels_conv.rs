@@ -31,9 +31,13 @@ impl ConvCase {
         let input = rng.u8s(self.batch * self.h * self.w * g.in_channels);
         let weights =
             rng.i8s(g.out_channels * g.in_channels / g.groups * g.kernel[0] * g.kernel[1]);
-        let bias: Vec<i32> = (0..g.out_channels).map(|_| rng.range(-5000, 5000) as i32).collect();
+        let bias: Vec<i32> = (0..g.out_channels)
+            .map(|_| rng.range(-5000, 5000) as i32)
+            .collect();
         let channels = if self.per_channel { g.out_channels } else { 1 };
-        let multipliers = (0..channels).map(|_| 10f32.powf(rng.f32(-4.5, -2.0))).collect();
+        let multipliers = (0..channels)
+            .map(|_| 10f32.powf(rng.f32(-4.5, -2.0)))
+            .collect();
         let mut requant = Requant::new(multipliers, self.zy);
         requant = match self.clamp {
             0 => requant,
@@ -53,7 +57,10 @@ impl ConvCase {
         let (oh, ow) = packed.output_size(self.h, self.w).expect("output size");
         check_all_paths(&format!("{self:?}"), &expected, || {
             let mut out = vec![0; self.batch * oh * ow * g.out_channels];
-            qconv2d(&input, self.batch, self.h, self.w, &packed, &requant, &mut out).expect("conv");
+            qconv2d(
+                &input, self.batch, self.h, self.w, &packed, &requant, &mut out,
+            )
+            .expect("conv");
             out
         });
     }
@@ -70,7 +77,13 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
         (1usize..3, 1usize..3, 1usize..3, 1usize..3),
         (0usize..4, 0usize..4, 0usize..4, 0usize..4),
         (0usize..9, 0usize..9, 1usize..3),
-        (prop_oneof![Just(0u8), any::<u8>()], any::<u8>(), any::<bool>(), 0u8..3, any::<u64>()),
+        (
+            prop_oneof![Just(0u8), any::<u8>()],
+            any::<u8>(),
+            any::<bool>(),
+            0u8..3,
+            any::<u64>(),
+        ),
     )
         .prop_map(
             |(
@@ -94,7 +107,17 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
                     dilation: [dh, dw],
                     groups,
                 };
-                ConvCase { batch, h, w, geometry, zx, zy, per_channel: pc, clamp, seed }
+                ConvCase {
+                    batch,
+                    h,
+                    w,
+                    geometry,
+                    zx,
+                    zy,
+                    per_channel: pc,
+                    clamp,
+                    seed,
+                }
             },
         )
 }
@@ -136,7 +159,17 @@ fn geometry(
 }
 
 fn case(batch: usize, hw: usize, geometry: Conv2dGeometry, seed: u64) -> ConvCase {
-    ConvCase { batch, h: hw, w: hw, geometry, zx: 117, zy: 3, per_channel: true, clamp: 1, seed }
+    ConvCase {
+        batch,
+        h: hw,
+        w: hw,
+        geometry,
+        zx: 117,
+        zy: 3,
+        per_channel: true,
+        clamp: 1,
+        seed,
+    }
 }
 
 #[test]
@@ -165,9 +198,12 @@ fn depthwise_and_grouped_convs() {
 #[test]
 fn linear_layers_match_the_naive_reference() {
     let mut rng = Rng::new(42);
-    for (rows, in_f, out_f, zx) in
-        [(1, 64, 10, 128), (3, 37, 19, 0), (7, 512, 1000, 77), (13, 5, 1, 255)]
-    {
+    for (rows, in_f, out_f, zx) in [
+        (1, 64, 10, 128),
+        (3, 37, 19, 0),
+        (7, 512, 1000, 77),
+        (13, 5, 1, 255),
+    ] {
         let input = rng.u8s(rows * in_f);
         let w = rng.i8s(out_f * in_f);
         let bias: Vec<i32> = (0..out_f).map(|_| rng.range(-9000, 9000) as i32).collect();
@@ -213,9 +249,27 @@ fn bad_inputs_are_errors_not_panics() {
     let shape = |r: burn_quantize::Result<()>| matches!(r, Err(Error::Shape { .. }));
     let invalid =
         |r: burn_quantize::Result<PackedConv2d>| matches!(r, Err(Error::InvalidArgument(_)));
-    assert!(shape(qconv2d(&[0; 99], 1, 5, 5, &packed, &requant, &mut out)));
-    assert!(shape(qconv2d(&[0; 100], 1, 5, 5, &packed, &requant, &mut out[..10])));
-    assert!(shape(qconv2d(&[0; 100], 1, 5, 5, &packed, &Requant::new(vec![1.0; 3], 0), &mut out)));
+    assert!(shape(qconv2d(
+        &[0; 99], 1, 5, 5, &packed, &requant, &mut out
+    )));
+    assert!(shape(qconv2d(
+        &[0; 100],
+        1,
+        5,
+        5,
+        &packed,
+        &requant,
+        &mut out[..10]
+    )));
+    assert!(shape(qconv2d(
+        &[0; 100],
+        1,
+        5,
+        5,
+        &packed,
+        &Requant::new(vec![1.0; 3], 0),
+        &mut out
+    )));
     let mut bad = Requant::new(vec![1.0], 9);
     bad.qmin = 10;
     bad.qmax = 9;
@@ -232,11 +286,32 @@ fn bad_inputs_are_errors_not_panics() {
         )
         .is_err()
     );
-    assert!(invalid(PackedConv2d::new(geometry(4, 8, 3, 0, 1, 1), &w, &[0; 8], 0)));
-    assert!(invalid(PackedConv2d::new(geometry(4, 6, 3, 1, 1, 4), &w, &[0; 6], 0)));
-    assert!(invalid(PackedConv2d::new(geometry(4, 8, 0, 1, 1, 1), &[], &[0; 8], 0)));
-    assert!(matches!(PackedConv2d::new(g, &w[1..], &[0; 8], 0), Err(Error::Shape { .. })));
-    assert!(matches!(PackedConv2d::new(g, &w, &[0; 7], 0), Err(Error::Shape { .. })));
+    assert!(invalid(PackedConv2d::new(
+        geometry(4, 8, 3, 0, 1, 1),
+        &w,
+        &[0; 8],
+        0
+    )));
+    assert!(invalid(PackedConv2d::new(
+        geometry(4, 6, 3, 1, 1, 4),
+        &w,
+        &[0; 6],
+        0
+    )));
+    assert!(invalid(PackedConv2d::new(
+        geometry(4, 8, 0, 1, 1, 1),
+        &[],
+        &[0; 8],
+        0
+    )));
+    assert!(matches!(
+        PackedConv2d::new(g, &w[1..], &[0; 8], 0),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        PackedConv2d::new(g, &w, &[0; 7], 0),
+        Err(Error::Shape { .. })
+    ));
     assert!(PackedLinear::new(&[0; 6], 2, 3, &[0; 3], 0).is_err());
     assert!(PackedLinear::new(&[], 0, 3, &[], 0).is_err());
     let linear = PackedLinear::new(&[1; 6], 2, 3, &[0; 2], 0).expect("valid linear");
@@ -270,8 +345,10 @@ fn fbgemm_depthwise(
                         i32::from(x) * i32::from(weights[ch * 9 + t])
                     })
                     .collect();
-                let pairs: i32 =
-                    taps.chunks(2).map(|p| p.iter().sum::<i32>().clamp(-32768, 32767)).sum();
+                let pairs: i32 = taps
+                    .chunks(2)
+                    .map(|p| p.iter().sum::<i32>().clamp(-32768, 32767))
+                    .sum();
                 let sum_w: i32 = weights[ch * 9..][..9].iter().map(|&v| i32::from(v)).sum();
                 out.push(burn_quantize::kernels::requantize(
                     pairs - i32::from(zx) * sum_w,
@@ -290,16 +367,21 @@ fn fbgemm_depthwise(
 fn fbgemm_depthwise_emulation_saturates_tap_pairs() {
     let (hw, c, zx) = (9, 16, 110);
     let mut rng = Rng::new(11);
-    let input: Vec<u8> =
-        (0..hw * hw * c).map(|i| if i % 3 == 0 { 255 } else { rng.next() as u8 }).collect();
-    let weights: Vec<i8> =
-        (0..c * 9).map(|i| if i % 2 == 0 { 127 } else { rng.next() as i8 }).collect();
+    let input: Vec<u8> = (0..hw * hw * c)
+        .map(|i| if i % 3 == 0 { 255 } else { rng.next() as u8 })
+        .collect();
+    let weights: Vec<i8> = (0..c * 9)
+        .map(|i| if i % 2 == 0 { 127 } else { rng.next() as i8 })
+        .collect();
     let requant = Requant::new((0..c).map(|_| rng.f32(1e-3, 1e-2)).collect(), 128);
     let expected = fbgemm_depthwise(&input, [hw, hw], c, &weights, zx, &requant);
     let g = geometry(c, c, 3, 1, 1, c);
     let exact = PackedConv2d::new(g, &weights, &[0; 16], zx).expect("valid conv");
     let emulated = exact.clone().emulate_fbgemm_depthwise();
-    assert_ne!(exact, emulated, "3x3 depthwise over 16 channels is on fbgemm's fast path");
+    assert_ne!(
+        exact, emulated,
+        "3x3 depthwise over 16 channels is on fbgemm's fast path"
+    );
     check_all_paths("fbgemm depthwise", &expected, || {
         let mut out = vec![0; hw * hw * c];
         qconv2d(&input, 1, hw, hw, &emulated, &requant, &mut out).expect("conv");
@@ -307,15 +389,26 @@ fn fbgemm_depthwise_emulation_saturates_tap_pairs() {
     });
     let reference =
         kernels_common::conv2d(&input, [1, hw, hw], &g, &weights, &[0; 16], zx, &requant);
-    assert_ne!(reference, expected, "the inputs must overflow i16 pairs somewhere");
+    assert_ne!(
+        reference, expected,
+        "the inputs must overflow i16 pairs somewhere"
+    );
     let seven_bit: Vec<u8> = input.iter().map(|&v| v / 2).collect();
     let (zx7, requant) = (55, requant);
     let mut out = vec![0; hw * hw * c];
-    let emulated7 =
-        PackedConv2d::new(g, &weights, &[0; 16], zx7).unwrap().emulate_fbgemm_depthwise();
+    let emulated7 = PackedConv2d::new(g, &weights, &[0; 16], zx7)
+        .unwrap()
+        .emulate_fbgemm_depthwise();
     qconv2d(&seven_bit, 1, hw, hw, &emulated7, &requant, &mut out).expect("conv");
-    let exact7 =
-        kernels_common::conv2d(&seven_bit, [1, hw, hw], &g, &weights, &[0; 16], zx7, &requant);
+    let exact7 = kernels_common::conv2d(
+        &seven_bit,
+        [1, hw, hw],
+        &g,
+        &weights,
+        &[0; 16],
+        zx7,
+        &requant,
+    );
     assert_eq!(out, exact7, "7-bit activations never saturate");
     let other = PackedConv2d::new(geometry(c, c, 3, 1, 0, c), &weights, &[0; 16], zx).unwrap();
     assert_eq!(

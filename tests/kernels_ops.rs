@@ -13,7 +13,11 @@ use proptest::prelude::*;
 /// PyTorch's quantize (fbgemm AVX2 path): one fused multiply-add by the rounded reciprocal.
 fn quantize_ref(x: f32, qp: QParams) -> u8 {
     let v = x.mul_add(1.0 / qp.scale, f32::from(qp.zero_point));
-    if v.is_nan() { 255 } else { v.round_ties_even().clamp(0.0, 255.0) as u8 }
+    if v.is_nan() {
+        255
+    } else {
+        v.round_ties_even().clamp(0.0, 255.0) as u8
+    }
 }
 
 fn dequantize_ref(q: u8, qp: QParams) -> f32 {
@@ -22,8 +26,12 @@ fn dequantize_ref(q: u8, qp: QParams) -> f32 {
 
 /// PyTorch's vectorized `qadd_kernel`.
 fn add_ref(a: u8, a_qp: QParams, b: u8, b_qp: QParams, out: QParams, relu: bool) -> u8 {
-    let da = a_qp.scale.mul_add(f32::from(a), a_qp.scale * -f32::from(a_qp.zero_point));
-    let db = b_qp.scale.mul_add(f32::from(b), b_qp.scale * -f32::from(b_qp.zero_point));
+    let da = a_qp
+        .scale
+        .mul_add(f32::from(a), a_qp.scale * -f32::from(a_qp.zero_point));
+    let db = b_qp
+        .scale
+        .mul_add(f32::from(b), b_qp.scale * -f32::from(b_qp.zero_point));
     let c = if relu { (da + db).max(0.0) } else { da + db };
     let r = (c * (1.0 / out.scale)).round_ties_even() + f32::from(out.zero_point);
     r.clamp(0.0, 255.0) as u8
@@ -112,15 +120,24 @@ proptest! {
 #[test]
 fn requantize_with_the_same_parameters_is_a_copy() {
     let q: Vec<u8> = (0..=255).collect();
-    for qp in [QParams::new(0.05, 100), QParams::new(1e-3, 0), QParams::new(0.37, 255)] {
+    for qp in [
+        QParams::new(0.05, 100),
+        QParams::new(1e-3, 0),
+        QParams::new(0.37, 255),
+    ] {
         check_all_paths("identity requantize", &q, || {
             let mut out = vec![0; 256];
             requantize_u8(&q, qp, qp, &mut out).expect("requantize");
             out
         });
-        let via_float: Vec<u8> =
-            q.iter().map(|&v| quantize_ref(dequantize_ref(v, qp), qp)).collect();
-        assert_eq!(via_float, q, "dequantize-then-quantize is the identity for {qp:?}");
+        let via_float: Vec<u8> = q
+            .iter()
+            .map(|&v| quantize_ref(dequantize_ref(v, qp), qp))
+            .collect();
+        assert_eq!(
+            via_float, q,
+            "dequantize-then-quantize is the identity for {qp:?}"
+        );
     }
 }
 
@@ -133,7 +150,10 @@ fn layout_changes_move_values_and_quantize_like_quantize() {
         for i in 0..n {
             for ch in 0..c {
                 for p in 0..h * w {
-                    let (nchw, q) = ((i * c + ch) * h * w + p, &mut nhwc[(i * h * w + p) * c + ch]);
+                    let (nchw, q) = (
+                        (i * c + ch) * h * w + p,
+                        &mut nhwc[(i * h * w + p) * c + ch],
+                    );
                     *q = quantize_ref(x[nchw], qp);
                     back[nchw] = dequantize_ref(*q, qp);
                 }
@@ -155,7 +175,11 @@ fn layout_changes_move_values_and_quantize_like_quantize() {
 #[test]
 fn bad_inputs_are_errors_not_panics() {
     let qp = QParams::new(0.1, 3);
-    for bad in [QParams::new(0.0, 0), QParams::new(f32::NAN, 0), QParams::new(-1.0, 0)] {
+    for bad in [
+        QParams::new(0.0, 0),
+        QParams::new(f32::NAN, 0),
+        QParams::new(-1.0, 0),
+    ] {
         assert!(quantize(&[1.0], bad, &mut [0]).is_err());
         assert!(dequantize(&[1], bad, &mut [0.0]).is_err());
         assert!(qadd(&[1], bad, &[1], qp, qp, false, &mut [0]).is_err());
@@ -167,7 +191,11 @@ fn bad_inputs_are_errors_not_panics() {
     assert!(requantize_u8(&[1, 2], qp, qp, &mut [0]).is_err());
     assert!(quantize_nchw_to_nhwc(&[0.0; 5], 1, 1, 2, 3, qp, &mut [0; 6]).is_err());
     assert!(dequantize_nhwc_to_nchw(&[0; 6], 1, 2, 3, 1, qp, &mut [0.0; 5]).is_err());
-    let input = CatInput { data: &[1, 2, 3], channels: 2, qparams: qp };
+    let input = CatInput {
+        data: &[1, 2, 3],
+        channels: 2,
+        qparams: qp,
+    };
     assert!(qcat(&[input], 2, qp, &mut [0; 4]).is_err());
     assert!(qcat(&[], 2, qp, &mut []).is_err());
 }

@@ -22,8 +22,22 @@ fn out_size(size: usize, k: usize, s: usize, p: usize, d: usize, ceil: bool) -> 
 }
 
 fn max_ref(x: &[u8], [n, h, w, c]: [usize; 4], p: &MaxPool2d) -> Vec<u8> {
-    let oh = out_size(h, p.kernel[0], p.stride[0], p.padding[0], p.dilation[0], p.ceil_mode);
-    let ow = out_size(w, p.kernel[1], p.stride[1], p.padding[1], p.dilation[1], p.ceil_mode);
+    let oh = out_size(
+        h,
+        p.kernel[0],
+        p.stride[0],
+        p.padding[0],
+        p.dilation[0],
+        p.ceil_mode,
+    );
+    let ow = out_size(
+        w,
+        p.kernel[1],
+        p.stride[1],
+        p.padding[1],
+        p.dilation[1],
+        p.ceil_mode,
+    );
     let mut out = Vec::new();
     for (i, oy, ox, ch) in itertools(n, oh, ow, c) {
         let mut best = 0u8;
@@ -161,7 +175,9 @@ fn global_average_uses_the_reciprocal_of_the_reciprocal() {
     let expected: Vec<u8> = (0..n * c)
         .map(|i| {
             let (image, ch) = (i / c, i % c);
-            let sum: i32 = (0..h * w).map(|p| i32::from(x[(image * h * w + p) * c + ch])).sum();
+            let sum: i32 = (0..h * w)
+                .map(|p| i32::from(x[(image * h * w + p) * c + ch]))
+                .sum();
             requantize(sum - 49 * 100, m, 7, 0, 255)
         })
         .collect();
@@ -209,16 +225,49 @@ fn bad_inputs_are_errors_not_panics() {
     assert!(qmax_pool2d(&[0; 10], 1, 4, 4, 1, &pool, &mut [0; 4]).is_err());
     assert!(qmax_pool2d(&[0; 16], 1, 4, 4, 1, &pool, &mut [0; 3]).is_err());
     assert!(
-        qmax_pool2d(&[0; 16], 1, 4, 4, 1, &MaxPool2d { stride: [0, 2], ..pool }, &mut [0; 4])
-            .is_err()
+        qmax_pool2d(
+            &[0; 16],
+            1,
+            4,
+            4,
+            1,
+            &MaxPool2d {
+                stride: [0, 2],
+                ..pool
+            },
+            &mut [0; 4]
+        )
+        .is_err()
     );
     assert!(
-        qmax_pool2d(&[0; 16], 1, 4, 4, 1, &MaxPool2d { padding: [2, 1], ..pool }, &mut [0; 4])
-            .is_err()
+        qmax_pool2d(
+            &[0; 16],
+            1,
+            4,
+            4,
+            1,
+            &MaxPool2d {
+                padding: [2, 1],
+                ..pool
+            },
+            &mut [0; 4]
+        )
+        .is_err()
     );
     assert!(qmax_pool2d(&[], 1, 0, 4, 1, &pool, &mut []).is_err());
     assert!(
-        qavg_pool2d(&[0; 16], 1, 4, 4, 1, &AVG_2X2, qp, QParams::new(0.0, 0), &mut [0; 4]).is_err()
+        qavg_pool2d(
+            &[0; 16],
+            1,
+            4,
+            4,
+            1,
+            &AVG_2X2,
+            qp,
+            QParams::new(0.0, 0),
+            &mut [0; 4]
+        )
+        .is_err()
     );
     assert!(
         qavg_pool2d(
@@ -227,7 +276,10 @@ fn bad_inputs_are_errors_not_panics() {
             4,
             4,
             1,
-            &AvgPool2d { kernel: [5, 5], ..AVG_2X2 },
+            &AvgPool2d {
+                kernel: [5, 5],
+                ..AVG_2X2
+            },
             qp,
             qp,
             &mut [0; 4]

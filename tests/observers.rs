@@ -31,14 +31,19 @@ fn normal(n: usize, seed: u64) -> Vec<f32> {
         ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     };
     (0..n)
-        .map(|_| ((-2.0 * uniform().ln()).sqrt() * (2.0 * std::f64::consts::PI * uniform()).cos()) as f32)
+        .map(|_| {
+            ((-2.0 * uniform().ln()).sqrt() * (2.0 * std::f64::consts::PI * uniform()).cos()) as f32
+        })
         .collect()
 }
 
 /// The float range `[lo, hi]` the qparams represent.
 fn represented(params: &QParams) -> (f32, f32) {
     let (scale, zp) = (params.scale[0], params.zero_point[0]);
-    (scale * (params.quant_min - zp) as f32, scale * (params.quant_max - zp) as f32)
+    (
+        scale * (params.quant_min - zp) as f32,
+        scale * (params.quant_max - zp) as f32,
+    )
 }
 
 fn observed(config: &ObserverConfig, batches: &[Vec<f32>]) -> QParams {
@@ -59,7 +64,9 @@ fn presets_match_pytorch_defaults() {
     assert_eq!(weight.dtype, QDType::QInt8);
     assert_eq!(
         ObserverConfig::moving_average_min_max(false).kind,
-        ObserverKind::MovingAverageMinMax { averaging_constant: 0.01 }
+        ObserverKind::MovingAverageMinMax {
+            averaging_constant: 0.01
+        }
     );
 }
 
@@ -67,30 +74,50 @@ fn presets_match_pytorch_defaults() {
 fn configs_round_trip_through_serde() {
     for config in all_configs() {
         let json = serde_json::to_string(&config).unwrap();
-        assert_eq!(serde_json::from_str::<ObserverConfig>(&json).unwrap(), config);
+        assert_eq!(
+            serde_json::from_str::<ObserverConfig>(&json).unwrap(),
+            config
+        );
     }
 }
 
 #[test]
 fn invalid_combinations_are_rejected() {
     let invalid = [
-        ObserverConfig { scheme: QScheme::PerChannelAffine { axis: 0 }, ..ObserverConfig::min_max(false) },
+        ObserverConfig {
+            scheme: QScheme::PerChannelAffine { axis: 0 },
+            ..ObserverConfig::min_max(false)
+        },
         ObserverConfig {
             scheme: QScheme::PerTensorSymmetric,
             ..ObserverConfig::per_channel_symmetric_weight()
         },
-        ObserverConfig { scheme: QScheme::PerTensorSymmetric, ..ObserverConfig::histogram(true) },
+        ObserverConfig {
+            scheme: QScheme::PerTensorSymmetric,
+            ..ObserverConfig::histogram(true)
+        },
         ObserverConfig::percentile(0.0, false),
         ObserverConfig::percentile(100.5, false),
         ObserverConfig {
-            kind: ObserverKind::MovingAverageMinMax { averaging_constant: 0.0 },
+            kind: ObserverKind::MovingAverageMinMax {
+                averaging_constant: 0.0,
+            },
             ..ObserverConfig::min_max(false)
         },
-        ObserverConfig { kind: ObserverKind::Histogram { bins: 0 }, ..ObserverConfig::min_max(false) },
-        ObserverConfig { kind: ObserverKind::Entropy { bins: 100 }, ..ObserverConfig::min_max(false) },
+        ObserverConfig {
+            kind: ObserverKind::Histogram { bins: 0 },
+            ..ObserverConfig::min_max(false)
+        },
+        ObserverConfig {
+            kind: ObserverKind::Entropy { bins: 100 },
+            ..ObserverConfig::min_max(false)
+        },
     ];
     for config in invalid {
-        assert!(matches!(config.build(), Err(Error::InvalidArgument(_))), "{config:?}");
+        assert!(
+            matches!(config.build(), Err(Error::InvalidArgument(_))),
+            "{config:?}"
+        );
     }
     for config in all_configs() {
         assert!(config.validate().is_ok(), "{config:?}");
@@ -103,7 +130,11 @@ fn every_kind_defaults_before_data_and_ignores_empty_batches() {
         let mut observer = build(&config);
         observer.observe(&[], &[0, 4]).unwrap();
         let params = observer.qparams().unwrap();
-        assert_eq!((params.scale, params.zero_point), (vec![1.0], vec![0]), "{config:?}");
+        assert_eq!(
+            (params.scale, params.zero_point),
+            (vec![1.0], vec![0]),
+            "{config:?}"
+        );
         assert_eq!(observer.config(), &config);
     }
 }
@@ -115,12 +146,18 @@ fn every_kind_rejects_non_finite_values_and_bad_shapes() {
         observer.observe(&[0.5, -0.25, 1.0, 2.0], &[2, 2]).unwrap();
         let before = observer.qparams().unwrap();
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-            let err = observer.observe(&[0.0, bad, 1.0, 2.0], &[2, 2]).unwrap_err();
+            let err = observer
+                .observe(&[0.0, bad, 1.0, 2.0], &[2, 2])
+                .unwrap_err();
             assert!(matches!(err, Error::NonFinite { .. }), "{config:?}: {err}");
         }
         let err = observer.observe(&[0.0; 3], &[2, 2]).unwrap_err();
         assert!(matches!(err, Error::Shape { .. }), "{config:?}: {err}");
-        assert_eq!(observer.qparams().unwrap(), before, "{config:?}: state changed by a rejected batch");
+        assert_eq!(
+            observer.qparams().unwrap(),
+            before,
+            "{config:?}: state changed by a rejected batch"
+        );
     }
 }
 
@@ -130,7 +167,10 @@ fn all_zeros_and_constants_give_pytorchs_qparams() {
         let mut observer = build(&config);
         observer.observe(&[0.0; 16], &[4, 4]).unwrap();
         let params = observer.qparams().unwrap();
-        assert!(params.scale.iter().all(|&s| s == f32::EPSILON), "{config:?}: {params:?}");
+        assert!(
+            params.scale.iter().all(|&s| s == f32::EPSILON),
+            "{config:?}: {params:?}"
+        );
     }
     // A constant 3.25 on u8 affine: the range [0, 3.25], zero point 0.
     for config in [
@@ -139,14 +179,21 @@ fn all_zeros_and_constants_give_pytorchs_qparams() {
         ObserverConfig::percentile(99.0, false),
     ] {
         let params = observed(&config, &[vec![3.25; 100], vec![3.25; 50]]);
-        assert_eq!((params.scale[0], params.zero_point[0]), (3.25 / 255.0, 0), "{config:?}");
+        assert_eq!(
+            (params.scale[0], params.zero_point[0]),
+            (3.25 / 255.0, 0),
+            "{config:?}"
+        );
     }
 }
 
 #[test]
 fn negative_only_input_puts_the_zero_point_at_the_top() {
     let batch: Vec<f32> = (0..1000).map(|i| -0.5 - i as f32 / 1000.0).collect();
-    for config in [ObserverConfig::min_max(false), ObserverConfig::histogram(false)] {
+    for config in [
+        ObserverConfig::min_max(false),
+        ObserverConfig::histogram(false),
+    ] {
         let params = observed(&config, std::slice::from_ref(&batch));
         assert_eq!(params.zero_point, vec![255], "{config:?}");
     }
@@ -169,7 +216,10 @@ fn per_channel_weights_get_one_scale_per_output_channel() {
     assert_eq!(params.axis, Some(0));
     assert_eq!(params.scale, vec![1.0 / 127.5, 2.0 / 127.5, 3.0 / 127.5]);
     assert_eq!(params.zero_point, vec![0, 0, 0]);
-    assert_eq!(observer.min_max(), vec![(-1.0, 1.0), (-2.0, 2.0), (-3.0, 3.0)]);
+    assert_eq!(
+        observer.min_max(),
+        vec![(-1.0, 1.0), (-2.0, 2.0), (-3.0, 3.0)]
+    );
 }
 
 #[test]
@@ -180,22 +230,39 @@ fn clipping_observers_cut_outliers_that_min_max_keeps() {
     let batches = vec![batch];
     let (_, minmax_hi) = represented(&observed(&ObserverConfig::min_max(false), &batches));
     assert!(minmax_hi >= 40.0);
-    for config in [ObserverConfig::percentile(99.99, false), ObserverConfig::entropy(false)] {
+    for config in [
+        ObserverConfig::percentile(99.99, false),
+        ObserverConfig::entropy(false),
+    ] {
         let (lo, hi) = represented(&observed(&config, &batches));
         assert!(hi < 15.0 && lo > -15.0, "{config:?}: [{lo}, {hi}]");
-        assert!(hi > 2.0 && lo < -2.0, "{config:?} clips the bulk of the data: [{lo}, {hi}]");
+        assert!(
+            hi > 2.0 && lo < -2.0,
+            "{config:?} clips the bulk of the data: [{lo}, {hi}]"
+        );
     }
 }
 
 #[test]
 fn clipping_observers_stay_near_min_max_without_outliers() {
-    let batches: Vec<Vec<f32>> =
-        (0..4).map(|b| (0..50_000).map(|i| ((i * 7 + b) % 50_000) as f32 / 49_999.0).collect()).collect();
+    let batches: Vec<Vec<f32>> = (0..4)
+        .map(|b| {
+            (0..50_000)
+                .map(|i| ((i * 7 + b) % 50_000) as f32 / 49_999.0)
+                .collect()
+        })
+        .collect();
     let (_, minmax_hi) = represented(&observed(&ObserverConfig::min_max(false), &batches));
-    for config in [ObserverConfig::percentile(99.99, false), ObserverConfig::entropy(false)] {
+    for config in [
+        ObserverConfig::percentile(99.99, false),
+        ObserverConfig::entropy(false),
+    ] {
         let (lo, hi) = represented(&observed(&config, &batches));
         assert_eq!(lo, 0.0, "{config:?}");
-        assert!((hi - minmax_hi).abs() <= 0.01 * minmax_hi, "{config:?}: {hi} vs {minmax_hi}");
+        assert!(
+            (hi - minmax_hi).abs() <= 0.01 * minmax_hi,
+            "{config:?}: {hi} vs {minmax_hi}"
+        );
     }
 }
 
@@ -209,12 +276,18 @@ fn histogram_observers_absorb_many_growing_batches_quickly() {
     ] {
         let mut observer = build(&config);
         for b in 0..200 {
-            let batch: Vec<f32> = normal(2_000, b).iter().map(|v| v * (1.0 + b as f32 * 0.05)).collect();
+            let batch: Vec<f32> = normal(2_000, b)
+                .iter()
+                .map(|v| v * (1.0 + b as f32 * 0.05))
+                .collect();
             observer.observe(&batch, &[batch.len()]).unwrap();
         }
         let params = observer.qparams().unwrap();
         let (lo, hi) = represented(&params);
-        assert!(lo < -3.0 && hi > 3.0 && hi < 60.0, "{config:?}: [{lo}, {hi}]");
+        assert!(
+            lo < -3.0 && hi > 3.0 && hi < 60.0,
+            "{config:?}: [{lo}, {hi}]"
+        );
     }
     assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
 }

@@ -24,8 +24,12 @@ pub fn run(goldens: &Path) -> Result<bool, Box<dyn std::error::Error>> {
         ("resnet_mini", ResNetConfig::resnet18(10).narrowed(4)),
     ] {
         let dir = goldens.join(name);
-        let model: ResNet = config.init(&device).load_pytorch(dir.join(format!("{name}.pth")))?;
-        let n_eval = read_json(&dir.join("golden.json"))?["n_eval"].as_u64().ok_or("n_eval")? as usize;
+        let model: ResNet = config
+            .init(&device)
+            .load_pytorch(dir.join(format!("{name}.pth")))?;
+        let n_eval = read_json(&dir.join("golden.json"))?["n_eval"]
+            .as_u64()
+            .ok_or("n_eval")? as usize;
         let expected = read_tensor(&dir.join("golden.safetensors"), "float_logits")?;
 
         let graph = Graph::capture(&model, &images.first::<4>(2, &device))?;
@@ -45,7 +49,11 @@ pub fn run(goldens: &Path) -> Result<bool, Box<dyn std::error::Error>> {
         println!(
             "{name:<12} n_eval={n_eval} nodes={} max_abs_vs_pytorch={vs_pytorch:.3e} vs_eager {}",
             graph.nodes.len(),
-            vs_eager.iter().map(|(b, d)| format!("b{b}={d:.1e}")).collect::<Vec<_>>().join(" ")
+            vs_eager
+                .iter()
+                .map(|(b, d)| format!("b{b}={d:.1e}"))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         figures.push(format!("{name} max_abs={vs_pytorch:.3e}"));
     }

@@ -16,7 +16,10 @@ impl Golden {
         let mut shape = self.shape.clone();
         let item: usize = shape[1..].iter().product();
         shape[0] = n;
-        Tensor::from_data(TensorData::new(self.values[..n * item].to_vec(), shape), device)
+        Tensor::from_data(
+            TensorData::new(self.values[..n * item].to_vec(), shape),
+            device,
+        )
     }
 }
 
@@ -24,20 +27,30 @@ impl Golden {
 pub fn read_tensor(path: &Path, name: &str) -> Result<Golden, Box<dyn std::error::Error>> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let file = safetensors::SafeTensors::deserialize(&bytes)?;
-    let view = file.tensor(name).map_err(|e| format!("{}: {name}: {e}", path.display()))?;
+    let view = file
+        .tensor(name)
+        .map_err(|e| format!("{}: {name}: {e}", path.display()))?;
     let data = view.data();
     use safetensors::Dtype;
     let values: Vec<f32> = match view.dtype() {
-        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         Dtype::U8 => data.iter().map(|&v| f32::from(v)).collect(),
         Dtype::I8 => data.iter().map(|&v| f32::from(v as i8)).collect(),
         Dtype::I64 => data
             .chunks_exact(8)
             .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
             .collect(),
-        other => return Err(format!("{}: {name}: unsupported dtype {other:?}", path.display()).into()),
+        other => {
+            return Err(format!("{}: {name}: unsupported dtype {other:?}", path.display()).into());
+        }
     };
-    Ok(Golden { values, shape: view.shape().to_vec() })
+    Ok(Golden {
+        values,
+        shape: view.shape().to_vec(),
+    })
 }
 
 /// Reads a JSON file.

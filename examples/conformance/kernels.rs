@@ -27,7 +27,10 @@ pub fn run(goldens_dir: &Path) -> BoxResult<bool> {
     let tensors = Tensors(SafeTensors::deserialize(&bytes)?);
     let cases = json["cases"].as_array().ok_or("qops.json has no cases")?;
     let paths = available_isas();
-    println!("{:<26} {:>6} {:>11} {:>8}  paths agree", "case", "values", "identical", "max_lsb");
+    println!(
+        "{:<26} {:>6} {:>11} {:>8}  paths agree",
+        "case", "values", "identical", "max_lsb"
+    );
     let (mut total, mut identical, mut max_lsb) = (0usize, 0usize, 0u8);
     for case in cases {
         let key = case["key"].as_str().ok_or("case without key")?;
@@ -38,8 +41,17 @@ pub fn run(goldens_dir: &Path) -> BoxResult<bool> {
         }
         let reference = &outputs[&Isa::Scalar];
         let agree = outputs.values().all(|out| out == reference);
-        let same = reference.iter().zip(&expected).filter(|(a, b)| a == b).count();
-        let lsb = reference.iter().zip(&expected).map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);
+        let same = reference
+            .iter()
+            .zip(&expected)
+            .filter(|(a, b)| a == b)
+            .count();
+        let lsb = reference
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap_or(0);
         if reference.len() != expected.len() {
             return Err(format!(
                 "{key}: {} outputs instead of {}",
@@ -60,7 +72,12 @@ pub fn run(goldens_dir: &Path) -> BoxResult<bool> {
         let exact = run_case(case, &tensors, false)?;
         if &exact != reference {
             let same = exact.iter().zip(&expected).filter(|(a, b)| a == b).count();
-            let lsb = exact.iter().zip(&expected).map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);
+            let lsb = exact
+                .iter()
+                .zip(&expected)
+                .map(|(a, b)| a.abs_diff(*b))
+                .max()
+                .unwrap_or(0);
             let pct = 100.0 * same as f64 / expected.len() as f64;
             println!("  (exact i32 arithmetic, the default: {pct:.2}% identical, max_lsb {lsb})");
         }
@@ -97,7 +114,10 @@ impl Tensors<'_> {
 
     fn f32(&self, name: &str) -> BoxResult<Vec<f32>> {
         let data = self.raw(name)?.1;
-        Ok(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        Ok(data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
     }
 
     fn shape(&self, name: &str) -> BoxResult<Vec<usize>> {
@@ -106,19 +126,26 @@ impl Tensors<'_> {
 }
 
 fn num(case: &Value, field: &str) -> BoxResult<f64> {
-    case[field].as_f64().ok_or_else(|| format!("case field `{field}` missing").into())
+    case[field]
+        .as_f64()
+        .ok_or_else(|| format!("case field `{field}` missing").into())
 }
 
 fn qparams(case: &Value, prefix: &str) -> BoxResult<QParams> {
     let scale = num(case, &format!("{prefix}_scale"))? as f32;
-    Ok(QParams::new(scale, num(case, &format!("{prefix}_zero_point"))? as u8))
+    Ok(QParams::new(
+        scale,
+        num(case, &format!("{prefix}_zero_point"))? as u8,
+    ))
 }
 
 /// Runs one case on the current path (depthwise convs emulating fbgemm's overflow if
 /// `fbgemm_depthwise`); the output in PyTorch's layout (NCHW).
 fn run_case(case: &Value, t: &Tensors, fbgemm_depthwise: bool) -> BoxResult<Vec<u8>> {
     let key = case["key"].as_str().unwrap_or_default();
-    let x_name = case["input"].as_str().map_or(format!("{key}.x_q"), str::to_string);
+    let x_name = case["input"]
+        .as_str()
+        .map_or(format!("{key}.x_q"), str::to_string);
     match case["op"].as_str().unwrap_or_default() {
         "conv2d" => conv(case, t, key, fbgemm_depthwise),
         "linear" => linear(case, t, key),
@@ -142,8 +169,16 @@ fn run_case(case: &Value, t: &Tensors, fbgemm_depthwise: bool) -> BoxResult<Vec<
             let a = to_nhwc(&t.u8(&format!("{key}.a_q"))?, [n, c, h, w]);
             let b = to_nhwc(&t.u8(&format!("{key}.b_q"))?, [n, c, h, w]);
             let inputs = [
-                CatInput { data: &a, channels: c, qparams: qparams(case, "a")? },
-                CatInput { data: &b, channels: c, qparams: qparams(case, "b")? },
+                CatInput {
+                    data: &a,
+                    channels: c,
+                    qparams: qparams(case, "a")?,
+                },
+                CatInput {
+                    data: &b,
+                    channels: c,
+                    qparams: qparams(case, "b")?,
+                },
             ];
             let mut out = vec![0; 2 * a.len()];
             qcat(&inputs, n * h * w, qparams(case, "y")?, &mut out)?;
@@ -194,11 +229,22 @@ fn linear(case: &Value, t: &Tensors, key: &str) -> BoxResult<Vec<u8>> {
     let (x, y) = (qparams(case, "x")?, qparams(case, "y")?);
     let w_scale = t.f32(&format!("{key}.w_scale"))?;
     let bias = quantize_bias(&t.f32(&format!("{key}.bias_f32"))?, x.scale, &w_scale);
-    let packed =
-        PackedLinear::new(&t.i8(&format!("{key}.w_q"))?, out_f, in_f, &bias, x.zero_point)?;
+    let packed = PackedLinear::new(
+        &t.i8(&format!("{key}.w_q"))?,
+        out_f,
+        in_f,
+        &bias,
+        x.zero_point,
+    )?;
     let requant = requant(case, conv_multipliers(x.scale, &w_scale, y.scale), y)?;
     let mut out = vec![0; rows * out_f];
-    qlinear(&t.u8(&format!("{key}.x_q"))?, rows, &packed, &requant, &mut out)?;
+    qlinear(
+        &t.u8(&format!("{key}.x_q"))?,
+        rows,
+        &packed,
+        &requant,
+        &mut out,
+    )?;
     Ok(out)
 }
 
@@ -253,7 +299,9 @@ fn pool(op: &str, case: &Value, t: &Tensors, x_name: &str) -> BoxResult<Vec<u8>>
 }
 
 fn dims(shape: &[usize]) -> BoxResult<[usize; 4]> {
-    shape.try_into().map_err(|_| format!("expected a 4-d tensor, got {shape:?}").into())
+    shape
+        .try_into()
+        .map_err(|_| format!("expected a 4-d tensor, got {shape:?}").into())
 }
 
 /// Where element `i` of an NCHW tensor `[n, c, h, w]` lives in the NHWC layout.

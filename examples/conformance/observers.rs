@@ -26,7 +26,9 @@ struct Expected {
 pub fn run(goldens: &Path) -> Result<bool, Failure> {
     let json = read_json(&goldens.join("observers.json"))?;
     let tensors = goldens.join("observers.safetensors");
-    let cases = json["cases"].as_array().ok_or("observers.json: no `cases`")?;
+    let cases = json["cases"]
+        .as_array()
+        .ok_or("observers.json: no `cases`")?;
 
     println!(
         "{:<28} {:<15} {:>3}  {:>14} {:>14} {:>9}  {:>9}  ok",
@@ -45,7 +47,11 @@ pub fn run(goldens: &Path) -> Result<bool, Failure> {
         let expected = expected(case)?;
 
         let scale_identical = ours.scale.len() == expected.scale.len()
-            && ours.scale.iter().zip(&expected.scale).all(|(a, b)| a.to_bits() == b.to_bits());
+            && ours
+                .scale
+                .iter()
+                .zip(&expected.scale)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
         let zp_equal = ours.zero_point == expected.zero_point;
         let rel = ours
             .scale
@@ -53,8 +59,13 @@ pub fn run(goldens: &Path) -> Result<bool, Failure> {
             .zip(&expected.scale)
             .map(|(&a, &b)| ((f64::from(a) - f64::from(b)) / f64::from(b)).abs())
             .fold(0.0, f64::max);
-        let zp_diff =
-            ours.zero_point.iter().zip(&expected.zero_point).map(|(a, b)| (a - b).abs()).max().unwrap_or(0);
+        let zp_diff = ours
+            .zero_point
+            .iter()
+            .zip(&expected.zero_point)
+            .map(|(a, b)| (a - b).abs())
+            .max()
+            .unwrap_or(0);
         let ok = if matches!(config.kind, ObserverKind::Histogram { .. }) {
             histogram_max_rel = histogram_max_rel.max(rel);
             rel <= HISTOGRAM_MAX_REL
@@ -92,7 +103,9 @@ fn observer_config(name: &str, axis: Option<usize>) -> Result<ObserverConfig, Fa
     };
     let kind = match kind {
         "minmax" => ObserverKind::MinMax,
-        "movavg" => ObserverKind::MovingAverageMinMax { averaging_constant: 0.01 },
+        "movavg" => ObserverKind::MovingAverageMinMax {
+            averaging_constant: 0.01,
+        },
         "hist" => ObserverKind::Histogram { bins: 2048 },
         "perchannel" => ObserverKind::PerChannelMinMax,
         other => return Err(format!("observer kind `{other}` in `{name}`").into()),
@@ -114,11 +127,20 @@ fn observer_config(name: &str, axis: Option<usize>) -> Result<ObserverConfig, Fa
         ["rr"] => true,
         _ => return Err(format!("observer name `{name}`").into()),
     };
-    Ok(ObserverConfig { kind, dtype, scheme, reduce_range })
+    Ok(ObserverConfig {
+        kind,
+        dtype,
+        scheme,
+        reduce_range,
+    })
 }
 
 /// Feeds `input` in `torch.chunk(input, batches, dim=0)` pieces and returns the qparams.
-fn observe_in_chunks(config: &ObserverConfig, input: &Golden, batches: usize) -> Result<QParams, Failure> {
+fn observe_in_chunks(
+    config: &ObserverConfig,
+    input: &Golden,
+    batches: usize,
+) -> Result<QParams, Failure> {
     let mut observer = config.build()?;
     let rows = input.shape[0];
     let row_len: usize = input.shape[1..].iter().product();
@@ -126,7 +148,9 @@ fn observe_in_chunks(config: &ObserverConfig, input: &Golden, batches: usize) ->
     for (i, chunk) in input.values.chunks(chunk_rows * row_len).enumerate() {
         let mut shape = input.shape.clone();
         shape[0] = chunk.len() / row_len;
-        observer.observe(chunk, &shape).map_err(|e| format!("batch {i}: {e}"))?;
+        observer
+            .observe(chunk, &shape)
+            .map_err(|e| format!("batch {i}: {e}"))?;
     }
     Ok(observer.qparams()?)
 }
@@ -138,33 +162,50 @@ fn expected(case: &Value) -> Result<Expected, Failure> {
         let bytes = u32::from_str_radix(hex, 16)?.to_be_bytes();
         Ok(f32::from_le_bytes(bytes))
     };
-    let zero_point = |v: &Value| -> Result<i32, Failure> { Ok(v.as_i64().ok_or("zero_point")? as i32) };
+    let zero_point =
+        |v: &Value| -> Result<i32, Failure> { Ok(v.as_i64().ok_or("zero_point")? as i32) };
     Ok(match (&case["scale_f32_hex"], &case["zero_point"]) {
         (Value::Array(scales), Value::Array(zps)) => Expected {
             scale: scales.iter().map(scale_bits).collect::<Result<_, _>>()?,
             zero_point: zps.iter().map(zero_point).collect::<Result<_, _>>()?,
         },
-        (scale, zp) => Expected { scale: vec![scale_bits(scale)?], zero_point: vec![zero_point(zp)?] },
+        (scale, zp) => Expected {
+            scale: vec![scale_bits(scale)?],
+            zero_point: vec![zero_point(zp)?],
+        },
     })
 }
 
 /// `133` for one zero point, `-128.. (10 ch)` for many; `ours/theirs` when they differ.
 fn summary_zero_point(ours: &[i32], expected: &[i32]) -> String {
     let show = |zps: &[i32]| {
-        if zps.len() == 1 { zps[0].to_string() } else { format!("{}..({})", zps[0], zps.len()) }
+        if zps.len() == 1 {
+            zps[0].to_string()
+        } else {
+            format!("{}..({})", zps[0], zps.len())
+        }
     };
-    if ours == expected { show(ours) } else { format!("{}/{}", show(ours), show(expected)) }
+    if ours == expected {
+        show(ours)
+    } else {
+        format!("{}/{}", show(ours), show(expected))
+    }
 }
 
 fn field_str<'a>(case: &'a Value, key: &str) -> Result<&'a str, Failure> {
-    case[key].as_str().ok_or_else(|| format!("case without `{key}`").into())
+    case[key]
+        .as_str()
+        .ok_or_else(|| format!("case without `{key}`").into())
 }
 
 /// Our two observers without a PyTorch counterpart, beside min-max, on the golden activations:
 /// the ranges they pick (informational; no bar).
 fn print_clipping_observers(tensors: &Path) -> Result<(), Failure> {
     println!("\nclipping observers (no PyTorch counterpart), quint8 affine, ranges:");
-    println!("{:<15} {:>22} {:>22} {:>22}", "input", "minmax", "percentile 99.9", "entropy");
+    println!(
+        "{:<15} {:>22} {:>22} {:>22}",
+        "input", "minmax", "percentile 99.9", "entropy"
+    );
     for input_name in ["in.normal", "in.relu_like", "in.outliers", "in.skewed"] {
         let input = read_tensor(tensors, input_name)?;
         let mut cells = Vec::new();
@@ -179,7 +220,10 @@ fn print_clipping_observers(tensors: &Path) -> Result<(), Failure> {
             let hi = scale * (params.quant_max - zp) as f32;
             cells.push(format!("[{lo:>8.3}, {hi:>8.3}]"));
         }
-        println!("{input_name:<15} {:>22} {:>22} {:>22}", cells[0], cells[1], cells[2]);
+        println!(
+            "{input_name:<15} {:>22} {:>22} {:>22}",
+            cells[0], cells[1], cells[2]
+        );
     }
     println!();
     Ok(())

@@ -129,7 +129,9 @@ where
             match (input_id, output_id) {
                 (Some(i), Some(o)) => scope.complete([i], [o]),
                 _ => {
-                    boundary = Err(Error::Capture("the forward's tensors are not captured".into()));
+                    boundary = Err(Error::Capture(
+                        "the forward's tensors are not captured".into(),
+                    ));
                     scope.complete([], [])
                 }
             }

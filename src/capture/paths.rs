@@ -12,14 +12,21 @@ use crate::graph::ParamRef;
 /// Walks a module that lives on the capture device and returns, for every float parameter and
 /// running state, its tensor id with its module path and layer type.
 pub(crate) fn parameter_paths<M: Module>(module: &M) -> HashMap<TensorId, ParamRef> {
-    let mut collector = PathCollector { stack: Vec::new(), found: HashMap::new() };
+    let mut collector = PathCollector {
+        stack: Vec::new(),
+        found: HashMap::new(),
+    };
     module.visit(&mut collector);
     collector.found
 }
 
 /// The id of a tensor on the capture device.
 pub(crate) fn capture_id<const D: usize>(tensor: &Tensor<D>) -> Option<TensorId> {
-    tensor.clone().try_into_primitive::<CaptureBackend>().ok().map(|t| t.id())
+    tensor
+        .clone()
+        .try_into_primitive::<CaptureBackend>()
+        .ok()
+        .map(|t| t.id())
 }
 
 /// Keeps the chain of `enter_module(name, container_type)` calls: for a parameter at
@@ -32,7 +39,8 @@ struct PathCollector {
 
 impl ModuleVisitor for PathCollector {
     fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.stack.push((name.to_string(), container_type.to_string()));
+        self.stack
+            .push((name.to_string(), container_type.to_string()));
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
@@ -40,14 +48,26 @@ impl ModuleVisitor for PathCollector {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let Some(id) = capture_id(&param.val()) else { return };
-        let Some((name, container)) = self.stack.last() else { return };
-        let layer = container.split_once(':').map_or(container.as_str(), |(_, t)| t);
-        let module: Vec<&str> =
-            self.stack[..self.stack.len() - 1].iter().map(|(n, _)| n.as_str()).collect();
+        let Some(id) = capture_id(&param.val()) else {
+            return;
+        };
+        let Some((name, container)) = self.stack.last() else {
+            return;
+        };
+        let layer = container
+            .split_once(':')
+            .map_or(container.as_str(), |(_, t)| t);
+        let module: Vec<&str> = self.stack[..self.stack.len() - 1]
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
         self.found.insert(
             id,
-            ParamRef { module: module.join("."), name: name.clone(), layer: layer.to_string() },
+            ParamRef {
+                module: module.join("."),
+                name: name.clone(),
+                layer: layer.to_string(),
+            },
         );
     }
 }

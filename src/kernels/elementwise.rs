@@ -82,11 +82,13 @@ pub fn quantize_nchw_to_nhwc(
     expect_len("quantize input", x.len(), n * c * h * w)?;
     expect_len("quantize output", out.len(), n * c * h * w)?;
     let (tier, inv, zero) = (tier(), 1.0 / qp.scale, f32::from(qp.zero_point));
-    out.par_chunks_mut((w * c).max(1)).enumerate().for_each(|(row, out)| {
-        let (image, y) = (row / h, row % h);
-        let planes = &x[image * c * h * w..][..c * h * w];
-        quantize_to_pixels(tier, planes, h * w, y * w, inv, zero, out);
-    });
+    out.par_chunks_mut((w * c).max(1))
+        .enumerate()
+        .for_each(|(row, out)| {
+            let (image, y) = (row / h, row % h);
+            let planes = &x[image * c * h * w..][..c * h * w];
+            quantize_to_pixels(tier, planes, h * w, y * w, inv, zero, out);
+        });
     Ok(())
 }
 
@@ -118,10 +120,12 @@ pub fn dequantize_nhwc_to_nchw(
     expect_len("dequantize input", q.len(), n * h * w * c)?;
     expect_len("dequantize output", out.len(), n * h * w * c)?;
     let tier = tier();
-    out.par_chunks_mut((h * w).max(1)).enumerate().for_each(|(plane, out)| {
-        let (image, ch) = (plane / c, plane % c);
-        dequantize_channel(tier, &q[image * h * w * c..][..h * w * c], ch, qp, out);
-    });
+    out.par_chunks_mut((h * w).max(1))
+        .enumerate()
+        .for_each(|(plane, out)| {
+            let (image, ch) = (plane / c, plane % c);
+            dequantize_channel(tier, &q[image * h * w * c..][..h * w * c], ch, qp, out);
+        });
     Ok(())
 }
 
@@ -145,7 +149,11 @@ pub fn qadd(
     relu: bool,
     out: &mut [u8],
 ) -> Result<()> {
-    for (qp, what) in [(a_qp, "add input a"), (b_qp, "add input b"), (out_qp, "add output")] {
+    for (qp, what) in [
+        (a_qp, "add input a"),
+        (b_qp, "add input b"),
+        (out_qp, "add output"),
+    ] {
         qp.check(what)?;
     }
     expect_len("add input b", b.len(), a.len())?;
@@ -259,7 +267,9 @@ pub struct CatInput<'a> {
 pub fn qcat(inputs: &[CatInput<'_>], pixels: usize, out_qp: QParams, out: &mut [u8]) -> Result<()> {
     let total: usize = inputs.iter().map(|input| input.channels).sum();
     if total == 0 {
-        return Err(Error::InvalidArgument("cat of inputs without channels".into()));
+        return Err(Error::InvalidArgument(
+            "cat of inputs without channels".into(),
+        ));
     }
     for input in inputs {
         expect_len("cat input", input.data.len(), pixels * input.channels)?;
@@ -270,17 +280,19 @@ pub fn qcat(inputs: &[CatInput<'_>], pixels: usize, out_qp: QParams, out: &mut [
         .map(|input| Requantizer::new(input.qparams, out_qp))
         .collect::<Result<Vec<_>>>()?;
     let tier = tier();
-    out.par_chunks_mut(total).enumerate().for_each(|(pixel, mut out)| {
-        for (input, map) in inputs.iter().zip(&maps) {
-            let (dst, rest) = out.split_at_mut(input.channels);
-            requantize_slice(
-                tier,
-                &input.data[pixel * input.channels..][..input.channels],
-                map,
-                dst,
-            );
-            out = rest;
-        }
-    });
+    out.par_chunks_mut(total)
+        .enumerate()
+        .for_each(|(pixel, mut out)| {
+            for (input, map) in inputs.iter().zip(&maps) {
+                let (dst, rest) = out.split_at_mut(input.channels);
+                requantize_slice(
+                    tier,
+                    &input.data[pixel * input.channels..][..input.channels],
+                    map,
+                    dst,
+                );
+                out = rest;
+            }
+        });
     Ok(())
 }

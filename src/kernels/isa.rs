@@ -26,7 +26,13 @@ pub enum Isa {
 
 impl Isa {
     /// Every path, in order.
-    pub const ALL: [Isa; 5] = [Isa::Scalar, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni, Isa::Amx];
+    pub const ALL: [Isa; 5] = [
+        Isa::Scalar,
+        Isa::Avx2,
+        Isa::AvxVnni,
+        Isa::Avx512Vnni,
+        Isa::Amx,
+    ];
 
     /// The lower-case name used by `BURN_QUANTIZE_ISA` and in reports.
     pub fn name(self) -> &'static str {
@@ -41,7 +47,9 @@ impl Isa {
 
     /// Parses a name as written by [`Isa::name`] (case-insensitive).
     pub fn from_name(name: &str) -> Option<Isa> {
-        Isa::ALL.into_iter().find(|isa| isa.name().eq_ignore_ascii_case(name.trim()))
+        Isa::ALL
+            .into_iter()
+            .find(|isa| isa.name().eq_ignore_ascii_case(name.trim()))
     }
 }
 
@@ -79,7 +87,10 @@ pub fn available_isas() -> Vec<Isa> {
 /// The path the kernels use on this thread: the one forced by [`with_isa`], else the one named
 /// by the `BURN_QUANTIZE_ISA` environment variable, else the best available.
 pub fn active_isa() -> Isa {
-    FORCED.with(Cell::get).or_else(env_isa).unwrap_or_else(best_isa)
+    FORCED
+        .with(Cell::get)
+        .or_else(env_isa)
+        .unwrap_or_else(best_isa)
 }
 
 /// Runs `f` with the kernels forced onto `isa` on this thread (for tests and benchmarks).
@@ -175,7 +186,10 @@ mod tests {
 
     #[test]
     fn forcing_an_unavailable_path_is_an_error() {
-        for isa in Isa::ALL.into_iter().filter(|isa| !available_isas().contains(isa)) {
+        for isa in Isa::ALL
+            .into_iter()
+            .filter(|isa| !available_isas().contains(isa))
+        {
             let forced = with_isa(isa, active_isa);
             assert!(matches!(forced, Err(Error::IsaUnavailable(name)) if name == isa.name()));
         }

@@ -36,11 +36,18 @@ impl PackedLinear {
         }
         expect_len("linear weights", weights.len(), out_features * in_features)?;
         expect_len("linear bias", bias.len(), out_features)?;
-        let weights =
-            PackedB::new(1, in_features, out_features, input_zero_point, bias, |_, o, i| {
-                weights[o * in_features + i]
-            });
-        Ok(PackedLinear { input_zero_point, weights })
+        let weights = PackedB::new(
+            1,
+            in_features,
+            out_features,
+            input_zero_point,
+            bias,
+            |_, o, i| weights[o * in_features + i],
+        );
+        Ok(PackedLinear {
+            input_zero_point,
+            weights,
+        })
     }
 
     /// Input features.
@@ -76,7 +83,12 @@ pub fn qlinear(
     requant.check(n)?;
     let epilogue = Epilogue::new(requant, linear.weights.columns());
     let source = DenseRows::new(input, k);
-    let gemm = Gemm { rows: &source, m: rows, b: &linear.weights, epilogue: &epilogue };
+    let gemm = Gemm {
+        rows: &source,
+        m: rows,
+        b: &linear.weights,
+        epilogue: &epilogue,
+    };
     gemm.run(gemm::kernel(active_isa()), output, n, true);
     Ok(())
 }

@@ -48,7 +48,13 @@ impl TryFrom<PackedBParts> for PackedB {
     type Error = Error;
 
     fn try_from(p: PackedBParts) -> Result<Self> {
-        let packed = PackedB { groups: p.groups, k: p.k, n: p.n, data: p.data, bias: p.bias };
+        let packed = PackedB {
+            groups: p.groups,
+            k: p.k,
+            n: p.n,
+            data: p.data,
+            bias: p.bias,
+        };
         let panels = packed.groups * packed.panels();
         if packed.groups == 0
             || packed.k == 0
@@ -80,7 +86,13 @@ impl PackedB {
         bias: &[i32],
         weight: impl Fn(usize, usize, usize) -> i8,
     ) -> Self {
-        let mut packed = PackedB { groups, k, n, data: Vec::new(), bias: Vec::new() };
+        let mut packed = PackedB {
+            groups,
+            k,
+            n,
+            data: Vec::new(),
+            bias: Vec::new(),
+        };
         let (panels, k_groups) = (packed.panels(), packed.panel_len() / GROUP_STRIDE);
         packed.data = vec![0; groups * panels * packed.panel_len()];
         packed.bias = vec![0; groups * panels * PANEL];

@@ -49,7 +49,12 @@ pub struct Requant {
 impl Requant {
     /// No fused activation: the output spans `0..=255`.
     pub fn new(multipliers: Vec<f32>, zero_point: u8) -> Self {
-        Requant { multipliers, zero_point, qmin: 0, qmax: 255 }
+        Requant {
+            multipliers,
+            zero_point,
+            qmin: 0,
+            qmax: 255,
+        }
     }
 
     /// Fuses a ReLU: `qmin = z_y`.
@@ -68,7 +73,11 @@ impl Requant {
 
     /// The multiplier of output channel `c` (call [`Requant::check`] first).
     pub(crate) fn multiplier(&self, c: usize) -> f32 {
-        if self.multipliers.len() == 1 { self.multipliers[0] } else { self.multipliers[c] }
+        if self.multipliers.len() == 1 {
+            self.multipliers[0]
+        } else {
+            self.multipliers[c]
+        }
     }
 
     /// `Err` unless there are 1 or `channels` finite multipliers and `qmin <= qmax`.
@@ -82,7 +91,9 @@ impl Requant {
             });
         }
         if let Some(bad) = self.multipliers.iter().find(|m| !m.is_finite()) {
-            return Err(Error::InvalidArgument(format!("requant multiplier {bad} is not finite")));
+            return Err(Error::InvalidArgument(format!(
+                "requant multiplier {bad} is not finite"
+            )));
         }
         if self.qmin > self.qmax {
             return Err(Error::InvalidArgument(format!(
@@ -163,7 +174,11 @@ pub fn quantize_bias(bias: &[f32], x_scale: f32, w_scales: &[f32]) -> Vec<i32> {
     bias.iter()
         .enumerate()
         .map(|(c, &b)| {
-            let w_scale = if w_scales.len() == 1 { w_scales[0] } else { w_scales[c] };
+            let w_scale = if w_scales.len() == 1 {
+                w_scales[0]
+            } else {
+                w_scales[c]
+            };
             (b / (x_scale * w_scale)).round_ties_even() as i32
         })
         .collect()
@@ -194,7 +209,9 @@ impl Epilogue {
     pub(crate) fn new(requant: &Requant, columns: impl Iterator<Item = Option<usize>>) -> Self {
         let z = f32::from(requant.zero_point);
         Epilogue {
-            multipliers: columns.map(|c| c.map_or(0.0, |c| requant.multiplier(c))).collect(),
+            multipliers: columns
+                .map(|c| c.map_or(0.0, |c| requant.multiplier(c)))
+                .collect(),
             zero_point: i32::from(requant.zero_point),
             lo: f32::from(requant.qmin) - z,
             hi: f32::from(requant.qmax) - z,
@@ -233,7 +250,9 @@ mod tests {
     #[test]
     fn magic_rounding_is_round_half_to_even() {
         let limit = (1 << 22) as f32;
-        let mut values = vec![-limit, limit, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, -0.0, 0.49999997];
+        let mut values = vec![
+            -limit, limit, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, -0.0, 0.49999997,
+        ];
         values.extend((-2000..2000).map(|i| i as f32 * 0.25));
         values.extend((0..2000).map(|i| (i as f32 * 1234.567).sin() * limit));
         for v in values {
@@ -261,7 +280,10 @@ mod tests {
 
     #[test]
     fn bias_and_multipliers_follow_fbgemm_rounding() {
-        assert_eq!(quantize_bias(&[1.0, -0.25, 0.0], 0.5, &[0.1, 0.2, 0.3]), vec![20, -2, 0]);
+        assert_eq!(
+            quantize_bias(&[1.0, -0.25, 0.0], 0.5, &[0.1, 0.2, 0.3]),
+            vec![20, -2, 0]
+        );
         assert_eq!(quantize_bias(&[f32::MAX], 1e-30, &[1e-10]), vec![i32::MAX]);
         let m = conv_multipliers(0.05, &[0.01], 0.06);
         assert_eq!(m, vec![(0.05f32 * 0.01) / 0.06]);

@@ -20,7 +20,9 @@ pub fn measure_peak_gmacs(isa: Isa) -> Result<Option<f64>> {
     if !available_isas().contains(&isa) {
         return Err(Error::IsaUnavailable(isa.name().to_string()));
     }
-    let Some((macs_per_iter, run)) = loop_of(isa) else { return Ok(None) };
+    let Some((macs_per_iter, run)) = loop_of(isa) else {
+        return Ok(None);
+    };
     let best = (0..3)
         .map(|_| {
             let start = Instant::now();

@@ -94,7 +94,14 @@ impl Axis {
         if ceil && (out - 1) * stride >= size + pad {
             out -= 1;
         }
-        Ok(Axis { size, kernel, stride, pad, dilation, out })
+        Ok(Axis {
+            size,
+            kernel,
+            stride,
+            pad,
+            dilation,
+            out,
+        })
     }
 
     /// Valid input positions of output `o` for max pooling: `(start, end, step)`.
@@ -114,7 +121,11 @@ impl Axis {
         let start = (o * self.stride) as isize - self.pad as isize;
         let end = (start + self.kernel as isize).min((self.size + self.pad) as isize);
         let padded = (end - start) as usize;
-        (start.max(0) as usize, end.min(self.size as isize) as usize, padded)
+        (
+            start.max(0) as usize,
+            end.min(self.size as isize) as usize,
+            padded,
+        )
     }
 }
 
@@ -132,7 +143,14 @@ pub fn avg_pool_output_size(h: usize, w: usize, pool: &AvgPool2d) -> Result<(usi
 
 fn max_axes(h: usize, w: usize, p: &MaxPool2d) -> Result<(Axis, Axis)> {
     let axis = |i: usize, size| {
-        Axis::new(size, p.kernel[i], p.stride[i], p.padding[i], p.dilation[i], p.ceil_mode)
+        Axis::new(
+            size,
+            p.kernel[i],
+            p.stride[i],
+            p.padding[i],
+            p.dilation[i],
+            p.ceil_mode,
+        )
     };
     Ok((axis(0, h)?, axis(1, w)?))
 }
@@ -156,8 +174,17 @@ pub fn qmax_pool2d(
 ) -> Result<()> {
     let (y, x) = max_axes(h, w, pool)?;
     expect_len("max pool input", input.len(), batch * h * w * channels)?;
-    expect_len("max pool output", out.len(), batch * y.out * x.out * channels)?;
-    let job = Job { input, channels, y, x };
+    expect_len(
+        "max pool output",
+        out.len(),
+        batch * y.out * x.out * channels,
+    )?;
+    let job = Job {
+        input,
+        channels,
+        y,
+        x,
+    };
     let tier = Tier::of(active_isa());
     out.par_chunks_mut((x.out * channels).max(1))
         .enumerate()
@@ -183,14 +210,23 @@ pub fn qavg_pool2d(
     to.check("avg pool output")?;
     let (y, x) = avg_axes(h, w, pool)?;
     expect_len("avg pool input", input.len(), batch * h * w * channels)?;
-    expect_len("avg pool output", out.len(), batch * y.out * x.out * channels)?;
+    expect_len(
+        "avg pool output",
+        out.len(),
+        batch * y.out * x.out * channels,
+    )?;
     let scale = AvgScale {
         ratio: from.scale / to.scale,
         count_include_pad: pool.count_include_pad,
         zero_in: from.zero_point,
         zero_out: to.zero_point,
     };
-    let job = Job { input, channels, y, x };
+    let job = Job {
+        input,
+        channels,
+        y,
+        x,
+    };
     let tier = Tier::of(active_isa());
     out.par_chunks_mut((x.out * channels).max(1))
         .enumerate()
@@ -213,17 +249,32 @@ pub fn qglobal_avg_pool(
     from.check("global avg pool input")?;
     to.check("global avg pool output")?;
     if h == 0 || w == 0 {
-        return Err(Error::InvalidArgument("global average pool of an empty image".into()));
+        return Err(Error::InvalidArgument(
+            "global average pool of an empty image".into(),
+        ));
     }
-    expect_len("global avg pool input", input.len(), batch * h * w * channels)?;
+    expect_len(
+        "global avg pool input",
+        input.len(),
+        batch * h * w * channels,
+    )?;
     expect_len("global avg pool output", out.len(), batch * channels)?;
     let size = h * w;
     let multiplier = 1.0 / (1.0 / ((from.scale / to.scale) / size as f32));
     let tier = Tier::of(active_isa());
-    out.par_chunks_mut(channels.max(1)).enumerate().for_each(|(image, out)| {
-        let pixels = &input[image * size * channels..][..size * channels];
-        global_avg(tier, pixels, from.zero_point, multiplier, to.zero_point, out)
-    });
+    out.par_chunks_mut(channels.max(1))
+        .enumerate()
+        .for_each(|(image, out)| {
+            let pixels = &input[image * size * channels..][..size * channels];
+            global_avg(
+                tier,
+                pixels,
+                from.zero_point,
+                multiplier,
+                to.zero_point,
+                out,
+            )
+        });
     Ok(())
 }
 

@@ -46,12 +46,19 @@ impl ResNetConfig {
 
     /// torchvision's `resnet34` layout.
     pub fn resnet34(num_classes: usize) -> Self {
-        ResNetConfig { layers: [3, 4, 6, 3], ..Self::resnet18(num_classes) }
+        ResNetConfig {
+            layers: [3, 4, 6, 3],
+            ..Self::resnet18(num_classes)
+        }
     }
 
     /// torchvision's `resnet50` layout.
     pub fn resnet50(num_classes: usize) -> Self {
-        ResNetConfig { bottleneck: true, layers: [3, 4, 6, 3], ..Self::resnet18(num_classes) }
+        ResNetConfig {
+            bottleneck: true,
+            layers: [3, 4, 6, 3],
+            ..Self::resnet18(num_classes)
+        }
     }
 
     /// Every width (stem included) divided by `divisor`, as in the narrow test ResNets.
@@ -173,7 +180,11 @@ impl Block {
     fn new(cin: usize, width: usize, stride: usize, bottleneck: bool, device: &Device) -> Self {
         let (out, conv1, conv3) = if bottleneck {
             let out = width * 4;
-            (out, conv(cin, width, 1, 1, device), Some(conv(width, out, 1, 1, device)))
+            (
+                out,
+                conv(cin, width, 1, 1, device),
+                Some(conv(width, out, 1, 1, device)),
+            )
         } else {
             (width, conv(cin, width, 3, stride, device), None)
         };
@@ -187,7 +198,9 @@ impl Block {
             bn1: BatchNormConfig::new(width).init(device),
             conv2: conv(width, width, 3, conv2_stride, device),
             bn2: BatchNormConfig::new(width).init(device),
-            bn3: conv3.as_ref().map(|_| BatchNormConfig::new(out).init(device)),
+            bn3: conv3
+                .as_ref()
+                .map(|_| BatchNormConfig::new(out).init(device)),
             conv3,
             relu: Relu::new(),
             downsample,
@@ -218,9 +231,16 @@ impl ResNet {
 
     /// Runs the model: images `[N, 3, H, W]` to logits `[N, classes]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        let x = self.relu.forward(self.bn1.forward(self.conv1.forward(images)));
+        let x = self
+            .relu
+            .forward(self.bn1.forward(self.conv1.forward(images)));
         let mut x = self.maxpool.forward(x);
-        for block in self.layer1.iter().chain(&self.layer2).chain(&self.layer3).chain(&self.layer4)
+        for block in self
+            .layer1
+            .iter()
+            .chain(&self.layer2)
+            .chain(&self.layer3)
+            .chain(&self.layer4)
         {
             x = block.forward(x);
         }

@@ -67,13 +67,18 @@ pub enum QScheme {
 impl QScheme {
     /// Whether the scheme is symmetric around 0.
     pub fn is_symmetric(self) -> bool {
-        matches!(self, QScheme::PerTensorSymmetric | QScheme::PerChannelSymmetric { .. })
+        matches!(
+            self,
+            QScheme::PerTensorSymmetric | QScheme::PerChannelSymmetric { .. }
+        )
     }
 
     /// The channel axis of a per-channel scheme, `None` for per-tensor ones.
     pub fn axis(self) -> Option<usize> {
         match self {
-            QScheme::PerChannelAffine { axis } | QScheme::PerChannelSymmetric { axis } => Some(axis),
+            QScheme::PerChannelAffine { axis } | QScheme::PerChannelSymmetric { axis } => {
+                Some(axis)
+            }
             QScheme::PerTensorAffine | QScheme::PerTensorSymmetric => None,
         }
     }
@@ -129,7 +134,12 @@ pub struct ObserverConfig {
 
 impl ObserverConfig {
     fn activation(kind: ObserverKind, reduce_range: bool) -> Self {
-        ObserverConfig { kind, dtype: QDType::QUInt8, scheme: QScheme::PerTensorAffine, reduce_range }
+        ObserverConfig {
+            kind,
+            dtype: QDType::QUInt8,
+            scheme: QScheme::PerTensorAffine,
+            reduce_range,
+        }
     }
 
     /// `MinMaxObserver(reduce_range=…)`: u8, per-tensor affine.
@@ -140,7 +150,9 @@ impl ObserverConfig {
     /// `MovingAverageMinMaxObserver(reduce_range=…)`: u8, per-tensor affine, averaging constant
     /// 0.01.
     pub fn moving_average_min_max(reduce_range: bool) -> Self {
-        let kind = ObserverKind::MovingAverageMinMax { averaging_constant: DEFAULT_AVERAGING_CONSTANT };
+        let kind = ObserverKind::MovingAverageMinMax {
+            averaging_constant: DEFAULT_AVERAGING_CONSTANT,
+        };
         Self::activation(kind, reduce_range)
     }
 
@@ -153,7 +165,13 @@ impl ObserverConfig {
     /// A percentile observer for activations: u8, per-tensor affine, 2048 bins, keeping the
     /// central `percentile` % of the values (e.g. [`DEFAULT_PERCENTILE`]).
     pub fn percentile(percentile: f64, reduce_range: bool) -> Self {
-        Self::activation(ObserverKind::Percentile { percentile, bins: DEFAULT_BINS }, reduce_range)
+        Self::activation(
+            ObserverKind::Percentile {
+                percentile,
+                bins: DEFAULT_BINS,
+            },
+            reduce_range,
+        )
     }
 
     /// An entropy (KL) observer for activations: u8, per-tensor affine, 2048 bins.
@@ -206,13 +224,15 @@ impl ObserverConfig {
             return invalid("cannot reduce range for symmetric quantization for quint8");
         }
         match self.kind {
-            ObserverKind::MovingAverageMinMax { averaging_constant: c } if !(c > 0.0 && c <= 1.0) => {
-                invalid("the averaging constant must be in (0, 1]")
-            }
+            ObserverKind::MovingAverageMinMax {
+                averaging_constant: c,
+            } if !(c > 0.0 && c <= 1.0) => invalid("the averaging constant must be in (0, 1]"),
             ObserverKind::Percentile { percentile: p, .. } if !(p > 0.0 && p <= 100.0) => {
                 invalid("the percentile must be in (0, 100]")
             }
-            ObserverKind::Histogram { bins } | ObserverKind::Percentile { bins, .. } if bins == 0 => {
+            ObserverKind::Histogram { bins } | ObserverKind::Percentile { bins, .. }
+                if bins == 0 =>
+            {
                 invalid("the histogram needs at least one bin")
             }
             ObserverKind::Entropy { bins } if bins < EntropyRange::levels(self) => {
@@ -231,7 +251,9 @@ impl ObserverConfig {
                 Box::new(MinMaxObserver::new(config))
             }
             ObserverKind::PerChannelMinMax => Box::new(PerChannelMinMaxObserver::new(config)),
-            ObserverKind::Histogram { bins } => Box::new(HistogramBasedObserver::new(config, bins, L2Search)),
+            ObserverKind::Histogram { bins } => {
+                Box::new(HistogramBasedObserver::new(config, bins, L2Search))
+            }
             ObserverKind::Percentile { percentile, bins } => {
                 let rule = PercentileRange::new(&config, percentile);
                 Box::new(HistogramBasedObserver::new(config, bins, rule))

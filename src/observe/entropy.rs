@@ -37,13 +37,19 @@ pub(crate) struct EntropyRange {
 
 impl EntropyRange {
     pub(crate) fn new(config: &ObserverConfig) -> Self {
-        EntropyRange { levels: Self::levels(config) }
+        EntropyRange {
+            levels: Self::levels(config),
+        }
     }
 
     /// The quantized levels the candidate distributions are merged into: 128 for symmetric
     /// schemes (one sign of an 8-bit range), 256 for affine ones.
     pub(crate) fn levels(config: &ObserverConfig) -> usize {
-        if config.scheme.is_symmetric() { 128 } else { 256 }
+        if config.scheme.is_symmetric() {
+            128
+        } else {
+            256
+        }
     }
 }
 
@@ -58,7 +64,12 @@ impl RangeRule for EntropyRange {
         if !tracked.has_spread() {
             return tracked.min_max();
         }
-        let counts: Vec<f64> = tracked.histogram().counts().iter().map(|&c| f64::from(c)).collect();
+        let counts: Vec<f64> = tracked
+            .histogram()
+            .counts()
+            .iter()
+            .map(|&c| f64::from(c))
+            .collect();
         let best = (self.levels..=counts.len())
             .into_par_iter()
             .map(|i| (kl_divergence(&counts, i, self.levels), i))
@@ -80,13 +91,20 @@ fn kl_divergence(counts: &[f64], kept: usize, levels: usize) -> f64 {
     let per_level = kept / levels;
     for level in 0..levels {
         let start = level * per_level;
-        let stop = if level == levels - 1 { kept } else { start + per_level };
+        let stop = if level == levels - 1 {
+            kept
+        } else {
+            start + per_level
+        };
         let nonempty = reference[start..stop].iter().filter(|&&c| c != 0.0).count();
         if nonempty == 0 {
             continue;
         }
         let spread = counts[start..stop].iter().sum::<f64>() / nonempty as f64;
-        for (q, &p) in candidate[start..stop].iter_mut().zip(&reference[start..stop]) {
+        for (q, &p) in candidate[start..stop]
+            .iter_mut()
+            .zip(&reference[start..stop])
+        {
             if p != 0.0 {
                 *q = spread;
             }
@@ -96,7 +114,10 @@ fn kl_divergence(counts: &[f64], kept: usize, levels: usize) -> f64 {
         return f64::INFINITY;
     };
     let (p_total, q_total): (f64, f64) = (p.iter().sum(), q.iter().sum());
-    p.iter().zip(&q).map(|(&p, &q)| (p / p_total) * ((p / p_total) / (q / q_total)).ln()).sum()
+    p.iter()
+        .zip(&q)
+        .map(|(&p, &q)| (p / p_total) * ((p / p_total) / (q / q_total)).ln())
+        .sum()
 }
 
 /// MXNet's `_smooth_distribution`: each empty bin gets `1e-4`, taken evenly from the non-empty

@@ -11,8 +11,11 @@ use super::torch_math::Linspace;
 /// empty range `lo == hi` (every value equal) first becomes `[lo − 1, hi + 1]`, computed in `f64`
 /// and rounded to the `f32` of the bin-edge tensor.
 fn outer_edges(lo: f32, hi: f32, bins: usize) -> (f32, f32) {
-    let (lo, hi) =
-        if lo == hi { ((f64::from(lo) - 1.0) as f32, (f64::from(hi) + 1.0) as f32) } else { (lo, hi) };
+    let (lo, hi) = if lo == hi {
+        ((f64::from(lo) - 1.0) as f32, (f64::from(hi) + 1.0) as f32)
+    } else {
+        (lo, hi)
+    };
     let edges = Linspace::new(lo, hi, bins + 1);
     (edges.at(0), edges.at(bins))
 }
@@ -70,16 +73,23 @@ mod tests {
     #[test]
     fn an_empty_range_is_widened_by_one_each_side() {
         assert_eq!(outer_edges(3.0, 3.0, 4), (2.0, 4.0));
-        assert_eq!(histc(&[3.0, 3.0], 4, 3.0, 3.0, |v| v), vec![0.0, 0.0, 2.0, 0.0]);
+        assert_eq!(
+            histc(&[3.0, 3.0], 4, 3.0, 3.0, |v| v),
+            vec![0.0, 0.0, 2.0, 0.0]
+        );
     }
 
     #[test]
     fn map_and_parallel_paths_agree_with_the_serial_count() {
-        let values: Vec<f32> = (0..3 * PARALLEL_CHUNK).map(|i| ((i * 7919) % 1000) as f32 - 500.0).collect();
+        let values: Vec<f32> = (0..3 * PARALLEL_CHUNK)
+            .map(|i| ((i * 7919) % 1000) as f32 - 500.0)
+            .collect();
         let counts = histc(&values, 64, 0.0, 500.0, f32::abs);
         assert_eq!(counts.iter().sum::<f32>(), values.len() as f32);
         let serial: Vec<f32> = values.chunks(1000).fold(vec![0.0; 64], |mut acc, chunk| {
-            acc.iter_mut().zip(histc(chunk, 64, 0.0, 500.0, f32::abs)).for_each(|(a, c)| *a += c);
+            acc.iter_mut()
+                .zip(histc(chunk, 64, 0.0, 500.0, f32::abs))
+                .for_each(|(a, c)| *a += c);
             acc
         });
         assert_eq!(counts, serial);

@@ -20,7 +20,11 @@ pub(crate) struct RunningHistogram {
 
 impl RunningHistogram {
     pub(crate) fn new(bins: usize) -> Self {
-        RunningHistogram { counts: vec![0.0; bins], min: f32::INFINITY, max: f32::NEG_INFINITY }
+        RunningHistogram {
+            counts: vec![0.0; bins],
+            min: f32::INFINITY,
+            max: f32::NEG_INFINITY,
+        }
     }
 
     /// Whether nothing was recorded yet.
@@ -53,7 +57,10 @@ impl RunningHistogram {
         let (new_min, new_max) = (lo.min(self.min), hi.max(self.max));
         let update = histc(values, bins, new_min, new_max, map);
         if new_min == self.min && new_max == self.max {
-            self.counts.iter_mut().zip(update).for_each(|(c, u)| *c += u);
+            self.counts
+                .iter_mut()
+                .zip(update)
+                .for_each(|(c, u)| *c += u);
         } else {
             self.counts = self.combine(update, new_min, new_max);
             (self.min, self.max) = (new_min, new_max);
@@ -66,10 +73,18 @@ impl RunningHistogram {
             // All old values equal self.min: one bin of the new range gets all of them.
             let total = torch_math::sum(&self.counts);
             let spike = histc(&[self.min], self.counts.len(), new_min, new_max, |v| v);
-            return spike.iter().zip(update).map(|(&s, u)| s * total + u).collect();
+            return spike
+                .iter()
+                .zip(update)
+                .map(|(&s, u)| s * total + u)
+                .collect();
         }
         let transformed = self.upscale(new_min, new_max);
-        update.iter().zip(transformed).map(|(&u, t)| u + t).collect()
+        update
+            .iter()
+            .zip(transformed)
+            .map(|(&u, t)| u + t)
+            .collect()
     }
 
     /// `_upscale_histogram`: every old bin is split into `UPSAMPLE_RATE` equal pieces, and each

@@ -75,7 +75,11 @@ impl<R: RangeRule> HistogramBasedObserver<R> {
             min: f32::INFINITY,
             max: f32::NEG_INFINITY,
         };
-        HistogramBasedObserver { config, tracked, rule }
+        HistogramBasedObserver {
+            config,
+            tracked,
+            rule,
+        }
     }
 }
 
@@ -89,7 +93,9 @@ impl<R: RangeRule> Observer for HistogramBasedObserver<R> {
         let tracked = &mut self.tracked;
         (tracked.min, tracked.max) = (min.min(tracked.min), max.max(tracked.max));
         if tracked.magnitude {
-            tracked.hist.add(values, 0.0, max.abs().max(min.abs()), f32::abs);
+            tracked
+                .hist
+                .add(values, 0.0, max.abs().max(min.abs()), f32::abs);
         } else {
             tracked.hist.add(values, min, max, |v| v);
         }

@@ -72,7 +72,10 @@ fn non_linear_param_search(hist: &RunningHistogram, dst_bins: usize) -> (f32, f3
         norm_min = norm;
         (start_bin, end_bin) = (next_start, next_end);
     }
-    (min + bin_width * start_bin as f32, min + bin_width * (end_bin + 1) as f32)
+    (
+        min + bin_width * start_bin as f32,
+        min + bin_width * (end_bin + 1) as f32,
+    )
 }
 
 /// `_compute_quantization_error`, with its scratch vector kept across calls.
@@ -89,7 +92,12 @@ impl<'a> QuantizationError<'a> {
         let counts = hist.counts();
         let (min, max) = hist.range();
         let bin_width = (f64::from(max) - f64::from(min)) / counts.len() as f64;
-        QuantizationError { counts, bin_width, dst_bins, norm: vec![0.0; counts.len()] }
+        QuantizationError {
+            counts,
+            bin_width,
+            dst_bins,
+            norm: vec![0.0; counts.len()],
+        }
     }
 
     /// The L2 error of quantizing the histogram with the range of bins `start..=end`: every
@@ -117,7 +125,8 @@ impl<'a> QuantizationError<'a> {
             let density = count / bin_width;
 
             let delta_begin = src_begin - dst_of_begin_center;
-            let head = density * ((half * half * half - delta_begin * delta_begin * delta_begin) / 3.0);
+            let head =
+                density * ((half * half * half - delta_begin * delta_begin * delta_begin) / 3.0);
             let middle = (dst_of_end - dst_of_begin - 1.0) * (density * full_bin);
             let dst_of_end_center = dst_of_end * dst_width + half;
             let delta_end = src_end - dst_of_end_center;
@@ -134,8 +143,11 @@ mod tests {
 
     fn histogram_of(values: &[f32], bins: usize) -> RunningHistogram {
         let mut hist = RunningHistogram::new(bins);
-        let (lo, hi) =
-            values.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        let (lo, hi) = values
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
         hist.add(values, lo, hi, |v| v);
         hist
     }

@@ -20,7 +20,12 @@ impl MinMaxObserver {
             ObserverKind::MovingAverageMinMax { averaging_constant } => Some(averaging_constant),
             _ => None,
         };
-        MinMaxObserver { config, averaging_constant, min: f32::INFINITY, max: f32::NEG_INFINITY }
+        MinMaxObserver {
+            config,
+            averaging_constant,
+            min: f32::INFINITY,
+            max: f32::NEG_INFINITY,
+        }
     }
 }
 
@@ -34,9 +39,10 @@ impl Observer for MinMaxObserver {
         let first = self.min == f32::INFINITY && self.max == f32::NEG_INFINITY;
         (self.min, self.max) = match self.averaging_constant {
             // min_val + averaging_constant * (min_val_cur - min_val), in f32 tensor arithmetic.
-            Some(c) if !first => {
-                (self.min + c * (batch_min - self.min), self.max + c * (batch_max - self.max))
-            }
+            Some(c) if !first => (
+                self.min + c * (batch_min - self.min),
+                self.max + c * (batch_max - self.max),
+            ),
             Some(_) => (batch_min, batch_max),
             None => (batch_min.min(self.min), batch_max.max(self.max)),
         };
@@ -71,11 +77,16 @@ mod tests {
 
     #[test]
     fn moving_average_follows_pytorch() {
-        let mut observer = ObserverConfig::moving_average_min_max(false).build().unwrap();
+        let mut observer = ObserverConfig::moving_average_min_max(false)
+            .build()
+            .unwrap();
         observer.observe(&[-1.0, 1.0], &[2]).unwrap();
         observer.observe(&[-3.0, 5.0], &[2]).unwrap();
         let c = 0.01f32;
-        assert_eq!(observer.min_max(), vec![(-1.0 + c * (-3.0 - -1.0), 1.0 + c * (5.0 - 1.0))]);
+        assert_eq!(
+            observer.min_max(),
+            vec![(-1.0 + c * (-3.0 - -1.0), 1.0 + c * (5.0 - 1.0))]
+        );
     }
 
     #[test]

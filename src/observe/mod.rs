@@ -38,8 +38,8 @@ mod scan;
 mod torch_math;
 
 pub use config::{
-    DEFAULT_AVERAGING_CONSTANT, DEFAULT_BINS, DEFAULT_PERCENTILE, ObserverConfig, ObserverKind, QDType,
-    QScheme,
+    DEFAULT_AVERAGING_CONSTANT, DEFAULT_BINS, DEFAULT_PERCENTILE, ObserverConfig, ObserverKind,
+    QDType, QScheme,
 };
 pub use qparams::{QParams, calculate_qparams};
 

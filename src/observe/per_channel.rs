@@ -18,7 +18,11 @@ pub(crate) struct PerChannelMinMaxObserver {
 impl PerChannelMinMaxObserver {
     pub(crate) fn new(config: ObserverConfig) -> Self {
         let axis = config.scheme.axis().expect("validated: per-channel scheme");
-        PerChannelMinMaxObserver { config, axis, ranges: Vec::new() }
+        PerChannelMinMaxObserver {
+            config,
+            axis,
+            ranges: Vec::new(),
+        }
     }
 }
 
@@ -110,7 +114,9 @@ mod tests {
     fn axis_zero_groups_leading_blocks() {
         let mut observer = per_channel(0);
         // shape [2, 3]: channel 0 = [1, -2, 3], channel 1 = [4, 5, -6]
-        observer.observe(&[1.0, -2.0, 3.0, 4.0, 5.0, -6.0], &[2, 3]).unwrap();
+        observer
+            .observe(&[1.0, -2.0, 3.0, 4.0, 5.0, -6.0], &[2, 3])
+            .unwrap();
         assert_eq!(observer.min_max(), vec![(-2.0, 3.0), (-6.0, 5.0)]);
         let params = observer.qparams().unwrap();
         assert_eq!(params.axis, Some(0));
@@ -123,18 +129,33 @@ mod tests {
         // shape [2, 3, 2] (N, C, W): channel c holds x[n, c, w] for every n, w.
         let values: Vec<f32> = (0..12).map(|i| i as f32).collect();
         observer.observe(&values, &[2, 3, 2]).unwrap();
-        assert_eq!(observer.min_max(), vec![(0.0, 7.0), (2.0, 9.0), (4.0, 11.0)]);
+        assert_eq!(
+            observer.min_max(),
+            vec![(0.0, 7.0), (2.0, 9.0), (4.0, 11.0)]
+        );
         observer.observe(&[-1.0; 6], &[1, 3, 2]).unwrap();
-        assert_eq!(observer.min_max(), vec![(-1.0, 7.0), (-1.0, 9.0), (-1.0, 11.0)]);
+        assert_eq!(
+            observer.min_max(),
+            vec![(-1.0, 7.0), (-1.0, 9.0), (-1.0, 11.0)]
+        );
     }
 
     #[test]
     fn bad_shapes_are_rejected() {
         let mut observer = per_channel(2);
-        assert!(matches!(observer.observe(&[0.0; 4], &[2, 2]), Err(Error::Shape { .. })));
+        assert!(matches!(
+            observer.observe(&[0.0; 4], &[2, 2]),
+            Err(Error::Shape { .. })
+        ));
         observer.observe(&[0.0; 8], &[2, 2, 2]).unwrap();
-        assert!(matches!(observer.observe(&[0.0; 6], &[2, 1, 3]), Err(Error::Shape { .. })));
-        assert!(matches!(observer.observe(&[0.0; 7], &[2, 2, 2]), Err(Error::Shape { .. })));
+        assert!(matches!(
+            observer.observe(&[0.0; 6], &[2, 1, 3]),
+            Err(Error::Shape { .. })
+        ));
+        assert!(matches!(
+            observer.observe(&[0.0; 7], &[2, 2, 2]),
+            Err(Error::Shape { .. })
+        ));
     }
 
     #[test]

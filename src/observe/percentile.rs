@@ -20,7 +20,10 @@ pub(crate) struct PercentileRange {
 
 impl PercentileRange {
     pub(crate) fn new(config: &ObserverConfig, percentile: f64) -> Self {
-        PercentileRange { percentile, symmetric: config.scheme.is_symmetric() }
+        PercentileRange {
+            percentile,
+            symmetric: config.scheme.is_symmetric(),
+        }
     }
 }
 

@@ -51,7 +51,9 @@ impl QParams {
         if nothing_observed {
             return Ok(params(vec![1.0], vec![0]));
         }
-        if let Some((channel, (min, max))) = ranges.iter().enumerate().find(|(_, (min, max))| min > max) {
+        if let Some((channel, (min, max))) =
+            ranges.iter().enumerate().find(|(_, (min, max))| min > max)
+        {
             return Err(Error::InvalidArgument(format!(
                 "observer range of channel {channel}: min {min} should be less than max {max}"
             )));
@@ -59,7 +61,9 @@ impl QParams {
         let symmetric = config.scheme.is_symmetric();
         let (scale, zero_point) = ranges
             .iter()
-            .map(|&(min, max)| calculate_qparams(min, max, quant_min, quant_max, symmetric, config.dtype))
+            .map(|&(min, max)| {
+                calculate_qparams(min, max, quant_min, quant_max, symmetric, config.dtype)
+            })
             .unzip();
         Ok(params(scale, zero_point))
     }
@@ -118,8 +122,14 @@ mod tests {
     #[test]
     fn all_zeros_gives_eps_scale() {
         assert_eq!(affine_u8(0.0, 0.0, false), (f32::EPSILON, 0));
-        assert_eq!(calculate_qparams(0.0, 0.0, -128, 127, true, QDType::QInt8), (f32::EPSILON, 0));
-        assert_eq!(calculate_qparams(0.0, 0.0, 0, 255, true, QDType::QUInt8), (f32::EPSILON, 128));
+        assert_eq!(
+            calculate_qparams(0.0, 0.0, -128, 127, true, QDType::QInt8),
+            (f32::EPSILON, 0)
+        );
+        assert_eq!(
+            calculate_qparams(0.0, 0.0, 0, 255, true, QDType::QUInt8),
+            (f32::EPSILON, 128)
+        );
     }
 
     #[test]

@@ -36,7 +36,13 @@ pub(crate) fn finite_min_max(values: &[f32], context: &str) -> Result<(f32, f32)
     } else {
         chunk_min_max(values)
     };
-    if finite { Ok((min, max)) } else { Err(Error::NonFinite { context: context.to_string() }) }
+    if finite {
+        Ok((min, max))
+    } else {
+        Err(Error::NonFinite {
+            context: context.to_string(),
+        })
+    }
 }
 
 /// Min, max and whether every value is finite.
@@ -58,11 +64,18 @@ fn chunk_min_max(values: &[f32]) -> (f32, f32, bool) {
     for k in 0..LANES {
         result = merge(result, (min[k], max[k], poison[k] == 0.0));
     }
-    lanes.remainder().iter().fold(result, |acc, &v| merge(acc, (v, v, v.is_finite())))
+    lanes
+        .remainder()
+        .iter()
+        .fold(result, |acc, &v| merge(acc, (v, v, v.is_finite())))
 }
 
 fn merge(a: (f32, f32, bool), b: (f32, f32, bool)) -> (f32, f32, bool) {
-    (if b.0 < a.0 { b.0 } else { a.0 }, if b.1 > a.1 { b.1 } else { a.1 }, a.2 && b.2)
+    (
+        if b.0 < a.0 { b.0 } else { a.0 },
+        if b.1 > a.1 { b.1 } else { a.1 },
+        a.2 && b.2,
+    )
 }
 
 #[cfg(test)]
@@ -75,7 +88,10 @@ mod tests {
         values[3] = -5.0;
         values[997] = 7.0;
         assert_eq!(finite_min_max(&values, "t").unwrap(), (-5.0, 7.0));
-        assert_eq!(finite_min_max(&[], "t").unwrap(), (f32::INFINITY, f32::NEG_INFINITY));
+        assert_eq!(
+            finite_min_max(&[], "t").unwrap(),
+            (f32::INFINITY, f32::NEG_INFINITY)
+        );
     }
 
     #[test]
@@ -84,7 +100,10 @@ mod tests {
             for position in [0, 17, 999] {
                 let mut values = vec![1.0f32; 1000];
                 values[position] = bad;
-                assert!(matches!(finite_min_max(&values, "t"), Err(Error::NonFinite { .. })));
+                assert!(matches!(
+                    finite_min_max(&values, "t"),
+                    Err(Error::NonFinite { .. })
+                ));
             }
         }
         let mut large = vec![0.5f32; 3 * PARALLEL_CHUNK];
@@ -95,6 +114,9 @@ mod tests {
     #[test]
     fn shape_must_match_the_values() {
         assert!(check_shape(&[0.0; 6], &[2, 3], "t").is_ok());
-        assert!(matches!(check_shape(&[0.0; 5], &[2, 3], "t"), Err(Error::Shape { .. })));
+        assert!(matches!(
+            check_shape(&[0.0; 5], &[2, 3], "t"),
+            Err(Error::Shape { .. })
+        ));
     }
 }

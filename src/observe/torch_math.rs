@@ -17,7 +17,9 @@ pub(crate) fn sum(values: &[f32]) -> f32 {
     }
     let vectors = values.len() / VEC;
     let lanes = row_sum::<VEC>(&values[..vectors * VEC]);
-    let tail = values[vectors * VEC..].iter().fold(0.0f32, |acc, &v| acc + v);
+    let tail = values[vectors * VEC..]
+        .iter()
+        .fold(0.0f32, |acc, &v| acc + v);
     lanes.iter().fold(tail, |acc, &lane| acc + lane)
 }
 
@@ -90,7 +92,11 @@ fn add_to<const L: usize>(acc: &mut [f32; L], values: [f32; L]) {
 
 /// c10's `CeilLog2`: 1 for x ≤ 2, else ⌈log2 x⌉.
 fn ceil_log2(x: usize) -> u32 {
-    if x <= 2 { 1 } else { usize::BITS - (x - 1).leading_zeros() }
+    if x <= 2 {
+        1
+    } else {
+        usize::BITS - (x - 1).leading_zeros()
+    }
 }
 
 /// `torch.cumsum` of a `float32` vector on CPU: a `double` accumulator, each prefix rounded to
@@ -120,7 +126,11 @@ pub(crate) fn div_floor(a: f32, b: f32) -> f32 {
         return 0.0f32.copysign(a / b);
     }
     let floor = div.floor();
-    if div - floor > 0.5 { floor + 1.0 } else { floor }
+    if div - floor > 0.5 {
+        floor + 1.0
+    } else {
+        floor
+    }
 }
 
 /// `torch.linspace(start, end, steps)` in `float32` on CPU (`RangeFactoriesKernel.cpp`), as
@@ -148,8 +158,17 @@ impl Linspace {
         // at::parallel_for (OpenMP): min(threads, ⌈steps / grain⌉) tasks of ⌈steps / tasks⌉.
         let tasks = steps.div_ceil(GRAIN_SIZE);
         let chunk = steps.div_ceil(tasks);
-        let chunks = (0..tasks).map(|t| (t * chunk, ((t + 1) * chunk).min(steps))).collect();
-        Linspace { start, end, step, steps, halfway: steps / 2, chunks }
+        let chunks = (0..tasks)
+            .map(|t| (t * chunk, ((t + 1) * chunk).min(steps)))
+            .collect();
+        Linspace {
+            start,
+            end,
+            step,
+            steps,
+            halfway: steps / 2,
+            chunks,
+        }
     }
 
     /// The scalar formula at index `i`, plus `k` steps (the vector lane offset).
@@ -159,12 +178,20 @@ impl Linspace {
         } else {
             self.end - self.step * (self.steps - i - 1) as f32
         };
-        if k == 0 { base } else { base + k as f32 * self.step }
+        if k == 0 {
+            base
+        } else {
+            base + k as f32 * self.step
+        }
     }
 
     /// Element `i`.
     pub(crate) fn at(&self, i: usize) -> f32 {
-        let &(begin, end) = self.chunks.iter().find(|&&(_, end)| i < end).expect("index in range");
+        let &(begin, end) = self
+            .chunks
+            .iter()
+            .find(|&&(_, end)| i < end)
+            .expect("index in range");
         let offset = i - begin;
         let vectorised = (end - begin) / (2 * VEC) * (2 * VEC);
         if offset < vectorised {
@@ -183,7 +210,10 @@ mod tests {
     #[test]
     fn sum_is_exact_on_integers_and_close_on_fractions() {
         let integers: Vec<f32> = (0..2048).map(|i| (i % 7) as f32).collect();
-        assert_eq!(sum(&integers), integers.iter().map(|&v| f64::from(v)).sum::<f64>() as f32);
+        assert_eq!(
+            sum(&integers),
+            integers.iter().map(|&v| f64::from(v)).sum::<f64>() as f32
+        );
         let fractions: Vec<f32> = (0..2049).map(|i| 1.0 / (1.0 + i as f32)).collect();
         let exact: f64 = fractions.iter().map(|&v| f64::from(v)).sum();
         assert!((f64::from(sum(&fractions)) - exact).abs() < 1e-5);
@@ -192,7 +222,10 @@ mod tests {
 
     #[test]
     fn ceil_log2_matches_c10() {
-        assert_eq!([1, 2, 3, 4, 5, 32, 33].map(ceil_log2), [1, 1, 2, 2, 3, 5, 6]);
+        assert_eq!(
+            [1, 2, 3, 4, 5, 32, 33].map(ceil_log2),
+            [1, 1, 2, 2, 3, 5, 6]
+        );
     }
 
     #[test]

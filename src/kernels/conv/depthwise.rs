@@ -56,7 +56,11 @@ impl PackedDepthwise {
                 (i64::from(b) - i64::from(zero_point) * sum) as i32
             })
             .collect();
-        PackedDepthwise { weights, bias, saturate_pairs: false }
+        PackedDepthwise {
+            weights,
+            bias,
+            saturate_pairs: false,
+        }
     }
 
     /// Switches fbgemm's `i16` saturation of tap-pair sums on.

@@ -28,7 +28,13 @@ impl<'a> ConvRows<'a> {
         out_hw: [usize; 2],
         zero_point: u8,
     ) -> Self {
-        ConvRows { input, geometry, in_hw, out_hw, zero_point }
+        ConvRows {
+            input,
+            geometry,
+            in_hw,
+            out_hw,
+            zero_point,
+        }
     }
 
     /// The input zero point (what padding reads).
@@ -85,7 +91,9 @@ impl RowSource for ConvRows<'_> {
         let pixel = self.pixels_from(r).next().expect("an output pixel");
         let (iy, ix) = self.origin(pixel);
         let cin_g = self.geometry.in_per_group();
-        let input = self.pixel(pixel[0], iy, ix).expect("a 1x1 unpadded conv reads the image");
+        let input = self
+            .pixel(pixel[0], iy, ix)
+            .expect("a 1x1 unpadded conv reads the image");
         &input[group * cin_g..][..cin_g]
     }
 

@@ -47,7 +47,11 @@ impl Conv2dGeometry {
     /// do not divide the channels.
     pub fn check(&self) -> Result<()> {
         let sizes = [self.in_channels, self.out_channels, self.groups];
-        if sizes.contains(&0) || [self.kernel, self.stride, self.dilation].concat().contains(&0) {
+        if sizes.contains(&0)
+            || [self.kernel, self.stride, self.dilation]
+                .concat()
+                .contains(&0)
+        {
             return Err(Error::InvalidArgument(format!(
                 "conv2d geometry has a zero channel count, kernel size, stride, dilation or \
                  group count: {self:?}"
@@ -149,7 +153,11 @@ impl TryFrom<PackedConv2dParts> for PackedConv2d {
                 "packed conv2d weights do not match the geometry {g:?}"
             )));
         }
-        Ok(PackedConv2d { geometry: g, input_zero_point: p.input_zero_point, weights: p.weights })
+        Ok(PackedConv2d {
+            geometry: g,
+            input_zero_point: p.input_zero_point,
+            weights: p.weights,
+        })
     }
 }
 
@@ -165,10 +173,19 @@ impl PackedConv2d {
         geometry.check()?;
         let g = geometry;
         let (cin_g, cout_g, [kh, kw]) = (g.in_per_group(), g.out_per_group(), g.kernel);
-        expect_len("conv2d weights", weights_oihw.len(), g.out_channels * cin_g * kh * kw)?;
+        expect_len(
+            "conv2d weights",
+            weights_oihw.len(),
+            g.out_channels * cin_g * kh * kw,
+        )?;
         expect_len("conv2d bias", bias.len(), g.out_channels)?;
         let weights = if g.is_depthwise() {
-            Weights::Depthwise(PackedDepthwise::new(&g, weights_oihw, bias, input_zero_point))
+            Weights::Depthwise(PackedDepthwise::new(
+                &g,
+                weights_oihw,
+                bias,
+                input_zero_point,
+            ))
         } else {
             Weights::Gemm(PackedB::new(
                 g.groups,
@@ -182,7 +199,11 @@ impl PackedConv2d {
                 },
             ))
         };
-        Ok(PackedConv2d { geometry, input_zero_point, weights })
+        Ok(PackedConv2d {
+            geometry,
+            input_zero_point,
+            weights,
+        })
     }
 
     /// Makes a depthwise convolution reproduce fbgemm's overflow: in the convolutions fbgemm
@@ -241,15 +262,28 @@ pub fn qconv2d(
 ) -> Result<()> {
     let g = &conv.geometry;
     let (oh, ow) = g.output_size(h, w)?;
-    expect_len("conv2d input", input_nhwc.len(), batch * h * w * g.in_channels)?;
-    expect_len("conv2d output", output_nhwc.len(), batch * oh * ow * g.out_channels)?;
+    expect_len(
+        "conv2d input",
+        input_nhwc.len(),
+        batch * h * w * g.in_channels,
+    )?;
+    expect_len(
+        "conv2d output",
+        output_nhwc.len(),
+        batch * oh * ow * g.out_channels,
+    )?;
     requant.check(g.out_channels)?;
     let isa: Isa = active_isa();
     let rows = ConvRows::new(input_nhwc, g, [h, w], [oh, ow], conv.input_zero_point);
     match &conv.weights {
         Weights::Gemm(b) => {
             let epilogue = Epilogue::new(requant, b.columns());
-            let gemm = Gemm { rows: &rows, m: batch * oh * ow, b, epilogue: &epilogue };
+            let gemm = Gemm {
+                rows: &rows,
+                m: batch * oh * ow,
+                b,
+                epilogue: &epilogue,
+            };
             gemm.run(gemm::kernel(isa), output_nhwc, g.out_channels, true);
         }
         Weights::Depthwise(d) => {

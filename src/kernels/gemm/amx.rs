@@ -20,8 +20,14 @@ const MR: usize = 32;
 const NR: usize = 32;
 
 /// Registry entry of the AMX kernel.
-pub(super) static KERNEL: Kernel =
-    Kernel { isa: Isa::Amx, mr: MR, nr: NR, k_align: K_ALIGN, packed_a: true, tile };
+pub(super) static KERNEL: Kernel = Kernel {
+    isa: Isa::Amx,
+    mr: MR,
+    nr: NR,
+    k_align: K_ALIGN,
+    packed_a: true,
+    tile,
+};
 
 /// Palette 1; tiles 0-7 all 16 rows × 64 bytes.
 #[repr(C, align(64))]

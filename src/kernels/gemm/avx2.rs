@@ -17,8 +17,14 @@ const _: () = assert!(MR == 6, "by_rows! instantiates 6-row tiles");
 const NR: usize = 8;
 
 /// Registry entry of the AVX2 kernel.
-pub(super) static KERNEL: Kernel =
-    Kernel { isa: Isa::Avx2, mr: MR, nr: NR, k_align: KR, packed_a: false, tile };
+pub(super) static KERNEL: Kernel = Kernel {
+    isa: Isa::Avx2,
+    mr: MR,
+    nr: NR,
+    k_align: KR,
+    packed_a: false,
+    tile,
+};
 
 /// # Safety
 /// The [`Tile`] contract, on a CPU with AVX2.
@@ -52,7 +58,13 @@ unsafe fn tile_m<const M: usize>(t: &Tile) {
         for (i, [lo, hi]) in acc.into_iter().enumerate() {
             // Per 128-bit lane: [c0 c1 c4 c5 | c2 c3 c6 c7]; reorder the 64-bit pairs.
             let sums = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(lo, hi));
-            requant_store8(_mm256_add_epi32(sums, bias), t, 0, t.out.add(i * t.ldc), t.n);
+            requant_store8(
+                _mm256_add_epi32(sums, bias),
+                t,
+                0,
+                t.out.add(i * t.ldc),
+                t.n,
+            );
         }
     }
 }
@@ -66,15 +78,21 @@ unsafe fn tile_m<const M: usize>(t: &Tile) {
 pub(super) unsafe fn requant_store8(acc: __m256i, t: &Tile, col: usize, out: *mut u8, n: usize) {
     // SAFETY: the caller guarantees the multipliers and the output bytes.
     unsafe {
-        let scaled =
-            _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_loadu_ps(t.multipliers.add(col)));
-        let clamped =
-            _mm256_min_ps(_mm256_max_ps(scaled, _mm256_set1_ps(t.lo)), _mm256_set1_ps(t.hi));
+        let scaled = _mm256_mul_ps(
+            _mm256_cvtepi32_ps(acc),
+            _mm256_loadu_ps(t.multipliers.add(col)),
+        );
+        let clamped = _mm256_min_ps(
+            _mm256_max_ps(scaled, _mm256_set1_ps(t.lo)),
+            _mm256_set1_ps(t.hi),
+        );
         let q = _mm256_add_epi32(_mm256_cvtps_epi32(clamped), _mm256_set1_epi32(t.zero_point));
         // Values are in 0..=255: pack to bytes; lane 0 holds columns 0-3, lane 1 columns 4-7.
         let bytes = _mm256_packus_epi16(_mm256_packus_epi32(q, q), _mm256_setzero_si256());
-        let low8 =
-            _mm_unpacklo_epi32(_mm256_castsi256_si128(bytes), _mm256_extracti128_si256::<1>(bytes));
+        let low8 = _mm_unpacklo_epi32(
+            _mm256_castsi256_si128(bytes),
+            _mm256_extracti128_si256::<1>(bytes),
+        );
         let n = n.min(8);
         if n == 8 {
             _mm_storel_epi64(out.cast(), low8);

@@ -17,8 +17,14 @@ const _: () = assert!(MR == 6, "by_rows! instantiates 6-row tiles");
 const NV: usize = 4;
 
 /// Registry entry of the AVX-512 VNNI kernel.
-pub(super) static KERNEL: Kernel =
-    Kernel { isa: Isa::Avx512Vnni, mr: MR, nr: NV * 16, k_align: KR, packed_a: false, tile };
+pub(super) static KERNEL: Kernel = Kernel {
+    isa: Isa::Avx512Vnni,
+    mr: MR,
+    nr: NV * 16,
+    k_align: KR,
+    packed_a: false,
+    tile,
+};
 
 /// # Safety
 /// The [`Tile`] contract, on a CPU with AVX-512 F/BW/VL/VNNI.
@@ -90,10 +96,14 @@ pub(super) unsafe fn requant_store(acc: __m512i, t: &Tile, col: usize, out: *mut
     }
     // SAFETY: the caller guarantees the multipliers and the `n` output bytes.
     unsafe {
-        let scaled =
-            _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_loadu_ps(t.multipliers.add(col)));
-        let clamped =
-            _mm512_min_ps(_mm512_max_ps(scaled, _mm512_set1_ps(t.lo)), _mm512_set1_ps(t.hi));
+        let scaled = _mm512_mul_ps(
+            _mm512_cvtepi32_ps(acc),
+            _mm512_loadu_ps(t.multipliers.add(col)),
+        );
+        let clamped = _mm512_min_ps(
+            _mm512_max_ps(scaled, _mm512_set1_ps(t.lo)),
+            _mm512_set1_ps(t.hi),
+        );
         let q = _mm512_add_epi32(_mm512_cvtps_epi32(clamped), _mm512_set1_epi32(t.zero_point));
         let mask = if n >= 16 { u16::MAX } else { (1u16 << n) - 1 };
         _mm_mask_storeu_epi8(out.cast(), mask, _mm512_cvtusepi32_epi8(q));

@@ -18,8 +18,14 @@ const _: () = assert!(MR == 6, "by_rows! instantiates 6-row tiles");
 const NV: usize = 2;
 
 /// Registry entry of the AVX-VNNI kernel.
-pub(super) static KERNEL: Kernel =
-    Kernel { isa: Isa::AvxVnni, mr: MR, nr: NV * 8, k_align: KR, packed_a: false, tile };
+pub(super) static KERNEL: Kernel = Kernel {
+    isa: Isa::AvxVnni,
+    mr: MR,
+    nr: NV * 8,
+    k_align: KR,
+    packed_a: false,
+    tile,
+};
 
 /// # Safety
 /// The [`Tile`] contract, on a CPU with AVX2 and AVX-VNNI.

@@ -110,7 +110,11 @@ impl Gemm<'_> {
     /// to `out[i·ldc + g·n + c]`. `parallel` spreads tasks over the current rayon pool.
     pub(crate) fn run(&self, kernel: &Kernel, out: &mut [u8], ldc: usize, parallel: bool) {
         let columns = self.b.groups() * self.b.n();
-        assert_eq!(self.rows.k(), self.b.k(), "A rows and packed B disagree on K");
+        assert_eq!(
+            self.rows.k(),
+            self.b.k(),
+            "A rows and packed B disagree on K"
+        );
         assert!(ldc >= columns && (self.m == 0 || out.len() >= (self.m - 1) * ldc + columns));
         assert!(self.epilogue.multipliers.len() == self.b.groups() * self.b.panels() * PANEL);
         let tasks = self.plan(kernel, parallel);
@@ -131,8 +135,16 @@ impl Gemm<'_> {
     fn plan(&self, kernel: &Kernel, parallel: bool) -> Vec<Task> {
         let (groups, panels) = (self.b.groups(), self.b.panels());
         let lda = self.b.k().div_ceil(kernel.k_align) * kernel.k_align;
-        let threads = if parallel { rayon::current_num_threads() } else { 1 };
-        let wanted = if threads > 1 { (threads * 4).div_ceil(groups) } else { 1 };
+        let threads = if parallel {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
+        let wanted = if threads > 1 {
+            (threads * 4).div_ceil(groups)
+        } else {
+            1
+        };
         let mut mc = (A_BLOCK_BYTES / lda.max(1) / kernel.mr).max(1) * kernel.mr;
         if self.m.div_ceil(mc) < wanted {
             mc = self.m.div_ceil(wanted).div_ceil(kernel.mr).max(1) * kernel.mr;
@@ -145,7 +157,12 @@ impl Gemm<'_> {
             for m0 in (0..self.m).step_by(mc) {
                 for p0 in (0..panels).step_by(per_chunk) {
                     let panels = p0..(p0 + per_chunk).min(panels);
-                    tasks.push(Task { group, m0, mc: mc.min(self.m - m0), panels });
+                    tasks.push(Task {
+                        group,
+                        m0,
+                        mc: mc.min(self.m - m0),
+                        panels,
+                    });
                 }
             }
         }
@@ -162,16 +179,21 @@ impl Gemm<'_> {
         } else {
             let padded_rows = task.mc.div_ceil(kernel.mr) * kernel.mr;
             s.panel.resize(s.panel.len().max(padded_rows * lda), 0);
-            self.rows.copy_rows(g, task.m0, &mut s.panel[..task.mc * lda], lda);
+            self.rows
+                .copy_rows(g, task.m0, &mut s.panel[..task.mc * lda], lda);
             let base = s.panel.as_ptr();
             // SAFETY: `i·lda < padded_rows·lda <= s.panel.len()`.
-            s.rows.extend((0..padded_rows).map(|i| unsafe { base.add(i * lda) }));
+            s.rows
+                .extend((0..padded_rows).map(|i| unsafe { base.add(i * lda) }));
         }
         let ep = self.epilogue;
         for p in task.panels.clone() {
             let (panel, bias) = (self.b.panel(g, p), self.b.panel_bias(g, p));
             let multipliers = &ep.multipliers[self.b.column_offset(g, p)..][..PANEL];
-            for c0 in (0..PANEL).step_by(kernel.nr).take_while(|c0| p * PANEL + c0 < n) {
+            for c0 in (0..PANEL)
+                .step_by(kernel.nr)
+                .take_while(|c0| p * PANEL + c0 < n)
+            {
                 let col = p * PANEL + c0;
                 for i0 in (0..task.mc).step_by(kernel.mr) {
                     let row = task.m0 + i0;

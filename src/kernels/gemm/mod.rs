@@ -112,7 +112,11 @@ pub(crate) static KERNELS: &[&Kernel] = &[
 
 /// The microkernel of `isa` (the scalar one for a path this build has none for).
 pub(crate) fn kernel(isa: Isa) -> &'static Kernel {
-    KERNELS.iter().copied().find(|k| k.isa == isa).unwrap_or(&scalar::KERNEL)
+    KERNELS
+        .iter()
+        .copied()
+        .find(|k| k.isa == isa)
+        .unwrap_or(&scalar::KERNEL)
 }
 
 /// Runs `isa`'s kernel on small fixed problems (edge tiles, odd `K`, zero points, clamps,
@@ -157,19 +161,43 @@ impl CheckProblem {
         let w = (0..n * k).map(|_| next() as i8).collect();
         let bias = (0..n).map(|_| (next() % 20_001) as i32 - 10_000).collect();
         let multipliers = (0..n).map(|_| (next() % 1000 + 1) as f32 * 2e-6).collect();
-        let requant = Requant { multipliers, zero_point: 100, qmin: 20, qmax: 240 };
-        CheckProblem { m, k, n, a, w, bias, zero_point: 91, requant }
+        let requant = Requant {
+            multipliers,
+            zero_point: 100,
+            qmin: 20,
+            qmax: 240,
+        };
+        CheckProblem {
+            m,
+            k,
+            n,
+            a,
+            w,
+            bias,
+            zero_point: 91,
+            requant,
+        }
     }
 
     /// The `m × n` output of `isa`'s kernel, single-threaded.
     pub(crate) fn run(&self, isa: Isa) -> Vec<u8> {
-        let packed = PackedB::new(1, self.k, self.n, self.zero_point, &self.bias, |_, c, kk| {
-            self.w[c * self.k + kk]
-        });
+        let packed = PackedB::new(
+            1,
+            self.k,
+            self.n,
+            self.zero_point,
+            &self.bias,
+            |_, c, kk| self.w[c * self.k + kk],
+        );
         let epilogue = Epilogue::new(&self.requant, packed.columns());
         let mut out = vec![0; self.m * self.n];
         let rows = DenseRows::new(&self.a, self.k);
-        let gemm = driver::Gemm { rows: &rows, m: self.m, b: &packed, epilogue: &epilogue };
+        let gemm = driver::Gemm {
+            rows: &rows,
+            m: self.m,
+            b: &packed,
+            epilogue: &epilogue,
+        };
         gemm.run(kernel(isa), &mut out, self.n, false);
         out
     }

@@ -10,8 +10,14 @@ const MR: usize = 4;
 const NR: usize = 16;
 
 /// Registry entry of the scalar kernel.
-pub(super) static KERNEL: Kernel =
-    Kernel { isa: Isa::Scalar, mr: MR, nr: NR, k_align: KR, packed_a: false, tile };
+pub(super) static KERNEL: Kernel = Kernel {
+    isa: Isa::Scalar,
+    mr: MR,
+    nr: NR,
+    k_align: KR,
+    packed_a: false,
+    tile,
+};
 
 /// `acc = bias + Σ a·b` in wrapping `i32`, then [`requantize_parts`] per element.
 ///
@@ -37,7 +43,9 @@ unsafe fn tile(t: &Tile) {
             // SAFETY: group `g < k_groups` of the panel holds `NR` columns of `KR` bytes.
             let b = unsafe { std::slice::from_raw_parts(t.b.add(g * GROUP_STRIDE), NR * KR) };
             for (acc, b) in acc[i].iter_mut().zip(b.chunks_exact(KR)) {
-                let dot = (0..KR).map(|l| i32::from(a[l]) * i32::from(b[l])).sum::<i32>();
+                let dot = (0..KR)
+                    .map(|l| i32::from(a[l]) * i32::from(b[l]))
+                    .sum::<i32>();
                 *acc = acc.wrapping_add(dot);
             }
         }

@@ -18,7 +18,13 @@ fn naive(p: &CheckProblem) -> Vec<u8> {
                 })
                 .sum();
             let acc = i32::try_from(dot + i64::from(p.bias[j])).expect("test sums fit in i32");
-            out.push(requantize(acc, r.multipliers[j], r.zero_point, r.qmin, r.qmax));
+            out.push(requantize(
+                acc,
+                r.multipliers[j],
+                r.zero_point,
+                r.qmin,
+                r.qmax,
+            ));
         }
     }
     out
@@ -57,7 +63,10 @@ fn every_kernel_matches_the_naive_gemm_on_edge_tiles() {
         ran.push(kernel.isa);
     }
     eprintln!("kernels checked: {ran:?}");
-    assert!(ran.contains(&crate::kernels::Isa::Scalar), "the scalar kernel must always run");
+    assert!(
+        ran.contains(&crate::kernels::Isa::Scalar),
+        "the scalar kernel must always run"
+    );
 }
 
 #[test]
