@@ -19,6 +19,26 @@ pub enum Error {
     /// An argument outside what the operation supports (a zero stride, a bad zero point, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A [`QConfigMap`](crate::qconfig::QConfigMap) entry that cannot be used.
+    #[error("qconfig {kind} key `{key}` {reason}")]
+    QConfigKey {
+        /// Which kind of entry: `module`, `layer_type` or `module_regex`.
+        kind: &'static str,
+        /// The key as given.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Calibration could not be done (no data, a failing data loader, ...).
+    #[error("calibration: {0}")]
+    Calibration(String),
+    /// A value that must be finite (a calibration input, an observed activation) was NaN or
+    /// infinite.
+    #[error("non-finite value (NaN or infinity) in {context}")]
+    NonFinite {
+        /// What held it: an observer, a node's output, a calibration batch.
+        context: String,
+    },
     /// A kernel path was requested that this CPU (or this build) cannot run.
     #[error("kernel path `{0}` is not available on this CPU")]
     IsaUnavailable(String),

@@ -10,6 +10,7 @@
 
 mod float;
 mod goldens;
+mod int8;
 mod kernels;
 mod observers;
 
@@ -17,9 +18,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// One conformance check: its name on the command line and the function that runs it.
-type Check = (&'static str, fn(&std::path::Path) -> Result<bool, Box<dyn std::error::Error>>);
+type Check = (
+    &'static str,
+    fn(&std::path::Path) -> Result<bool, Box<dyn std::error::Error>>,
+);
 
-const CHECKS: &[Check] = &[("float", float::run), ("kernels", kernels::run), ("observers", observers::run)];
+const CHECKS: &[Check] = &[
+    ("float", float::run),
+    ("kernels", kernels::run),
+    ("observers", observers::run),
+    ("int8", int8::run),
+];
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -52,11 +61,18 @@ fn main() -> ExitCode {
             }
         }
     }
-    if all_passed { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if all_passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn usage(problem: &str) -> ExitCode {
     let names: Vec<_> = CHECKS.iter().map(|(n, _)| *n).collect();
-    eprintln!("conformance: {problem}\nusage: conformance <{}>... [--goldens DIR]", names.join("|"));
+    eprintln!(
+        "conformance: {problem}\nusage: conformance <{}>... [--goldens DIR]",
+        names.join("|")
+    );
     ExitCode::from(2)
 }

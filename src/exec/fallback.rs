@@ -25,15 +25,18 @@ pub(crate) fn run_fallback(
     device: &Device,
 ) -> Result<Vec<DispatchTensor>> {
     let mut ir = ir.clone();
-    let mut shapes = ShapeFiller { shape_of, error: None };
+    let mut shapes = ShapeFiller {
+        shape_of,
+        error: None,
+    };
     ir.visit_mut(&mut shapes);
     if let Some(err) = shapes.error {
         return Err(err);
     }
     match device.as_dispatch() {
-        DispatchDevice::Flex(d) => run_on::<Flex>(&ir, inputs, d.clone()),
+        DispatchDevice::Flex(d) => run_on::<Flex>(&ir, inputs, *d),
         #[allow(deprecated)] // NdArray is deprecated in Burn 0.22 but still a device users have
-        DispatchDevice::NdArray(d) => run_on::<NdArray>(&ir, inputs, d.clone()),
+        DispatchDevice::NdArray(d) => run_on::<NdArray>(&ir, inputs, *d),
         other => Err(Error::Unsupported(format!(
             "op `{}` has no lowering and Burn's interpreter cannot run it on device {other:?}; \
              use a Flex or NdArray device",
@@ -74,14 +77,21 @@ where
             BackendTensor::Float(t) => HandleKind::Float(t),
             BackendTensor::Int(t) => HandleKind::Int(t),
             BackendTensor::Bool(t) => HandleKind::Bool(t),
-            _ => return Err(Error::Unsupported(format!("a quantized input of op `{name}`"))),
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "a quantized input of op `{name}`"
+                )));
+            }
         };
         interpreter.register_tensor_to_device(TensorId::new(u64::from(id.0)), handle);
     }
     // Read back as the op's final consumer, which takes the handle out of the interpreter.
     let outputs: Vec<TensorIr> = ir
         .outputs()
-        .map(|t| TensorIr { status: TensorStatus::ReadWrite, ..t.clone() })
+        .map(|t| TensorIr {
+            status: TensorStatus::ReadWrite,
+            ..t.clone()
+        })
         .collect();
     let run = catch_unwind(AssertUnwindSafe(|| {
         interpreter.register_op(ir.clone());
@@ -96,8 +106,15 @@ where
             .collect::<Option<Vec<_>>>()
     }));
     match run {
-        Ok(Some(tensors)) => Ok(tensors.into_iter().map(DispatchTensor::from_backend).collect()),
-        Ok(None) => Err(Error::Unsupported(format!("op `{name}` returned a quantized tensor"))),
-        Err(_) => Err(Error::Unsupported(format!("Burn's interpreter failed on op `{name}`"))),
+        Ok(Some(tensors)) => Ok(tensors
+            .into_iter()
+            .map(DispatchTensor::from_backend)
+            .collect()),
+        Ok(None) => Err(Error::Unsupported(format!(
+            "op `{name}` returned a quantized tensor"
+        ))),
+        Err(_) => Err(Error::Unsupported(format!(
+            "Burn's interpreter failed on op `{name}`"
+        ))),
     }
 }

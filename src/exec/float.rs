@@ -1,5 +1,6 @@
 //! The float interpreter: runs a [`Graph`] with Burn tensors on a Burn device.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 
 use burn::backend::ops::{BoolTensorOps, FloatTensorOps, IntTensorOps};
@@ -7,7 +8,7 @@ use burn::backend::{Dispatch, DispatchTensor, TensorMetadata};
 use burn::tensor::{Device, Tensor};
 
 use super::{fallback, float_ops};
-use crate::graph::{Graph, Node, Op, ValueId, ValueKind};
+use crate::graph::{Graph, Node, Op, ValueId, ValueKind, ValueShapes};
 use crate::{Error, Result};
 
 /// Runs a [`Graph`] in float on one Burn device (NdArray, Flex, or any other; ops without a
@@ -24,8 +25,10 @@ use crate::{Error, Result};
 /// let logits: Tensor<2> = float.forward(images)?;   // what model.forward(images) returns
 /// # Ok::<(), burn_quantize::Error>(())
 /// ```
-pub struct FloatExecutor<'g> {
-    graph: &'g Graph,
+///
+/// `G` is how it holds the graph: `&Graph` to borrow it, `Arc<Graph>` or `Graph` to own it.
+pub struct FloatExecutor<G: Borrow<Graph>> {
+    graph: G,
     device: Device,
     /// Parameters and constants, on the device.
     tensors: HashMap<ValueId, DispatchTensor>,
@@ -33,57 +36,36 @@ pub struct FloatExecutor<'g> {
     frees: Vec<Vec<ValueId>>,
 }
 
-impl<'g> FloatExecutor<'g> {
+impl<G: Borrow<Graph>> FloatExecutor<G> {
     /// Validates `graph` and uploads its parameters and constants to `device`.
-    pub fn new(graph: &'g Graph, device: &Device) -> Result<Self> {
-        graph.validate()?;
-        let dev = device.as_dispatch();
-        let tensors = graph
-            .tensors
-            .iter()
-            .map(|(&id, data)| {
-                let dtype = data.dtype();
-                let tensor = if dtype.is_float() {
-                    B::float_from_data(data.clone(), dev)
-                } else if dtype.is_int() || dtype.is_uint() {
-                    B::int_from_data(data.clone(), dev)
-                } else if dtype.is_bool() {
-                    B::bool_from_data(data.clone(), dev)
-                } else {
-                    return Err(Error::Unsupported(format!("constant {id} of type {dtype:?}")));
-                };
-                Ok((id, tensor))
-            })
-            .collect::<Result<_>>()?;
-        Ok(FloatExecutor { graph, device: device.clone(), tensors, frees: last_reads(graph) })
+    pub fn new(graph: G, device: &Device) -> Result<Self> {
+        let frees = last_reads(graph.borrow());
+        let tensors = upload(graph.borrow(), device)?;
+        Ok(FloatExecutor {
+            graph,
+            device: device.clone(),
+            tensors,
+            frees,
+        })
+    }
+
+    /// The device it runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// The graph it runs.
     pub fn graph(&self) -> &Graph {
-        self.graph
+        self.graph.borrow()
     }
 
     /// Runs the graph on one input of rank `DI` and returns its one output of rank `DO`.
-    pub fn forward<const DI: usize, const DO: usize>(&self, input: Tensor<DI>) -> Result<Tensor<DO>> {
+    pub fn forward<const DI: usize, const DO: usize>(
+        &self,
+        input: Tensor<DI>,
+    ) -> Result<Tensor<DO>> {
         let input = input.to_device(&self.device).into_dispatch();
-        let mut outputs = self.run(vec![input])?;
-        if outputs.len() != 1 {
-            return Err(Error::Shape {
-                context: "graph outputs".into(),
-                expected: "one output".into(),
-                got: format!("{}", outputs.len()),
-            });
-        }
-        let out = outputs.pop().expect("one output");
-        let rank = out.shape().num_dims();
-        if rank != DO {
-            return Err(Error::Shape {
-                context: "graph output".into(),
-                expected: format!("rank {DO}"),
-                got: format!("rank {rank} {:?}", out.shape().to_vec()),
-            });
-        }
-        Ok(Tensor::from_dispatch(out))
+        super::single_output(self.run(vec![input])?)
     }
 
     /// Runs the graph on its inputs (on this executor's device) and returns its outputs.
@@ -98,10 +80,11 @@ impl<'g> FloatExecutor<'g> {
         inputs: Vec<DispatchTensor>,
         observe: &mut dyn FnMut(&Node, &[DispatchTensor]) -> Result<()>,
     ) -> Result<Vec<DispatchTensor>> {
-        let graph = self.graph;
+        let graph = self.graph.borrow();
         let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
         let n = graph.batch_size_of(&shapes)?;
-        let mut live: HashMap<ValueId, DispatchTensor> = graph.inputs.iter().copied().zip(inputs).collect();
+        let mut live: HashMap<ValueId, DispatchTensor> =
+            graph.inputs.iter().copied().zip(inputs).collect();
         for (node, frees) in graph.nodes.iter().zip(&self.frees) {
             let args = node
                 .inputs
@@ -115,6 +98,13 @@ impl<'g> FloatExecutor<'g> {
                 }
                 op => vec![float_ops::eval(op, args, n)?],
             };
+            let outputs = match node.activation {
+                Some(act) => outputs
+                    .into_iter()
+                    .map(|t| float_ops::activation(act, t))
+                    .collect(),
+                None => outputs,
+            };
             self.check_outputs(node, &outputs, n)?;
             observe(node, &outputs)?;
             live.extend(node.outputs.iter().copied().zip(outputs));
@@ -122,10 +112,18 @@ impl<'g> FloatExecutor<'g> {
                 live.remove(id);
             }
         }
-        graph.outputs.iter().map(|id| self.value(&live, *id)).collect()
+        graph
+            .outputs
+            .iter()
+            .map(|id| self.value(&live, *id))
+            .collect()
     }
 
-    fn value(&self, live: &HashMap<ValueId, DispatchTensor>, id: ValueId) -> Result<DispatchTensor> {
+    fn value(
+        &self,
+        live: &HashMap<ValueId, DispatchTensor>,
+        id: ValueId,
+    ) -> Result<DispatchTensor> {
         live.get(&id)
             .or_else(|| self.tensors.get(&id))
             .cloned()
@@ -143,12 +141,12 @@ impl<'g> FloatExecutor<'g> {
             )));
         }
         for (&id, t) in node.outputs.iter().zip(outputs) {
-            let expected = self.graph.shape_at(id, n)?;
+            let expected = self.graph().shape_at(id, n)?;
             let got = t.shape().to_vec();
             if got != expected {
                 return Err(Error::Shape {
                     context: format!("output {id} of node `{}`", node.name),
-                    expected: format!("{expected:?} ({})", self.graph.shape_text(id)),
+                    expected: format!("{expected:?} ({})", self.graph().shape_text(id)),
                     got: format!("{got:?}"),
                 });
             }
@@ -159,12 +157,40 @@ impl<'g> FloatExecutor<'g> {
 
 type B = Dispatch;
 
+/// Validates `graph` and uploads its parameters and constants to `device`.
+fn upload(graph: &Graph, device: &Device) -> Result<HashMap<ValueId, DispatchTensor>> {
+    graph.validate()?;
+    let dev = device.as_dispatch();
+    graph
+        .tensors
+        .iter()
+        .map(|(&id, data)| {
+            let dtype = data.dtype();
+            let tensor = if dtype.is_float() {
+                B::float_from_data(data.clone(), dev)
+            } else if dtype.is_int() || dtype.is_uint() {
+                B::int_from_data(data.clone(), dev)
+            } else if dtype.is_bool() {
+                B::bool_from_data(data.clone(), dev)
+            } else {
+                return Err(Error::Unsupported(format!(
+                    "constant {id} of type {dtype:?}"
+                )));
+            };
+            Ok((id, tensor))
+        })
+        .collect()
+}
+
 /// For each node, the activations it is the last reader of (graph outputs are never freed).
 fn last_reads(graph: &Graph) -> Vec<Vec<ValueId>> {
     let mut last: HashMap<ValueId, usize> = HashMap::new();
     for (i, node) in graph.nodes.iter().enumerate() {
         for &id in &node.inputs {
-            if matches!(graph.value(id).kind, ValueKind::Activation | ValueKind::Input) {
+            if matches!(
+                graph.value(id).kind,
+                ValueKind::Activation | ValueKind::Input
+            ) {
                 last.insert(id, i);
             }
         }

@@ -6,7 +6,7 @@ use burn::backend::{Dispatch, DispatchTensor, TensorMetadata};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Scalar, Shape, Slice};
 
-use crate::graph::{BinaryOp, Dim, Op, PadMode, ReduceOp};
+use crate::graph::{Activation, BinaryOp, Dim, Op, PadMode, ReduceOp};
 use crate::{Error, Result};
 
 type B = Dispatch;
@@ -40,9 +40,7 @@ pub(crate) fn eval(op: &Op, inputs: Vec<DispatchTensor>, n: usize) -> Result<Dis
             let (w, b) = (arg(1)?, arg(2).ok());
             linear(x, w, b)
         }
-        Op::Matmul => {
-            B::float_matmul(x, arg(1)?)
-        }
+        Op::Matmul => B::float_matmul(x, arg(1)?),
         Op::Relu => B::relu(x),
         Op::Clamp { min, max } => match (min, max) {
             (Some(lo), Some(hi)) => B::float_clamp(x, Scalar::from(*lo), Scalar::from(*hi)),
@@ -77,10 +75,20 @@ pub(crate) fn eval(op: &Op, inputs: Vec<DispatchTensor>, n: usize) -> Result<Dis
             all.extend((1..count).map(&mut arg).collect::<Result<Vec<_>>>()?);
             B::float_cat(all, *axis)
         }
-        Op::MaxPool2d(p) => B::max_pool2d(x, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode),
-        Op::AvgPool2d { pool: p, count_include_pad } => {
-            B::avg_pool2d(x, p.kernel, p.stride, p.padding, *count_include_pad, p.ceil_mode)
+        Op::MaxPool2d(p) => {
+            B::max_pool2d(x, p.kernel, p.stride, p.padding, p.dilation, p.ceil_mode)
         }
+        Op::AvgPool2d {
+            pool: p,
+            count_include_pad,
+        } => B::avg_pool2d(
+            x,
+            p.kernel,
+            p.stride,
+            p.padding,
+            *count_include_pad,
+            p.ceil_mode,
+        ),
         Op::AdaptiveAvgPool2d { output } => B::adaptive_avg_pool2d(x, *output),
         Op::Reduce { op, axes } => match (op, axes) {
             (ReduceOp::Mean, None) => B::float_mean(x),
@@ -109,9 +117,19 @@ pub(crate) fn eval(op: &Op, inputs: Vec<DispatchTensor>, n: usize) -> Result<Dis
             B::float_slice(x, &slices)
         }
         Op::Fallback(_) => {
-            return Err(Error::InvalidGraph("fallback ops run through Burn's interpreter".into()));
+            return Err(Error::InvalidGraph(
+                "fallback ops run through Burn's interpreter".into(),
+            ));
         }
     })
+}
+
+/// Applies a fused activation with the same backend ops as the unfused `Relu` / `Clamp` node.
+pub(crate) fn activation(act: Activation, x: DispatchTensor) -> DispatchTensor {
+    match act {
+        Activation::Relu => B::relu(x),
+        Activation::Clamp { min, max } => B::float_clamp(x, Scalar::from(min), Scalar::from(max)),
+    }
 }
 
 /// `x · W + b` over the last axis, as Burn's `Linear` computes it: the weight `[in, out]` gets

@@ -13,7 +13,10 @@ use super::{BatchMode, Dim, Graph, Node, Op, SliceRange, ValueInfo, ValueKind};
 pub(crate) fn make_batch_free(a: Graph, b: &Graph, na: usize, nb: usize) -> Graph {
     match merge(&a, b, na, nb) {
         Ok(graph) => graph,
-        Err(reason) => Graph { batch: BatchMode::Fixed { size: na, reason }, ..a },
+        Err(reason) => Graph {
+            batch: BatchMode::Fixed { size: na, reason },
+            ..a
+        },
     }
 }
 
@@ -39,14 +42,20 @@ impl Samples {
             ));
         }
         let batch = rise / run;
-        Ok(Dim { batch, fixed: va - batch * self.na })
+        Ok(Dim {
+            batch,
+            fixed: va - batch * self.na,
+        })
     }
 
     fn dims(&self, a: &[Dim], b: &[Dim], what: &dyn Fn() -> String) -> Result<Vec<Dim>, String> {
         if a.len() != b.len() {
             return Err(format!("{}: rank differs between batch sizes", what()));
         }
-        a.iter().zip(b).map(|(&x, &y)| self.dim(x, y, what)).collect()
+        a.iter()
+            .zip(b)
+            .map(|(&x, &y)| self.dim(x, y, what))
+            .collect()
     }
 
     fn value(&self, i: usize, a: &ValueInfo, b: &ValueInfo) -> Result<ValueInfo, String> {
@@ -68,12 +77,15 @@ impl Samples {
     fn node(&self, a: &Node, b: &Node) -> Result<Node, String> {
         let what = || format!("node `{}`", a.name);
         if a.name != b.name || a.inputs != b.inputs || a.outputs != b.outputs {
-            return Err(format!("{} has a different structure at another batch size", what()));
+            return Err(format!(
+                "{} has a different structure at another batch size",
+                what()
+            ));
         }
         let op = match (&a.op, &b.op) {
-            (Op::Reshape { shape: sa }, Op::Reshape { shape: sb }) => {
-                Op::Reshape { shape: self.dims(sa, sb, &what)? }
-            }
+            (Op::Reshape { shape: sa }, Op::Reshape { shape: sb }) => Op::Reshape {
+                shape: self.dims(sa, sb, &what)?,
+            },
             (Op::Slice { ranges: ra }, Op::Slice { ranges: rb }) if ra.len() == rb.len() => {
                 let ranges = ra
                     .iter()
@@ -92,7 +104,12 @@ impl Samples {
                 Op::Slice { ranges }
             }
             (x, y) if x == y => x.clone(),
-            _ => return Err(format!("{}: its attributes depend on the batch size", what())),
+            _ => {
+                return Err(format!(
+                    "{}: its attributes depend on the batch size",
+                    what()
+                ));
+            }
         };
         Ok(Node { op, ..a.clone() })
     }
@@ -113,10 +130,23 @@ fn merge(a: &Graph, b: &Graph, na: usize, nb: usize) -> Result<Graph, String> {
             b.nodes.len()
         ));
     }
-    let s = Samples { na: na as i64, nb: nb as i64 };
+    let s = Samples {
+        na: na as i64,
+        nb: nb as i64,
+    };
     let values = (a.values.iter().zip(&b.values).enumerate())
         .map(|(i, (x, y))| s.value(i, x, y))
         .collect::<Result<_, _>>()?;
-    let nodes = a.nodes.iter().zip(&b.nodes).map(|(x, y)| s.node(x, y)).collect::<Result<_, _>>()?;
-    Ok(Graph { values, nodes, batch: BatchMode::Free, ..a.clone() })
+    let nodes = a
+        .nodes
+        .iter()
+        .zip(&b.nodes)
+        .map(|(x, y)| s.node(x, y))
+        .collect::<Result<_, _>>()?;
+    Ok(Graph {
+        values,
+        nodes,
+        batch: BatchMode::Free,
+        ..a.clone()
+    })
 }

@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use super::{Graph, Op, PadMode, ValueId, ValueKind};
+use super::{Graph, Op, PadMode, ValueId, ValueKind, ValueShapes};
 
 impl fmt::Display for Graph {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -16,13 +16,29 @@ impl fmt::Display for Graph {
             let items: Vec<String> = ids.iter().map(|&id| self.typed(id)).collect();
             items.join(", ")
         };
-        writeln!(f, "graph({}) -> ({})", typed(&self.inputs), typed(&self.outputs))?;
+        writeln!(
+            f,
+            "graph({}) -> ({})",
+            typed(&self.inputs),
+            typed(&self.outputs)
+        )?;
         for node in &self.nodes {
             let outs: Vec<String> = node.outputs.iter().map(|&id| self.typed(id)).collect();
             let ins: Vec<String> = node.inputs.iter().map(|&id| self.operand(id)).collect();
             let attrs = attributes(&node.op);
-            let attrs = if attrs.is_empty() { String::new() } else { format!("[{attrs}]") };
-            write!(f, "  {} = {}{attrs}({})", outs.join(", "), node.op.kind(), ins.join(", "))?;
+            let attrs = if attrs.is_empty() {
+                String::new()
+            } else {
+                format!("[{attrs}]")
+            };
+            let fused = node.activation.map(|a| format!("+{a}")).unwrap_or_default();
+            write!(
+                f,
+                "  {} = {}{fused}{attrs}({})",
+                outs.join(", "),
+                node.op.kind(),
+                ins.join(", ")
+            )?;
             match &node.module {
                 Some(m) => writeln!(f, "  # {} ({})", node.name, m.layer)?,
                 None => writeln!(f, "  # {}", node.name)?,
@@ -79,7 +95,10 @@ fn attributes(op: &Op) -> String {
             pair(p.dilation),
             if p.ceil_mode { " ceil" } else { "" }
         ),
-        Op::AvgPool2d { pool: p, count_include_pad } => format!(
+        Op::AvgPool2d {
+            pool: p,
+            count_include_pad,
+        } => format!(
             "kernel={} stride={} pad={}{}{}",
             pair(p.kernel),
             pair(p.stride),
@@ -88,9 +107,18 @@ fn attributes(op: &Op) -> String {
             if *count_include_pad { " count_pad" } else { "" }
         ),
         Op::AdaptiveAvgPool2d { output } => format!("output={}", pair(*output)),
-        Op::Reduce { axes: Some(axes), .. } => format!("axes={}", list(axes)),
+        Op::Reduce {
+            axes: Some(axes), ..
+        } => format!("axes={}", list(axes)),
         Op::Reshape { shape } => {
-            format!("shape={}", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","))
+            format!(
+                "shape={}",
+                shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
         }
         Op::Permute { axes } => format!("axes={}", list(axes)),
         Op::Pad { padding, mode } => {

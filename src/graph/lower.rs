@@ -100,7 +100,10 @@ impl Builder<'_> {
             return Ok(v);
         }
         let data = self.rec.values.get(&t.id).ok_or_else(|| {
-            Error::Capture(format!("the forward reads tensor {} that it never made", t.id))
+            Error::Capture(format!(
+                "the forward reads tensor {} that it never made",
+                t.id
+            ))
         })?;
         let kind = match self.rec.params.get(&t.id) {
             Some(p) => ValueKind::Parameter(p.clone()),
@@ -124,8 +127,10 @@ impl Builder<'_> {
                 op.outputs().collect(),
             ),
         };
-        let inputs =
-            inputs.into_iter().map(|t| self.input_value(t)).collect::<Result<Vec<_>>>()?;
+        let inputs = inputs
+            .into_iter()
+            .map(|t| self.input_value(t))
+            .collect::<Result<Vec<_>>>()?;
         let outputs: Vec<ValueId> = outputs
             .into_iter()
             .map(|t| {
@@ -141,14 +146,24 @@ impl Builder<'_> {
             }
             other => other,
         };
-        let module = inputs.iter().find_map(|v| match &self.graph.value(*v).kind {
-            ValueKind::Parameter(p) => {
-                Some(ModuleRef { path: p.module.clone(), layer: p.layer.clone() })
-            }
-            _ => None,
-        });
+        let module = inputs
+            .iter()
+            .find_map(|v| match &self.graph.value(*v).kind {
+                ValueKind::Parameter(p) => Some(ModuleRef {
+                    path: p.module.clone(),
+                    layer: p.layer.clone(),
+                }),
+                _ => None,
+            });
         let name = self.node_name(&op, module.as_ref());
-        self.graph.nodes.push(Node { name, op, inputs, outputs, module });
+        self.graph.nodes.push(Node {
+            name,
+            op,
+            inputs,
+            outputs,
+            module,
+            activation: None,
+        });
         Ok(())
     }
 
@@ -205,7 +220,12 @@ fn lower_module(op: &ModuleOperationIr) -> Option<Lowered<'_>> {
             let o = &c.options;
             let attrs = Conv2dAttrs {
                 stride: o.stride,
-                padding: [o.padding[0].0, o.padding[1].0, o.padding[0].1, o.padding[1].1],
+                padding: [
+                    o.padding[0].0,
+                    o.padding[1].0,
+                    o.padding[0].1,
+                    o.padding[1].1,
+                ],
                 dilation: o.dilation,
                 groups: o.groups,
             };
@@ -214,7 +234,9 @@ fn lower_module(op: &ModuleOperationIr) -> Option<Lowered<'_>> {
             (Op::Conv2d(attrs), inputs, vec![&c.out])
         }
         ModuleOperationIr::BatchNorm(b) => (
-            Op::BatchNorm { epsilon: b.epsilon.elem() },
+            Op::BatchNorm {
+                epsilon: b.epsilon.elem(),
+            },
             vec![&b.x, &b.gamma, &b.beta, &b.mean, &b.variance],
             vec![&b.out],
         ),
@@ -248,9 +270,13 @@ fn lower_module(op: &ModuleOperationIr) -> Option<Lowered<'_>> {
             vec![&p.x],
             vec![&p.out],
         ),
-        ModuleOperationIr::AdaptiveAvgPool2d(p) => {
-            (Op::AdaptiveAvgPool2d { output: p.output_size }, vec![&p.x], vec![&p.out])
-        }
+        ModuleOperationIr::AdaptiveAvgPool2d(p) => (
+            Op::AdaptiveAvgPool2d {
+                output: p.output_size,
+            },
+            vec![&p.x],
+            vec![&p.out],
+        ),
         _ => return None,
     })
 }
@@ -273,7 +299,14 @@ fn lower_numeric(op: &NumericOperationIr) -> Option<Lowered<'_>> {
         (Op::Binary(kind), vec![&b.lhs, &b.rhs], vec![&b.out])
     }
     fn scalar(kind: BinaryOp, s: &burn_ir::ScalarOpIr) -> Lowered<'_> {
-        (Op::Scalar { op: kind, value: s.rhs }, vec![&s.lhs], vec![&s.out])
+        (
+            Op::Scalar {
+                op: kind,
+                value: s.rhs,
+            },
+            vec![&s.lhs],
+            vec![&s.out],
+        )
     }
     fn clamp<'o>(
         min: Option<&ScalarIr>,
@@ -282,13 +315,27 @@ fn lower_numeric(op: &NumericOperationIr) -> Option<Lowered<'_>> {
         out: &'o TensorIr,
     ) -> Lowered<'o> {
         let bound = |s: Option<&ScalarIr>| s.map(|s| s.elem::<f64>());
-        (Op::Clamp { min: bound(min), max: bound(max) }, vec![t], vec![out])
+        (
+            Op::Clamp {
+                min: bound(min),
+                max: bound(max),
+            },
+            vec![t],
+            vec![out],
+        )
     }
     fn reduce(op: ReduceOp, axes: Option<Vec<usize>>, r: &burn_ir::ReduceOpIr) -> Lowered<'_> {
         (Op::Reduce { op, axes }, vec![&r.input], vec![&r.out])
     }
     fn reduce_dim(op: ReduceOp, r: &burn_ir::ReduceDimOpIr) -> Lowered<'_> {
-        (Op::Reduce { op, axes: Some(vec![r.axis]) }, vec![&r.input], vec![&r.out])
+        (
+            Op::Reduce {
+                op,
+                axes: Some(vec![r.axis]),
+            },
+            vec![&r.input],
+            vec![&r.out],
+        )
     }
     Some(match op {
         N::Add(b) => binary(BinaryOp::Add, b),
@@ -306,18 +353,28 @@ fn lower_numeric(op: &NumericOperationIr) -> Option<Lowered<'_>> {
         N::Sum(r) => reduce(ReduceOp::Sum, None, r),
         N::MeanDim(r) => reduce_dim(ReduceOp::Mean, r),
         N::SumDim(r) => reduce_dim(ReduceOp::Sum, r),
-        N::SumDims(r) => {
-            (Op::Reduce { op: ReduceOp::Sum, axes: Some(r.axes.clone()) }, vec![&r.input], vec![
-                &r.out,
-            ])
-        }
+        N::SumDims(r) => (
+            Op::Reduce {
+                op: ReduceOp::Sum,
+                axes: Some(r.axes.clone()),
+            },
+            vec![&r.input],
+            vec![&r.out],
+        ),
         N::Pad(p) => {
             let mode = match p.mode {
                 PadModeIr::Constant(v) => PadMode::Constant(v.elem()),
                 PadModeIr::Reflect => PadMode::Reflect,
                 PadModeIr::Edge => PadMode::Edge,
             };
-            (Op::Pad { padding: p.padding.clone(), mode }, vec![&p.input], vec![&p.out])
+            (
+                Op::Pad {
+                    padding: p.padding.clone(),
+                    mode,
+                },
+                vec![&p.input],
+                vec![&p.out],
+            )
         }
         _ => return None,
     })
@@ -326,19 +383,29 @@ fn lower_numeric(op: &NumericOperationIr) -> Option<Lowered<'_>> {
 fn lower_base(op: &BaseOperationIr) -> Option<Lowered<'_>> {
     Some(match op {
         BaseOperationIr::Reshape(r) => (
-            Op::Reshape { shape: r.out.shape.iter().map(|&d| Dim::fixed(d)).collect() },
+            Op::Reshape {
+                shape: r.out.shape.iter().map(|&d| Dim::fixed(d)).collect(),
+            },
             vec![&r.input],
             vec![&r.out],
         ),
-        BaseOperationIr::Permute(p) => {
-            (Op::Permute { axes: p.axes.clone() }, vec![&p.input], vec![&p.out])
-        }
+        BaseOperationIr::Permute(p) => (
+            Op::Permute {
+                axes: p.axes.clone(),
+            },
+            vec![&p.input],
+            vec![&p.out],
+        ),
         BaseOperationIr::SwapDims(s) => {
             let mut axes: Vec<usize> = (0..s.input.shape.num_dims()).collect();
             axes.swap(s.dim1, s.dim2);
             (Op::Permute { axes }, vec![&s.input], vec![&s.out])
         }
-        BaseOperationIr::Cat(c) => (Op::Cat { axis: c.dim }, c.tensors.iter().collect(), vec![&c.out]),
+        BaseOperationIr::Cat(c) => (
+            Op::Cat { axis: c.dim },
+            c.tensors.iter().collect(),
+            vec![&c.out],
+        ),
         BaseOperationIr::Slice(s) => {
             // Axes past the recorded ranges are taken whole.
             let ranges = s
@@ -355,7 +422,11 @@ fn lower_base(op: &BaseOperationIr) -> Option<Lowered<'_>> {
                             step: r.step,
                         }
                     }
-                    None => SliceRange { start: Dim::fixed(0), end: Dim::fixed(size), step: 1 },
+                    None => SliceRange {
+                        start: Dim::fixed(0),
+                        end: Dim::fixed(size),
+                        step: 1,
+                    },
                 })
                 .collect();
             (Op::Slice { ranges }, vec![&s.tensor], vec![&s.out])

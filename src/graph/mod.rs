@@ -14,6 +14,7 @@ mod display;
 pub(crate) mod lower;
 mod op;
 pub mod passes;
+mod shapes;
 
 use std::collections::BTreeMap;
 
@@ -24,7 +25,8 @@ use crate::{Error, Result};
 
 pub(crate) use batch::make_batch_free;
 pub(crate) use op::fallback_name;
-pub use op::{BinaryOp, Conv2dAttrs, Op, PadMode, Pool2dAttrs, ReduceOp, SliceRange};
+pub use op::{Activation, BinaryOp, Conv2dAttrs, Op, PadMode, Pool2dAttrs, ReduceOp, SliceRange};
+pub use shapes::ValueShapes;
 
 /// Version of the serialized [`Graph`] format; bumped on every incompatible change.
 pub const GRAPH_FORMAT_VERSION: u32 = 1;
@@ -62,7 +64,10 @@ pub struct Dim {
 impl Dim {
     /// A dimension that does not depend on the batch size.
     pub fn fixed(size: usize) -> Self {
-        Dim { batch: 0, fixed: size as i64 }
+        Dim {
+            batch: 0,
+            fixed: size as i64,
+        }
     }
 
     /// Whether the dimension is the same at every batch size.
@@ -148,6 +153,9 @@ pub struct Node {
     pub outputs: Vec<ValueId>,
     /// The module path and layer type of the layer whose parameters it uses, if any.
     pub module: Option<ModuleRef>,
+    /// An activation fused into the node by [`passes::fuse_activations`], applied to its output.
+    #[serde(default)]
+    pub activation: Option<Activation>,
 }
 
 /// The layer a node belongs to.
@@ -193,6 +201,20 @@ pub struct Graph {
     pub batch: BatchMode,
 }
 
+impl ValueShapes for Graph {
+    fn value_info(&self, id: ValueId) -> &ValueInfo {
+        self.value(id)
+    }
+
+    fn input_ids(&self) -> &[ValueId] {
+        &self.inputs
+    }
+
+    fn batch_mode(&self) -> &BatchMode {
+        &self.batch
+    }
+}
+
 impl Graph {
     /// Information about a value.
     pub fn value(&self, id: ValueId) -> &ValueInfo {
@@ -212,7 +234,9 @@ impl Graph {
 
     /// The indices of the nodes that read `id`.
     pub fn consumers(&self, id: ValueId) -> Vec<usize> {
-        (0..self.nodes.len()).filter(|&i| self.nodes[i].inputs.contains(&id)).collect()
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].inputs.contains(&id))
+            .collect()
     }
 
     /// The node called `name`.
@@ -222,10 +246,13 @@ impl Graph {
 
     /// The data of the parameter at `path` (`layer1.0.conv1.weight`).
     pub fn parameter(&self, path: &str) -> Option<&TensorData> {
-        self.values.iter().enumerate().find_map(|(i, v)| match &v.kind {
-            ValueKind::Parameter(p) if p.path() == path => self.tensors.get(&ValueId(i as u32)),
-            _ => None,
-        })
+        self.values
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| match &v.kind {
+                ValueKind::Parameter(p) if p.path() == path => self.tensors.get(&ValueId(i as u32)),
+                _ => None,
+            })
     }
 
     /// The full paths of every parameter the graph uses, in value order.
@@ -239,85 +266,42 @@ impl Graph {
             .collect()
     }
 
-    /// The concrete shape of value `id` at batch size `n`.
-    pub fn shape_at(&self, id: ValueId, n: usize) -> Result<Vec<usize>> {
-        self.value(id)
-            .shape
-            .iter()
-            .map(|d| {
-                d.at(n).ok_or_else(|| Error::Shape {
-                    context: format!("value {id}"),
-                    expected: "a non-negative size".into(),
-                    got: format!("{d} at N={n}"),
-                })
-            })
-            .collect()
-    }
-
-    /// Finds the batch size `N` at which `input_shapes` (one per graph input) match the graph's
-    /// input shapes, or an error naming the first mismatch.
-    pub fn batch_size_of(&self, input_shapes: &[Vec<usize>]) -> Result<usize> {
-        if input_shapes.len() != self.inputs.len() {
-            return Err(Error::Shape {
-                context: "graph inputs".into(),
-                expected: format!("{} input(s)", self.inputs.len()),
-                got: format!("{}", input_shapes.len()),
-            });
-        }
-        let n = self.solve_batch(input_shapes)?;
-        if let BatchMode::Fixed { size, reason } = &self.batch
-            && n != *size
-        {
-            return Err(Error::Shape {
-                context: "graph input batch".into(),
-                expected: format!("batch size {size} (the graph is fixed to it: {reason})"),
-                got: format!("batch size {n}"),
-            });
-        }
-        for (&id, got) in self.inputs.iter().zip(input_shapes) {
-            let expected = self.shape_at(id, n)?;
-            if &expected != got {
-                return Err(Error::Shape {
-                    context: format!("graph input {id}"),
-                    expected: format!("{:?} (symbolic {})", expected, self.shape_text(id)),
-                    got: format!("{got:?}"),
-                });
+    /// The module path each node belongs to, in node order: its layer's path for nodes with
+    /// parameters (`layer1.0.conv1`); for the others, the module around the layer that made
+    /// their first input (`layer1.0` for the add of a residual block), or the root (`""`) when
+    /// that input is a graph input. Burn records no path for modules without parameters, so
+    /// this is the closest a path can be recovered.
+    pub fn scopes(&self) -> Vec<String> {
+        let mut made_in: std::collections::HashMap<ValueId, String> =
+            std::collections::HashMap::new();
+        let mut scopes = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let scope = match &node.module {
+                Some(m) => m.path.clone(),
+                None => node
+                    .inputs
+                    .iter()
+                    .find_map(|v| made_in.get(v).cloned())
+                    .unwrap_or_default(),
+            };
+            // What this node makes belongs to the module around a layer, or to this scope.
+            let around = match &node.module {
+                Some(m) => m
+                    .path
+                    .rsplit_once('.')
+                    .map(|(parent, _)| parent.to_string())
+                    .unwrap_or_default(),
+                None => scope.clone(),
+            };
+            for &out in &node.outputs {
+                made_in.insert(out, around.clone());
             }
+            scopes.push(scope);
         }
-        Ok(n)
+        scopes
     }
 
-    fn solve_batch(&self, input_shapes: &[Vec<usize>]) -> Result<usize> {
-        for (&id, got) in self.inputs.iter().zip(input_shapes) {
-            let dims = &self.value(id).shape;
-            for (d, &g) in dims.iter().zip(got) {
-                if d.batch != 0 {
-                    let n = (g as i64 - d.fixed) / d.batch;
-                    if n >= 1 && d.at(n as usize) == Some(g) {
-                        return Ok(n as usize);
-                    }
-                    return Err(Error::Shape {
-                        context: format!("graph input {id}"),
-                        expected: self.shape_text(id),
-                        got: format!("{got:?}"),
-                    });
-                }
-            }
-        }
-        // No input dimension depends on the batch: any N gives the same graph.
-        Ok(match &self.batch {
-            BatchMode::Fixed { size, .. } => *size,
-            BatchMode::Free => 1,
-        })
-    }
-
-    /// A value's symbolic shape as text, e.g. `[N, 64, 56, 56]`.
-    pub fn shape_text(&self, id: ValueId) -> String {
-        let dims: Vec<String> = self.value(id).shape.iter().map(Dim::to_string).collect();
-        format!("[{}]", dims.join(", "))
-    }
-
-    /// Checks that the graph is well formed: every value read is an input, a parameter, a
+    /// Checks that the graph is well formed: every value read is an input, a parameter or
     /// constant with data, or produced by an earlier node, and the version is ours.
     pub fn validate(&self) -> Result<()> {
         if self.version != GRAPH_FORMAT_VERSION {
@@ -329,7 +313,9 @@ impl Graph {
         let mut ready = vec![false; self.values.len()];
         let check = |id: ValueId, what: &str| {
             if id.index() >= self.values.len() {
-                Err(Error::InvalidGraph(format!("{what} refers to unknown value {id}")))
+                Err(Error::InvalidGraph(format!(
+                    "{what} refers to unknown value {id}"
+                )))
             } else {
                 Ok(())
             }
@@ -338,20 +324,17 @@ impl Graph {
             check(id, "graph input")?;
             ready[id.index()] = true;
         }
-        for (i, v) in self.values.iter().enumerate() {
-            if matches!(v.kind, ValueKind::Parameter(_) | ValueKind::Constant) {
-                if !self.tensors.contains_key(&ValueId(i as u32)) {
-                    return Err(Error::InvalidGraph(format!("value %{i} has no data")));
-                }
-                ready[i] = true;
-            }
+        // Parameters and constants are ready when they have data (unused ones need none).
+        for &id in self.tensors.keys() {
+            check(id, "tensor data")?;
+            ready[id.index()] = true;
         }
         for node in &self.nodes {
             for &id in &node.inputs {
                 check(id, &node.name)?;
                 if !ready[id.index()] {
                     return Err(Error::InvalidGraph(format!(
-                        "node `{}` reads {id} before it is produced",
+                        "node `{}` reads {id}, which is neither produced before it nor has data",
                         node.name
                     )));
                 }
@@ -364,7 +347,9 @@ impl Graph {
         for &id in &self.outputs {
             check(id, "graph output")?;
             if !ready[id.index()] {
-                return Err(Error::InvalidGraph(format!("graph output {id} is never produced")));
+                return Err(Error::InvalidGraph(format!(
+                    "graph output {id} is never produced"
+                )));
             }
         }
         Ok(())

@@ -103,6 +103,31 @@ pub enum Op {
     Fallback(Box<OperationIr>),
 }
 
+/// An activation fused into the op before it (PyTorch's `ConvReLU2d`, `LinearReLU`,
+/// `add_relu`): applied to the node's output.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Activation {
+    /// `max(x, 0)`.
+    Relu,
+    /// `clamp(x, min, max)`; ReLU6 is `Clamp { min: 0, max: 6 }`.
+    Clamp {
+        /// Lower bound.
+        min: f64,
+        /// Upper bound.
+        max: f64,
+    },
+}
+
+impl std::fmt::Display for Activation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Activation::Relu => write!(f, "relu"),
+            Activation::Clamp { min, max } if *min == 0.0 && *max == 6.0 => write!(f, "relu6"),
+            Activation::Clamp { min, max } => write!(f, "clamp({min}, {max})"),
+        }
+    }
+}
+
 /// The arithmetic of [`Op::Binary`] and [`Op::Scalar`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BinaryOp {
@@ -195,8 +220,12 @@ impl Op {
             Op::MaxPool2d(_) => "max_pool2d".into(),
             Op::AvgPool2d { .. } => "avg_pool2d".into(),
             Op::AdaptiveAvgPool2d { .. } => "adaptive_avg_pool2d".into(),
-            Op::Reduce { op: ReduceOp::Mean, .. } => "mean".into(),
-            Op::Reduce { op: ReduceOp::Sum, .. } => "sum".into(),
+            Op::Reduce {
+                op: ReduceOp::Mean, ..
+            } => "mean".into(),
+            Op::Reduce {
+                op: ReduceOp::Sum, ..
+            } => "sum".into(),
             Op::Reshape { .. } => "reshape".into(),
             Op::Permute { .. } => "permute".into(),
             Op::Pad { .. } => "pad".into(),
@@ -222,7 +251,10 @@ impl BinaryOp {
 pub(crate) fn fallback_name(ir: &OperationIr) -> String {
     fn variant<T: std::fmt::Debug>(op: &T) -> String {
         let text = format!("{op:?}");
-        text.split(|c: char| !c.is_alphanumeric() && c != '_').next().unwrap_or("op").to_string()
+        text.split(|c: char| !c.is_alphanumeric() && c != '_')
+            .next()
+            .unwrap_or("op")
+            .to_string()
     }
     match ir {
         OperationIr::BaseFloat(op) | OperationIr::BaseInt(op) | OperationIr::BaseBool(op) => {

@@ -14,7 +14,15 @@ fn pools() -> &'static [(usize, ThreadPool)] {
     POOLS.get_or_init(|| {
         [1, 2]
             .into_iter()
-            .map(|n| (n, ThreadPoolBuilder::new().num_threads(n).build().expect("thread pool")))
+            .map(|n| {
+                (
+                    n,
+                    ThreadPoolBuilder::new()
+                        .num_threads(n)
+                        .build()
+                        .expect("thread pool"),
+                )
+            })
             .collect()
     })
 }
@@ -24,10 +32,16 @@ pub fn paths() -> Vec<Isa> {
     static REPORTED: OnceLock<()> = OnceLock::new();
     let available = available_isas();
     REPORTED.get_or_init(|| {
-        let skipped: Vec<_> = Isa::ALL.into_iter().filter(|isa| !available.contains(isa)).collect();
+        let skipped: Vec<_> = Isa::ALL
+            .into_iter()
+            .filter(|isa| !available.contains(isa))
+            .collect();
         eprintln!("kernel paths tested: {available:?}; SKIPPED (not runnable here): {skipped:?}");
     });
-    assert!(available.contains(&Isa::Scalar), "the scalar path must always be available");
+    assert!(
+        available.contains(&Isa::Scalar),
+        "the scalar path must always be available"
+    );
     available
 }
 
@@ -159,6 +173,10 @@ pub fn linear(
 
 fn requant_i64(acc: i64, r: &Requant, channel: usize) -> u8 {
     let acc = i32::try_from(acc).expect("reference sum fits in i32");
-    let m = if r.multipliers.len() == 1 { r.multipliers[0] } else { r.multipliers[channel] };
+    let m = if r.multipliers.len() == 1 {
+        r.multipliers[0]
+    } else {
+        r.multipliers[channel]
+    };
     requantize(acc, m, r.zero_point, r.qmin, r.qmax)
 }

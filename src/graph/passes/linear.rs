@@ -21,9 +21,13 @@ pub fn fuse_linear(graph: &mut Graph) -> usize {
             continue;
         }
         let (x, w) = (node.inputs[0], node.inputs[1]);
-        let Some(weight) = linear_param(graph, w, "weight") else { continue };
+        let Some(weight) = linear_param(graph, w, "weight") else {
+            continue;
+        };
         let module = graph.value(weight).kind.clone();
-        let ValueKind::Parameter(param) = module else { continue };
+        let ValueKind::Parameter(param) = module else {
+            continue;
+        };
         let product = node.outputs[0];
         let consumers = graph.consumers(product);
         let bias_add = match consumers.as_slice() {
@@ -52,7 +56,11 @@ pub fn fuse_linear(graph: &mut Graph) -> usize {
             op: Op::Linear,
             inputs,
             outputs,
-            module: Some(ModuleRef { path: param.module.clone(), layer: param.layer.clone() }),
+            module: Some(ModuleRef {
+                path: param.module.clone(),
+                layer: param.layer.clone(),
+            }),
+            activation: None,
         };
         fused += 1;
     }
@@ -69,9 +77,7 @@ pub fn fuse_linear(graph: &mut Graph) -> usize {
 /// The parameter behind `id` if it is a `Linear` layer's `name` parameter, directly or through
 /// a reshape that only prepends axes of length 1.
 fn linear_param(graph: &Graph, id: ValueId, name: &str) -> Option<ValueId> {
-    let is_param = |v: ValueId| {
-        matches!(&graph.value(v).kind, ValueKind::Parameter(p) if p.layer == "Linear" && p.name == name)
-    };
+    let is_param = |v: ValueId| matches!(&graph.value(v).kind, ValueKind::Parameter(p) if p.layer == "Linear" && p.name == name);
     if is_param(id) {
         return Some(id);
     }
@@ -81,7 +87,9 @@ fn linear_param(graph: &Graph, id: ValueId, name: &str) -> Option<ValueId> {
         let (from, to) = (&graph.value(source).shape, &graph.value(id).shape);
         to.len() >= from.len()
             && to[to.len() - from.len()..] == from[..]
-            && to[..to.len() - from.len()].iter().all(|d| d.is_fixed() && d.fixed == 1)
+            && to[..to.len() - from.len()]
+                .iter()
+                .all(|d| d.is_fixed() && d.fixed == 1)
     };
     (matches!(producer.op, Op::Reshape { .. }) && only_leading_ones && is_param(source))
         .then_some(source)

@@ -1,7 +1,12 @@
-//! Rewrites of a [`Graph`](super::Graph) that keep what it computes.
+//! Rewrites of a [`Graph`](super::Graph) that keep what it computes (up to float rounding for
+//! BatchNorm folding).
 
+mod batch_norm;
 mod dead;
+mod fuse;
 mod linear;
 
+pub use batch_norm::fold_batch_norm;
 pub use dead::remove_dead_nodes;
+pub use fuse::fuse_activations;
 pub use linear::fuse_linear;

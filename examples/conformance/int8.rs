@@ -1,0 +1,122 @@
+//! `conformance -- int8`: ResNet-18 and the narrow ResNet quantized with the fbgemm and x86
+//! presets, calibrated on all 20 golden images, against PyTorch FX's float and int8 logits; the
+//! record's size against the float model's burnpack; and a save/reload round trip.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use burn_quantize::Graph;
+use burn_quantize::convert::{QuantizedModel, convert};
+use burn_quantize::models::{ResNet, ResNetConfig};
+use burn_quantize::prepare::prepare;
+use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
+
+use crate::goldens::{read_json, read_tensor};
+
+/// Bars from the issue: PyTorch's own int8 reaches 0.9994 against its float on this golden.
+const MIN_COS_VS_FLOAT: f64 = 0.999;
+const MIN_COS_VS_PYTORCH: f64 = 0.998;
+const MAX_SIZE_RATIO: f64 = 0.27;
+
+pub fn run(goldens: &Path) -> Result<bool, Box<dyn std::error::Error>> {
+    let device = Device::flex();
+    let images = read_tensor(&goldens.join("imagenet20.safetensors"), "images")?;
+    let calibration: Tensor<4> = images.first(20, &device);
+    let scratch = std::env::temp_dir().join(format!("burn-quantize-int8-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let mut passed = true;
+    let mut last = String::new();
+    println!(
+        "{:<12} {:<7} {:>13} {:>15} {:>10} {:>10} {:>7}",
+        "model", "engine", "cos_vs_float", "cos_vs_pytorch", "top1_agree", "size_ratio", "reload"
+    );
+    for (name, config) in [
+        ("resnet_mini", ResNetConfig::resnet18(10).narrowed(4)),
+        ("resnet18", ResNetConfig::resnet18(1000)),
+    ] {
+        let dir = goldens.join(name);
+        let model: ResNet = config
+            .init(&device)
+            .load_pytorch(dir.join(format!("{name}.pth")))?;
+        let n_eval = read_json(&dir.join("golden.json"))?["n_eval"]
+            .as_u64()
+            .ok_or("n_eval")? as usize;
+        let golden = dir.join("golden.safetensors");
+        let float = read_tensor(&golden, "float_logits")?.values;
+        let float_path = scratch.join(format!("{name}_f32.bpk"));
+        model.clone().save_file(&float_path)?;
+        let float_size = std::fs::metadata(&float_path)?.len() as f64;
+
+        let graph = Graph::capture(&model, &images.first::<4>(2, &device))?;
+        for (engine, key) in [
+            (Engine::Fbgemm, "int8_fbgemm_logits"),
+            (Engine::X86, "int8_x86_logits"),
+        ] {
+            let mut prepared = prepare(&graph, &QConfigMap::global(QConfig::preset(engine)))?;
+            let _: Tensor<2> = prepared.forward(calibration.clone())?;
+            let qmodel = convert(&prepared)?;
+            let x: Tensor<4> = images.first(n_eval, &device);
+            let ours: Vec<f32> = qmodel
+                .forward::<4, 2>(x.clone())?
+                .into_data()
+                .try_to_vec()?;
+            let pytorch = read_tensor(&golden, key)?.values;
+            let classes = ours.len() / n_eval;
+
+            let path = scratch.join(format!("{name}_{engine:?}.bpk"));
+            qmodel.save_file(&path)?;
+            let size_ratio = std::fs::metadata(&path)?.len() as f64 / float_size;
+            let reloaded: Vec<f32> = QuantizedModel::load_file(&path, &device)?
+                .forward::<4, 2>(x)?
+                .into_data()
+                .try_to_vec()?;
+            let reload_identical = reloaded == ours;
+
+            let cos_float = cosine(&ours, &float[..ours.len()]);
+            let cos_pytorch = cosine(&ours, &pytorch[..ours.len()]);
+            let agree = (0..n_eval)
+                .filter(|&i| {
+                    argmax(&ours[i * classes..][..classes])
+                        == argmax(&float[i * classes..][..classes])
+                })
+                .count() as f64
+                / n_eval as f64;
+            passed &= cos_float >= MIN_COS_VS_FLOAT
+                && cos_pytorch >= MIN_COS_VS_PYTORCH
+                && size_ratio <= MAX_SIZE_RATIO
+                && reload_identical;
+            let yes = if reload_identical { "yes" } else { "no" };
+            println!(
+                "{name:<12} {:<7} {cos_float:>13.5} {cos_pytorch:>15.5} {agree:>10.3} {size_ratio:>10.4} {yes:>7}",
+                format!("{engine:?}")
+            );
+            if name == "resnet18" && engine == Engine::Fbgemm {
+                last = format!(
+                    "int8 conformance: resnet18 cos_vs_float={cos_float:.5} cos_vs_pytorch_fbgemm={cos_pytorch:.5} \
+                     top1_agree={agree:.3} size_ratio={size_ratio:.4} reload_identical={yes}"
+                );
+            }
+        }
+    }
+    std::fs::remove_dir_all(&scratch)?;
+    println!("{last}");
+    Ok(passed)
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
+}

@@ -1,0 +1,464 @@
+//! Convert (PyTorch's `convert_fx`): a calibrated [`PreparedModel`] becomes a
+//! [`QuantizedModel`] whose int8 nodes are `QConv2d`/`QLinear` layers and int8 add, cat, pool,
+//! clamp and reshape steps, with quantize/dequantize steps at the float boundaries.
+
+mod debug;
+mod model;
+mod program;
+
+use std::collections::HashMap;
+
+use burn::module::{Param, ParamId};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::graph::{Activation, Graph, Node, Op, ValueId, ValueInfo, ValueKind};
+use crate::kernels::{self, AvgPool2d, Conv2dGeometry, MaxPool2d, QParams};
+use crate::nn::{QConv2d, QLayerSpec, QLinear, QWeights};
+use crate::observe::{self, QDType};
+use crate::prepare::{Int8Op, Placement, PreparedModel};
+use crate::qconfig::QConfig;
+use crate::{Error, Result};
+
+pub use debug::{DebugModel, convert_debug};
+pub use model::{QuantizedLayers, QuantizedModel, Report};
+pub use program::{
+    ConvLayer, Domain, LinearLayer, NodeReport, PROGRAM_FORMAT_VERSION, QuantizedProgram, Step,
+};
+
+/// Converts a calibrated model to int8 (PyTorch's `convert_fx`). Layer tensors are made on the
+/// CPU device Burn picks by default; the model runs on any device.
+pub fn convert(prepared: &PreparedModel) -> Result<QuantizedModel> {
+    prepared.check_calibrated()?;
+    let graph = prepared.graph();
+    let activations = prepared
+        .observers()
+        .iter()
+        .zip(&prepared.plan().observed)
+        .map(|(o, observed)| {
+            let name = describe(graph, observed.value);
+            activation_qparams(&o.qparams()?, &name)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut b = Builder {
+        graph,
+        qparams_of: &prepared.plan().qparams_of,
+        activations: &activations,
+        values: graph.values.clone(),
+        domains: vec![Domain::Float; graph.values.len()],
+        steps: Vec::new(),
+        int8_copy: HashMap::new(),
+        float_copy: HashMap::new(),
+        float_params: Vec::new(),
+        layers: QuantizedLayers {
+            convs: Vec::new(),
+            linears: Vec::new(),
+            floats: Vec::new(),
+        },
+        convs: Vec::new(),
+        linears: Vec::new(),
+        device: Device::default(),
+    };
+    let mut report = Vec::new();
+    for ((node, placement), qconfig) in graph
+        .nodes
+        .iter()
+        .zip(&prepared.plan().placement)
+        .zip(prepared.qconfigs())
+    {
+        match (placement, qconfig) {
+            (Placement::Int8(op), Some(q)) => b.int8_node(node, *op, q)?,
+            _ => b.float_node(node)?,
+        }
+        let op = match node.activation {
+            Some(a) => format!("{}+{a}", node.op.kind()),
+            None => node.op.kind(),
+        };
+        report.push(NodeReport {
+            name: node.name.clone(),
+            op,
+            placement: placement.clone(),
+        });
+    }
+    let outputs = graph.outputs.iter().map(|&v| b.float_version(v)).collect();
+    let program = QuantizedProgram {
+        version: program::PROGRAM_FORMAT_VERSION,
+        values: b.values,
+        domains: b.domains,
+        steps: b.steps,
+        inputs: graph.inputs.clone(),
+        outputs,
+        batch: graph.batch.clone(),
+        float_params: b.float_params,
+        convs: b.convs,
+        linears: b.linears,
+        report,
+    };
+    QuantizedModel::new(program, b.layers)
+}
+
+/// A readable name for a value: the node that makes it, or the model input.
+fn describe(graph: &Graph, value: ValueId) -> String {
+    match graph.producer(value) {
+        Some(i) => format!("the output of `{}`", graph.nodes[i].name),
+        None => "the model input".into(),
+    }
+}
+
+/// The kernels' `u8` parameters from an activation observer's.
+fn activation_qparams(qp: &observe::QParams, what: &str) -> Result<QParams> {
+    if qp.dtype != QDType::QUInt8 || qp.scale.len() != 1 {
+        return Err(Error::Unsupported(format!(
+            "activation quantization of {what}: the int8 kernels take per-tensor u8 activations, got {:?} with {} scale(s)",
+            qp.dtype,
+            qp.scale.len()
+        )));
+    }
+    let zero_point = u8::try_from(qp.zero_point[0]).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "zero point {} of {what} is outside 0..=255",
+            qp.zero_point[0]
+        ))
+    })?;
+    Ok(QParams::new(qp.scale[0], zero_point))
+}
+
+struct Builder<'a> {
+    graph: &'a Graph,
+    qparams_of: &'a HashMap<ValueId, usize>,
+    activations: &'a [QParams],
+    values: Vec<ValueInfo>,
+    domains: Vec<Domain>,
+    steps: Vec<Step>,
+    /// The quantized copy of a float value.
+    int8_copy: HashMap<ValueId, ValueId>,
+    /// The float copy of a quantized value.
+    float_copy: HashMap<ValueId, ValueId>,
+    float_params: Vec<ValueId>,
+    layers: QuantizedLayers,
+    convs: Vec<ConvLayer>,
+    linears: Vec<LinearLayer>,
+    device: Device,
+}
+
+impl Builder<'_> {
+    fn qparams(&self, value: ValueId) -> Result<QParams> {
+        let k = self.qparams_of.get(&value).ok_or_else(|| {
+            Error::InvalidGraph(format!(
+                "{} is read by an int8 node but has no observer",
+                describe(self.graph, value)
+            ))
+        })?;
+        Ok(self.activations[*k])
+    }
+
+    fn copy_of(&mut self, value: ValueId, domain: Domain) -> ValueId {
+        self.values.push(ValueInfo {
+            kind: ValueKind::Activation,
+            ..self.values[value.index()].clone()
+        });
+        self.domains.push(domain);
+        ValueId((self.values.len() - 1) as u32)
+    }
+
+    /// `value` as an int8 value: itself, or a quantized copy of the float value.
+    fn int8_version(&mut self, value: ValueId) -> Result<ValueId> {
+        if matches!(self.domains[value.index()], Domain::Int8(_)) {
+            return Ok(value);
+        }
+        if let Some(&copy) = self.int8_copy.get(&value) {
+            return Ok(copy);
+        }
+        let copy = self.copy_of(value, Domain::Int8(self.qparams(value)?));
+        self.steps.push(Step::Quantize {
+            input: value,
+            output: copy,
+        });
+        self.int8_copy.insert(value, copy);
+        Ok(copy)
+    }
+
+    /// `value` as a float value: itself, or a dequantized copy of the int8 value.
+    fn float_version(&mut self, value: ValueId) -> ValueId {
+        if !matches!(self.domains[value.index()], Domain::Int8(_)) {
+            return value;
+        }
+        *self.float_copy.entry(value).or_insert_with(|| {
+            self.values.push(ValueInfo {
+                kind: ValueKind::Activation,
+                ..self.values[value.index()].clone()
+            });
+            self.domains.push(Domain::Float);
+            let copy = ValueId((self.values.len() - 1) as u32);
+            self.steps.push(Step::Dequantize {
+                input: value,
+                output: copy,
+            });
+            copy
+        })
+    }
+
+    fn float_node(&mut self, node: &Node) -> Result<()> {
+        let mut node = node.clone();
+        for input in &mut node.inputs {
+            if let Some(data) = self.graph.tensors.get(input) {
+                if !self.float_params.contains(input) {
+                    let values: Vec<f32> = data.iter::<f32>().collect();
+                    let n = values.len();
+                    let tensor = Tensor::<1>::from_data(TensorData::new(values, [n]), &self.device);
+                    self.layers
+                        .floats
+                        .push(Param::initialized(ParamId::new(), tensor));
+                    self.float_params.push(*input);
+                }
+            } else {
+                *input = self.float_version(*input);
+            }
+        }
+        self.steps.push(Step::Float(node));
+        Ok(())
+    }
+
+    fn int8_node(&mut self, node: &Node, op: Int8Op, qconfig: &QConfig) -> Result<()> {
+        let output = node.outputs[0];
+        let out_qp = self.qparams(output)?;
+        self.domains[output.index()] = Domain::Int8(out_qp);
+        let input = self.int8_version(node.inputs[0])?;
+        let in_qp = self.qparams(node.inputs[0])?;
+        let spec = QLayerSpec {
+            input: in_qp,
+            output: out_qp,
+            activation: node.activation,
+        };
+        let step = match (op, &node.op) {
+            (Int8Op::Conv2d, Op::Conv2d(a)) => {
+                let (weight, bias) = self.layer_data(node)?;
+                let shape = self.graph.tensors[&node.inputs[1]].shape().to_vec();
+                let geometry = Conv2dGeometry {
+                    in_channels: shape[1] * a.groups,
+                    out_channels: shape[0],
+                    kernel: [shape[2], shape[3]],
+                    stride: a.stride,
+                    padding: a.padding,
+                    dilation: a.dilation,
+                    groups: a.groups,
+                };
+                let weights = quantize_weights(
+                    &weight,
+                    &shape,
+                    bias.as_deref(),
+                    in_qp.scale,
+                    qconfig,
+                    &node.name,
+                )?;
+                self.layers.convs.push(QConv2d::new(
+                    geometry,
+                    weights,
+                    spec.clone(),
+                    &self.device,
+                )?);
+                self.convs.push(ConvLayer {
+                    name: node.name.clone(),
+                    geometry,
+                    spec,
+                });
+                Step::Conv2d {
+                    layer: self.layers.convs.len() - 1,
+                    input,
+                    output,
+                }
+            }
+            (Int8Op::Linear, Op::Linear) => {
+                let (weight, bias) = self.layer_data(node)?;
+                // Burn's linear weight is [in, out]; PyTorch's and the kernels' is [out, in].
+                let shape = self.graph.tensors[&node.inputs[1]].shape().to_vec();
+                let (inputs, outputs) = (shape[0], shape[1]);
+                let transposed: Vec<f32> = (0..outputs * inputs)
+                    .map(|k| weight[(k % inputs) * outputs + k / inputs])
+                    .collect();
+                let weights = quantize_weights(
+                    &transposed,
+                    &[outputs, inputs],
+                    bias.as_deref(),
+                    in_qp.scale,
+                    qconfig,
+                    &node.name,
+                )?;
+                self.layers.linears.push(QLinear::new(
+                    outputs,
+                    inputs,
+                    weights,
+                    spec.clone(),
+                    &self.device,
+                )?);
+                self.linears.push(LinearLayer {
+                    name: node.name.clone(),
+                    out_features: outputs,
+                    in_features: inputs,
+                    spec,
+                });
+                Step::Linear {
+                    layer: self.layers.linears.len() - 1,
+                    input,
+                    output,
+                }
+            }
+            (Int8Op::Add, _) => {
+                let other = self.int8_version(node.inputs[1])?;
+                let relu = match node.activation {
+                    None => false,
+                    Some(Activation::Relu) => true,
+                    Some(act) => {
+                        return Err(Error::Unsupported(format!(
+                            "{act} fused into add `{}`",
+                            node.name
+                        )));
+                    }
+                };
+                Step::Add {
+                    inputs: [input, other],
+                    output,
+                    relu,
+                }
+            }
+            (Int8Op::Cat, _) => {
+                let inputs = node
+                    .inputs
+                    .iter()
+                    .map(|&v| self.int8_version(v))
+                    .collect::<Result<_>>()?;
+                Step::Cat { inputs, output }
+            }
+            (Int8Op::MaxPool2d, Op::MaxPool2d(p)) => Step::MaxPool2d {
+                pool: MaxPool2d {
+                    kernel: p.kernel,
+                    stride: p.stride,
+                    padding: p.padding,
+                    dilation: p.dilation,
+                    ceil_mode: p.ceil_mode,
+                },
+                input,
+                output,
+            },
+            (
+                Int8Op::AvgPool2d,
+                Op::AvgPool2d {
+                    pool: p,
+                    count_include_pad,
+                },
+            ) => Step::AvgPool2d {
+                pool: AvgPool2d {
+                    kernel: p.kernel,
+                    stride: p.stride,
+                    padding: p.padding,
+                    ceil_mode: p.ceil_mode,
+                    count_include_pad: *count_include_pad,
+                },
+                input,
+                output,
+            },
+            (Int8Op::GlobalAvgPool, _) => Step::GlobalAvgPool { input, output },
+            (Int8Op::Clamp, Op::Relu) => Step::Clamp {
+                input,
+                output,
+                min: out_qp.zero_point,
+                max: 255,
+            },
+            (
+                Int8Op::Clamp,
+                Op::Clamp {
+                    min: Some(lo),
+                    max: Some(hi),
+                },
+            ) => {
+                let mut q = [0u8; 2];
+                kernels::quantize(&[*lo as f32, *hi as f32], out_qp, &mut q)?;
+                Step::Clamp {
+                    input,
+                    output,
+                    min: q[0],
+                    max: q[1],
+                }
+            }
+            (Int8Op::Reshape, _) => Step::Reshape { input, output },
+            (op, other) => {
+                return Err(Error::InvalidGraph(format!(
+                    "node `{}`: {op:?} planned for op {}",
+                    node.name,
+                    other.kind()
+                )));
+            }
+        };
+        self.steps.push(step);
+        Ok(())
+    }
+
+    /// The float weight and optional bias of a conv or linear node.
+    fn layer_data(&self, node: &Node) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        let data = |k: usize| {
+            node.inputs
+                .get(k)
+                .and_then(|v| self.graph.tensors.get(v))
+                .map(|d| d.iter::<f32>().collect())
+        };
+        let weight = data(1).ok_or_else(|| {
+            Error::InvalidGraph(format!("layer `{}` has no weight data", node.name))
+        })?;
+        Ok((weight, data(2)))
+    }
+}
+
+/// Quantizes a layer's float weights `[out, ...]` with its qconfig's weight observer (symmetric:
+/// zero point 0) and its bias to `i32` with scale `s_x·s_w[c]`.
+fn quantize_weights(
+    weight: &[f32],
+    shape: &[usize],
+    bias: Option<&[f32]>,
+    x_scale: f32,
+    qconfig: &QConfig,
+    name: &str,
+) -> Result<QWeights> {
+    let mut observer = qconfig.weight.build()?;
+    observer.observe(weight, shape).map_err(|e| match e {
+        Error::NonFinite { .. } => Error::NonFinite {
+            context: format!("the weights of `{name}`"),
+        },
+        other => other,
+    })?;
+    let qp = observer.qparams()?;
+    let channels = shape[0];
+    if qp.zero_point.iter().any(|&z| z != 0) || qp.dtype != QDType::QInt8 {
+        return Err(Error::Unsupported(format!(
+            "weights of `{name}`: the int8 kernels take symmetric i8 weights (zero point 0), the qconfig gives {:?} {:?}",
+            qp.dtype, qconfig.weight.scheme
+        )));
+    }
+    let scales: Vec<f32> = if qp.scale.len() == 1 {
+        vec![qp.scale[0]; channels]
+    } else {
+        qp.scale.clone()
+    };
+    let per_channel = weight.len() / channels;
+    // fbgemm::Quantize (non-legacy): round_half_even(w * (1 / s)) + 0, clamped.
+    let weight = weight
+        .iter()
+        .enumerate()
+        .map(|(k, &w)| {
+            let inv = 1.0 / scales[k / per_channel];
+            (w * inv)
+                .round_ties_even()
+                .clamp(qp.quant_min as f32, qp.quant_max as f32) as i8
+        })
+        .collect();
+    let bias = kernels::quantize_bias(
+        &bias
+            .map(<[f32]>::to_vec)
+            .unwrap_or_else(|| vec![0.0; channels]),
+        x_scale,
+        &scales,
+    );
+    Ok(QWeights {
+        weight,
+        bias,
+        scales,
+    })
+}

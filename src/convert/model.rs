@@ -1,0 +1,170 @@
+//! [`QuantizedModel`]: a converted model, run with the int8 kernels.
+
+use std::fmt;
+
+use burn::module::{Module, Param};
+use burn::tensor::Tensor;
+
+use super::program::QuantizedProgram;
+use crate::Result;
+use crate::exec::{Arithmetic, QuantizedExecutor, RunValue};
+use crate::graph::ValueId;
+use crate::nn::{QConv2d, QLinear};
+use crate::prepare::Placement;
+
+/// The layers of a quantized model that hold tensors, as one Burn module (what its record
+/// stores): `QConv2d` and `QLinear` layers, and the float parameters of nodes kept in float.
+#[derive(Module, Debug)]
+pub struct QuantizedLayers {
+    /// The quantized convolutions, in program order.
+    pub convs: Vec<QConv2d>,
+    /// The quantized linear layers, in program order.
+    pub linears: Vec<QLinear>,
+    /// Parameters of float nodes, flattened (their shapes are in the program).
+    pub floats: Vec<Param<Tensor<1>>>,
+}
+
+/// A quantized model: its program and layers. `forward` takes and returns ordinary Burn
+/// tensors; inside, int8 nodes run on the int8 kernels (NHWC `u8`) and the rest in float
+/// through Burn on the input's device.
+///
+/// ```no_run
+/// # use burn::prelude::*;
+/// # use burn_quantize::convert::QuantizedModel;
+/// # fn run(qmodel: &QuantizedModel, images: Tensor<4>) -> burn_quantize::Result<()> {
+/// let logits: Tensor<2> = qmodel.forward(images)?;
+/// println!("{}", qmodel.report());          // every node: int8 or float, and why
+/// qmodel.save_file("model_int8.bpk")?;
+/// # Ok(()) }
+/// ```
+pub struct QuantizedModel {
+    pub(crate) program: QuantizedProgram,
+    pub(crate) layers: QuantizedLayers,
+    pub(crate) executor: QuantizedExecutor,
+}
+
+impl fmt::Debug for QuantizedModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuantizedModel")
+            .field("steps", &self.program.steps.len())
+            .field("convs", &self.layers.convs.len())
+            .field("linears", &self.layers.linears.len())
+            .finish()
+    }
+}
+
+impl QuantizedModel {
+    pub(crate) fn new(program: QuantizedProgram, layers: QuantizedLayers) -> Result<Self> {
+        let executor = QuantizedExecutor::new(&program, &layers)?;
+        Ok(QuantizedModel {
+            program,
+            layers,
+            executor,
+        })
+    }
+
+    /// Runs the model on one input of rank `DI` and returns its output of rank `DO`.
+    pub fn forward<const DI: usize, const DO: usize>(
+        &self,
+        input: Tensor<DI>,
+    ) -> Result<Tensor<DO>> {
+        self.run_with(input, Arithmetic::Kernels, &mut |_, _| Ok(()))
+    }
+
+    /// Runs the model and shows every value of the program to `tap` as it is made (`u8`
+    /// values NHWC for images): for inspecting activations and comparing with the float or
+    /// debug model.
+    pub fn forward_observed<const DI: usize, const DO: usize>(
+        &self,
+        input: Tensor<DI>,
+        tap: &mut dyn FnMut(ValueId, &RunValue) -> Result<()>,
+    ) -> Result<Tensor<DO>> {
+        self.run_with(input, Arithmetic::Kernels, tap)
+    }
+
+    /// Runs the model with the given arithmetic, showing every value to `tap`.
+    pub(crate) fn run_with<const DI: usize, const DO: usize>(
+        &self,
+        input: Tensor<DI>,
+        arithmetic: Arithmetic,
+        tap: &mut dyn FnMut(ValueId, &RunValue) -> Result<()>,
+    ) -> Result<Tensor<DO>> {
+        let device = input.device();
+        let outputs = self.executor.run(
+            &self.program,
+            &self.layers,
+            vec![input.into_dispatch()],
+            &device,
+            arithmetic,
+            tap,
+        )?;
+        crate::exec::single_output(outputs)
+    }
+
+    /// The program it runs.
+    pub fn program(&self) -> &QuantizedProgram {
+        &self.program
+    }
+
+    /// Its layers (what the record stores).
+    pub fn layers(&self) -> &QuantizedLayers {
+        &self.layers
+    }
+
+    /// The quantized convolution of node `name` (its layer's module path).
+    pub fn conv(&self, name: &str) -> Option<&QConv2d> {
+        let i = self.program.convs.iter().position(|l| l.name == name)?;
+        self.layers.convs.get(i)
+    }
+
+    /// The quantized linear layer of node `name` (its layer's module path).
+    pub fn linear(&self, name: &str) -> Option<&QLinear> {
+        let i = self.program.linears.iter().position(|l| l.name == name)?;
+        self.layers.linears.get(i)
+    }
+
+    /// What became of every node of the prepared graph: int8 or float, and why.
+    pub fn report(&self) -> Report<'_> {
+        Report(self)
+    }
+
+    /// A readable listing of the program, one step per line.
+    pub fn listing(&self) -> String {
+        self.program
+            .steps
+            .iter()
+            .map(|s| format!("{s:?}\n"))
+            .collect()
+    }
+}
+
+/// The conversion report of a [`QuantizedModel`]; its `Display` is a table.
+pub struct Report<'a>(&'a QuantizedModel);
+
+impl Report<'_> {
+    /// How many nodes run in int8 and how many in float.
+    pub fn counts(&self) -> (usize, usize) {
+        let int8 = self
+            .0
+            .program
+            .report
+            .iter()
+            .filter(|r| matches!(r.placement, Placement::Int8(_)))
+            .count();
+        (int8, self.0.program.report.len() - int8)
+    }
+}
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (int8, float) = self.counts();
+        writeln!(f, "{int8} nodes in int8, {float} in float")?;
+        for r in &self.0.program.report {
+            match &r.placement {
+                Placement::Int8(op) => writeln!(f, "  int8   {:<28} {:<24} {op:?}", r.name, r.op)?,
+                Placement::Float(why) => writeln!(f, "  float  {:<28} {:<24} {why}", r.name, r.op)?,
+            }
+        }
+        Ok(())
+    }
+}

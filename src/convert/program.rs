@@ -1,0 +1,207 @@
+//! The program of a quantized model: a list of steps over values that are either float tensors
+//! or `u8` tensors with their quantization parameters. Plain serde data, saved in the model's
+//! record.
+
+use serde::{Deserialize, Serialize};
+
+use crate::graph::{BatchMode, Node, ValueId, ValueInfo, ValueShapes};
+use crate::kernels::{AvgPool2d, Conv2dGeometry, MaxPool2d, QParams};
+use crate::nn::QLayerSpec;
+use crate::prepare::Placement;
+
+/// Version of the serialized [`QuantizedProgram`]; bumped on every incompatible change.
+pub const PROGRAM_FORMAT_VERSION: u32 = 1;
+
+/// How a value is held at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Domain {
+    /// A float Burn tensor (NCHW for images).
+    Float,
+    /// `u8` values with affine parameters: NHWC for 4-D values, row-major otherwise.
+    Int8(QParams),
+}
+
+/// One step of a quantized program. Ids name values of [`QuantizedProgram::values`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Step {
+    /// Float to `u8` (NCHW float to NHWC `u8` for 4-D values).
+    Quantize {
+        /// Float input.
+        input: ValueId,
+        /// Quantized output.
+        output: ValueId,
+    },
+    /// `u8` to float.
+    Dequantize {
+        /// Quantized input.
+        input: ValueId,
+        /// Float output.
+        output: ValueId,
+    },
+    /// A quantized convolution: layer `layer` of the model's convolutions.
+    Conv2d {
+        /// Index into the model's `QConv2d` layers.
+        layer: usize,
+        /// Quantized input.
+        input: ValueId,
+        /// Quantized output.
+        output: ValueId,
+    },
+    /// A quantized linear layer.
+    Linear {
+        /// Index into the model's `QLinear` layers.
+        layer: usize,
+        /// Quantized input.
+        input: ValueId,
+        /// Quantized output.
+        output: ValueId,
+    },
+    /// Quantized add, with an optional fused ReLU.
+    Add {
+        /// The two quantized inputs.
+        inputs: [ValueId; 2],
+        /// Quantized output.
+        output: ValueId,
+        /// Whether a ReLU is fused.
+        relu: bool,
+    },
+    /// Quantized concatenation along channels.
+    Cat {
+        /// Quantized inputs.
+        inputs: Vec<ValueId>,
+        /// Quantized output.
+        output: ValueId,
+    },
+    /// Quantized max pooling.
+    MaxPool2d {
+        /// The window.
+        pool: MaxPool2d,
+        /// Quantized input.
+        input: ValueId,
+        /// Quantized output.
+        output: ValueId,
+    },
+    /// Quantized average pooling.
+    AvgPool2d {
+        /// The window.
+        pool: AvgPool2d,
+        /// Quantized input.
+        input: ValueId,
+        /// Quantized output.
+        output: ValueId,
+    },
+    /// Quantized global average pooling to `[N, C, 1, 1]`.
+    GlobalAvgPool {
+        /// Quantized input.
+        input: ValueId,
+        /// Quantized output.
+        output: ValueId,
+    },
+    /// Clamp of quantized values to `[min, max]` (a ReLU is `min = zero point`).
+    Clamp {
+        /// Quantized input.
+        input: ValueId,
+        /// Quantized output.
+        output: ValueId,
+        /// Lowest value.
+        min: u8,
+        /// Highest value.
+        max: u8,
+    },
+    /// Reshape of quantized values to the output value's shape (in NCHW element order).
+    Reshape {
+        /// Quantized input.
+        input: ValueId,
+        /// Quantized output.
+        output: ValueId,
+    },
+    /// A node of the prepared graph run in float through Burn; its parameters are the model's
+    /// float parameters.
+    Float(Node),
+}
+
+/// What a `QConv2d` layer is, besides its tensors (what a record needs to rebuild it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConvLayer {
+    /// The node's name (the layer's module path).
+    pub name: String,
+    /// The convolution's shape.
+    pub geometry: Conv2dGeometry,
+    /// Activation parameters and fused activation.
+    pub spec: QLayerSpec,
+}
+
+/// What a `QLinear` layer is, besides its tensors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LinearLayer {
+    /// The node's name (the layer's module path).
+    pub name: String,
+    /// Output features.
+    pub out_features: usize,
+    /// Input features.
+    pub in_features: usize,
+    /// Activation parameters and fused activation.
+    pub spec: QLayerSpec,
+}
+
+/// What became of one node of the prepared graph (the conversion report).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// The node's name (its layer's module path for layers).
+    pub name: String,
+    /// The op (`conv2d+relu`, `add`, ...).
+    pub op: String,
+    /// Int8, or float and why.
+    pub placement: Placement,
+}
+
+/// A quantized model's program.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuantizedProgram {
+    /// [`PROGRAM_FORMAT_VERSION`] of the code that wrote it.
+    pub version: u32,
+    /// Every value: shape (symbolic in the batch size) and origin.
+    pub values: Vec<ValueInfo>,
+    /// How each value is held.
+    pub domains: Vec<Domain>,
+    /// The steps, in execution order.
+    pub steps: Vec<Step>,
+    /// The float inputs.
+    pub inputs: Vec<ValueId>,
+    /// The float outputs.
+    pub outputs: Vec<ValueId>,
+    /// Whether the program runs at any batch size.
+    pub batch: BatchMode,
+    /// The float parameters read by float steps, in the order of the model's float parameters.
+    pub float_params: Vec<ValueId>,
+    /// The model's `QConv2d` layers, in layer order.
+    pub convs: Vec<ConvLayer>,
+    /// The model's `QLinear` layers, in layer order.
+    pub linears: Vec<LinearLayer>,
+    /// What became of every node.
+    pub report: Vec<NodeReport>,
+}
+
+impl ValueShapes for QuantizedProgram {
+    fn value_info(&self, id: ValueId) -> &ValueInfo {
+        &self.values[id.index()]
+    }
+
+    fn input_ids(&self) -> &[ValueId] {
+        &self.inputs
+    }
+
+    fn batch_mode(&self) -> &BatchMode {
+        &self.batch
+    }
+}
+
+impl QuantizedProgram {
+    /// The quantization parameters of a `u8` value.
+    pub fn qparams(&self, id: ValueId) -> Option<QParams> {
+        match self.domains.get(id.index()) {
+            Some(Domain::Int8(qp)) => Some(*qp),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! BatchNorm folding: `bn(conv(x))` becomes one convolution (and `bn(linear(x))` one linear)
+//! with rescaled weights and a new bias, as PyTorch's `fuse_conv_bn_weights` computes them:
+//!
+//! ```text
+//! r = 1 / sqrt(var + eps)                (per output channel, f32)
+//! W' = W * (gamma * r)                    (each output channel scaled)
+//! b' = (b - mean) * r * gamma + beta      (b = 0 when the layer had no bias)
+//! ```
+//!
+//! The folded weight keeps the layer's parameter path (`layer1.0.conv1.weight`), so it stays
+//! inspectable by module path; a layer without bias gets one at `<layer>.bias`.
+
+use burn::tensor::TensorData;
+
+use crate::graph::{Graph, Op, ParamRef, ValueId, ValueInfo, ValueKind};
+
+/// Folds every BatchNorm whose input is a convolution or linear layer that nothing else reads.
+/// Returns how many were folded.
+pub fn fold_batch_norm(graph: &mut Graph) -> usize {
+    let mut folded = 0;
+    let mut i = 0;
+    while i < graph.nodes.len() {
+        if let Some(layer) = foldable_into(graph, i) {
+            fold(graph, layer, i);
+            graph.nodes.remove(i);
+            folded += 1;
+        } else {
+            i += 1;
+        }
+    }
+    // Drop the data of weights that only the folded layers read.
+    super::remove_dead_nodes(graph);
+    folded
+}
+
+/// The index of the conv/linear node that BatchNorm node `bn` can fold into.
+fn foldable_into(graph: &Graph, bn: usize) -> Option<usize> {
+    let node = &graph.nodes[bn];
+    if !matches!(node.op, Op::BatchNorm { .. })
+        || node.inputs[1..].iter().any(|&v| !has_data(graph, v))
+    {
+        return None;
+    }
+    let x = node.inputs[0];
+    let layer = graph.producer(x)?;
+    let producer = &graph.nodes[layer];
+    let channel_axis_ok = match producer.op {
+        Op::Conv2d(_) => true,
+        // BatchNorm over [N, C] after a linear layer normalises its output features.
+        Op::Linear => graph.value(x).shape.len() == 2,
+        _ => false,
+    };
+    let weights_known = producer.inputs[1..].iter().all(|&v| has_data(graph, v));
+    let sole_reader = graph.consumers(x) == [bn] && !graph.outputs.contains(&x);
+    (channel_axis_ok && weights_known && sole_reader && producer.activation.is_none())
+        .then_some(layer)
+}
+
+fn has_data(graph: &Graph, id: ValueId) -> bool {
+    graph.tensors.contains_key(&id)
+}
+
+fn values(graph: &Graph, id: ValueId) -> Vec<f32> {
+    graph.tensors[&id].iter::<f32>().collect()
+}
+
+/// Rewrites `layer`'s weight and bias with BatchNorm node `bn` folded in, and makes it produce
+/// the BatchNorm's output.
+fn fold(graph: &mut Graph, layer: usize, bn: usize) {
+    let bn_node = graph.nodes[bn].clone();
+    let Op::BatchNorm { epsilon } = bn_node.op else {
+        unreachable!("checked by foldable_into")
+    };
+    let [gamma, beta, mean, var] = [1, 2, 3, 4].map(|k| values(graph, bn_node.inputs[k]));
+    let eps = epsilon as f32;
+    let rsqrt: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    let scale: Vec<f32> = gamma.iter().zip(&rsqrt).map(|(g, r)| g * r).collect();
+    let channels = scale.len();
+
+    let node = &graph.nodes[layer];
+    let (weight_id, bias_id) = (node.inputs[1], node.inputs.get(2).copied());
+    let weight_shape = graph.tensors[&weight_id].shape().to_vec();
+    let mut weight = values(graph, weight_id);
+    let is_linear = node.op == Op::Linear;
+    let per_channel = weight.len() / channels;
+    for (k, w) in weight.iter_mut().enumerate() {
+        // Conv weights are [out, in/groups, kh, kw]; Burn's linear weights are [in, out].
+        let c = if is_linear {
+            k % channels
+        } else {
+            k / per_channel
+        };
+        *w *= scale[c];
+    }
+    let bias_in = bias_id
+        .map(|b| values(graph, b))
+        .unwrap_or_else(|| vec![0.0; channels]);
+    let bias: Vec<f32> = (0..channels)
+        .map(|c| (bias_in[c] - mean[c]) * rsqrt[c] * gamma[c] + beta[c])
+        .collect();
+
+    let weight_value = replace_data(graph, weight_id, TensorData::new(weight, weight_shape));
+    let bias_value = match bias_id {
+        Some(b) => replace_data(graph, b, TensorData::new(bias, [channels])),
+        None => new_bias(graph, weight_id, TensorData::new(bias, [channels])),
+    };
+    let node = &mut graph.nodes[layer];
+    node.inputs.truncate(1);
+    node.inputs.extend([weight_value, bias_value]);
+    node.outputs = bn_node.outputs;
+}
+
+/// A value with the same origin as `old` but new data (the old value may be read elsewhere).
+fn replace_data(graph: &mut Graph, old: ValueId, data: TensorData) -> ValueId {
+    let info = graph.value(old).clone();
+    let id = graph.add_value(info);
+    graph.tensors.insert(id, data);
+    id
+}
+
+/// A bias parameter for the layer that owns `weight`.
+fn new_bias(graph: &mut Graph, weight: ValueId, data: TensorData) -> ValueId {
+    let kind = match &graph.value(weight).kind {
+        ValueKind::Parameter(p) => ValueKind::Parameter(ParamRef {
+            name: "bias".into(),
+            ..p.clone()
+        }),
+        other => other.clone(),
+    };
+    let info = ValueInfo {
+        shape: vec![crate::graph::Dim::fixed(data.shape()[0])],
+        dtype: data.dtype(),
+        kind,
+    };
+    let id = graph.add_value(info);
+    graph.tensors.insert(id, data);
+    id
+}

@@ -1,0 +1,165 @@
+//! Prepare and calibrate (PyTorch's `prepare_fx` and the calibration loop).
+//!
+//! [`prepare`] folds BatchNorm into the layer before it, fuses ReLU/ReLU6 into conv, linear and
+//! add, resolves the [`QConfigMap`], decides which nodes will run in int8 ([`Plan`]) and places
+//! the activation observers. The resulting [`PreparedModel`] runs in float like the original;
+//! every run through [`PreparedModel::forward`] records what the observers see. Calibrate with
+//! any closure ([`PreparedModel::calibrate`]) or over a Burn `DataLoader`
+//! ([`PreparedModel::calibrate_loader`]).
+
+mod calibrate;
+mod plan;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use burn::tensor::Tensor;
+
+use crate::exec::FloatExecutor;
+use crate::graph::{Graph, ValueId, passes};
+use crate::observe::Observer;
+use crate::qconfig::{QConfig, QConfigMap};
+use crate::{Error, Result};
+
+pub use calibrate::CalibrationInput;
+pub use plan::{Int8Op, ObservedValue, Placement, Plan};
+
+/// A graph ready for calibration: folded, fused, with observers in place.
+pub struct PreparedModel {
+    graph: Arc<Graph>,
+    qconfigs: Vec<Option<QConfig>>,
+    plan: Plan,
+    observers: Vec<Box<dyn Observer>>,
+    /// Which observer watches each observed value.
+    observer_of: HashMap<ValueId, usize>,
+    /// The float interpreter for the device of the last batch.
+    executor: Option<FloatExecutor<Arc<Graph>>>,
+    batches: usize,
+}
+
+impl std::fmt::Debug for PreparedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedModel")
+            .field("nodes", &self.graph.nodes.len())
+            .field("observers", &self.observers.len())
+            .field("batches", &self.batches)
+            .finish()
+    }
+}
+
+/// Prepares a captured graph for quantization under `qconfig` (PyTorch's `prepare_fx`).
+pub fn prepare(graph: &Graph, qconfig: &QConfigMap) -> Result<PreparedModel> {
+    let mut graph = graph.clone();
+    passes::fold_batch_norm(&mut graph);
+    passes::fuse_activations(&mut graph);
+    passes::remove_dead_nodes(&mut graph);
+    graph.validate()?;
+    let qconfigs = qconfig.resolve(&graph)?;
+    let plan = plan::plan(&graph, &qconfigs);
+    let observers = plan
+        .observed
+        .iter()
+        .map(|o| o.config.build())
+        .collect::<Result<Vec<_>>>()?;
+    let observer_of = plan
+        .observed
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (o.value, i))
+        .collect();
+    Ok(PreparedModel {
+        graph: Arc::new(graph),
+        qconfigs,
+        plan,
+        observers,
+        observer_of,
+        executor: None,
+        batches: 0,
+    })
+}
+
+impl PreparedModel {
+    /// The prepared graph (BatchNorm folded, activations fused).
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The [`QConfig`] of every node, in node order.
+    pub fn qconfigs(&self) -> &[Option<QConfig>] {
+        &self.qconfigs
+    }
+
+    /// Where each node will run, and which activations are observed.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The activation observers, in the order of [`Plan::observed`].
+    pub fn observers(&self) -> &[Box<dyn Observer>] {
+        &self.observers
+    }
+
+    /// How many batches were observed so far.
+    pub fn batches_observed(&self) -> usize {
+        self.batches
+    }
+
+    /// Runs the float model on `input` (on the input's device) and records what the observers
+    /// see: the calibration forward. Returns the model's output.
+    pub fn forward<const DI: usize, const DO: usize>(
+        &mut self,
+        input: Tensor<DI>,
+    ) -> Result<Tensor<DO>> {
+        let device = input.device();
+        if self.executor.as_ref().is_none_or(|e| e.device() != &device) {
+            self.executor = Some(FloatExecutor::new(self.graph.clone(), &device)?);
+        }
+        let executor = self.executor.as_ref().expect("just made");
+        let input = input.into_dispatch();
+        let observers = &mut self.observers;
+        let observer_of = &self.observer_of;
+        let mut record =
+            |value: ValueId, tensor: &burn::backend::DispatchTensor, name: &str| -> Result<()> {
+                let Some(&k) = observer_of.get(&value) else {
+                    return Ok(());
+                };
+                let shape = burn::backend::TensorMetadata::shape(tensor).to_vec();
+                let values = crate::exec::float_values::<f32>(tensor)?;
+                observers[k].observe(&values, &shape).map_err(|e| match e {
+                    Error::NonFinite { context } => Error::NonFinite {
+                        context: format!("{name} ({context})"),
+                    },
+                    other => other,
+                })
+            };
+        for &v in &self.graph.inputs {
+            record(v, &input, "the model input")?;
+        }
+        let outputs = executor.run_observed(vec![input], &mut |node, outputs| {
+            for (&v, t) in node.outputs.iter().zip(outputs) {
+                record(v, t, &format!("the output of node `{}`", node.name))?;
+            }
+            Ok(())
+        })?;
+        self.batches += 1;
+        crate::exec::single_output(outputs)
+    }
+
+    /// Runs `calibrate` on the prepared model (the tutorial's `calibrate(model, data_loader)`),
+    /// then checks that something was observed.
+    pub fn calibrate(mut self, calibrate: impl FnOnce(&mut Self) -> Result<()>) -> Result<Self> {
+        calibrate(&mut self)?;
+        self.check_calibrated()?;
+        Ok(self)
+    }
+
+    /// An error unless at least one batch was observed.
+    pub(crate) fn check_calibrated(&self) -> Result<()> {
+        if self.batches == 0 {
+            return Err(Error::Calibration(
+                "no batch was observed: the calibration data is empty".into(),
+            ));
+        }
+        Ok(())
+    }
+}

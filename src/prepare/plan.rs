@@ -1,0 +1,191 @@
+//! The quantization plan: which nodes will run on int8 kernels, and which activations need an
+//! observer (PyTorch FX's observer insertion for the fbgemm/x86 backends).
+//!
+//! - Conv2d, Linear (2-D input), Add (same shapes) and Cat (channel axis) compute new values:
+//!   their outputs get an observer.
+//! - MaxPool2d, AvgPool2d, a 1x1 AdaptiveAvgPool2d, a standalone ReLU or clamp, and Reshape keep
+//!   their input's quantization parameters (PyTorch's "share qparams" ops); they run in int8
+//!   only when their input is int8.
+//! - An int8 node that reads a float value (a graph input, a float node's output) quantizes it:
+//!   that value gets an observer too, with the reading node's activation config.
+//! - Everything else, and every node whose [`QConfig`] is `None`, runs in float.
+
+use std::collections::HashMap;
+
+use crate::graph::{BinaryOp, Graph, Node, Op, ValueId};
+use crate::observe::ObserverConfig;
+use crate::qconfig::QConfig;
+
+/// The int8 operation a node becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Int8Op {
+    /// `QConv2d`.
+    Conv2d,
+    /// `QLinear`.
+    Linear,
+    /// Quantized add (two input scales to one output scale).
+    Add,
+    /// Quantized concatenation along channels.
+    Cat,
+    /// Quantized max pooling.
+    MaxPool2d,
+    /// Quantized average pooling.
+    AvgPool2d,
+    /// Quantized global average pooling (a 1x1 adaptive average pool).
+    GlobalAvgPool,
+    /// ReLU or clamp on quantized values.
+    Clamp,
+    /// Reshape of quantized values.
+    Reshape,
+}
+
+impl Int8Op {
+    /// Whether its output keeps its input's quantization parameters.
+    pub fn shares_qparams(self) -> bool {
+        matches!(
+            self,
+            Int8Op::MaxPool2d
+                | Int8Op::AvgPool2d
+                | Int8Op::GlobalAvgPool
+                | Int8Op::Clamp
+                | Int8Op::Reshape
+        )
+    }
+}
+
+/// Where a node runs.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Placement {
+    /// On an int8 kernel.
+    Int8(Int8Op),
+    /// In float, and why.
+    Float(String),
+}
+
+/// One activation observer of the plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedValue {
+    /// The value it watches.
+    pub value: ValueId,
+    /// How it observes.
+    pub config: ObserverConfig,
+}
+
+/// The plan for a graph.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Where each node runs, in node order.
+    pub placement: Vec<Placement>,
+    /// The activations to observe.
+    pub observed: Vec<ObservedValue>,
+    /// For every value that will be quantized, the index in `observed` of the observer that
+    /// gives its quantization parameters (shared through the "share qparams" ops).
+    pub qparams_of: HashMap<ValueId, usize>,
+}
+
+/// Makes the plan for `graph` under the per-node `qconfigs`.
+pub(crate) fn plan(graph: &Graph, qconfigs: &[Option<QConfig>]) -> Plan {
+    let mut plan = Plan {
+        placement: Vec::new(),
+        observed: Vec::new(),
+        qparams_of: HashMap::new(),
+    };
+    for (node, qconfig) in graph.nodes.iter().zip(qconfigs) {
+        let placement = match qconfig {
+            None => Placement::Float("its qconfig is None".into()),
+            Some(q) => match int8_op(graph, node) {
+                Ok(op) if op.shares_qparams() && !plan.qparams_of.contains_key(&node.inputs[0]) => {
+                    Placement::Float(format!(
+                        "its input is float ({} keeps its input's qparams)",
+                        node.op.kind()
+                    ))
+                }
+                Ok(op) => {
+                    plan.place_int8(node, op, &q.activation);
+                    Placement::Int8(op)
+                }
+                Err(why) => Placement::Float(why),
+            },
+        };
+        plan.placement.push(placement);
+    }
+    plan
+}
+
+impl Plan {
+    fn observe(&mut self, value: ValueId, config: &ObserverConfig) -> usize {
+        *self.qparams_of.entry(value).or_insert_with(|| {
+            self.observed.push(ObservedValue {
+                value,
+                config: config.clone(),
+            });
+            self.observed.len() - 1
+        })
+    }
+
+    fn place_int8(&mut self, node: &Node, op: Int8Op, activation: &ObserverConfig) {
+        for &input in activation_inputs(node) {
+            self.observe(input, activation);
+        }
+        let output = node.outputs[0];
+        if op.shares_qparams() {
+            let source = self.qparams_of[&node.inputs[0]];
+            self.qparams_of.insert(output, source);
+        } else {
+            self.observe(output, activation);
+        }
+    }
+}
+
+/// The activation (non-parameter) inputs a node reads: the data input of conv/linear, all
+/// inputs of the others.
+fn activation_inputs(node: &Node) -> &[ValueId] {
+    match node.op {
+        Op::Conv2d(_) | Op::Linear => &node.inputs[..1],
+        _ => &node.inputs,
+    }
+}
+
+/// The int8 op a node can become, or why it cannot.
+fn int8_op(graph: &Graph, node: &Node) -> Result<Int8Op, String> {
+    let rank = |i: usize| graph.value(node.inputs[i]).shape.len();
+    let has_data = |i: usize| {
+        node.inputs
+            .get(i)
+            .is_none_or(|v| graph.tensors.contains_key(v))
+    };
+    let reads_constants = node.inputs.iter().any(|v| graph.tensors.contains_key(v));
+    let why = |what: &str| Err(format!("{} {what}", node.op.kind()));
+    match &node.op {
+        Op::Conv2d(_) if rank(0) != 4 => why("on a tensor that is not 4-D"),
+        Op::Conv2d(_) if !has_data(1) || !has_data(2) => why("with computed weights"),
+        Op::Conv2d(_) => Ok(Int8Op::Conv2d),
+        Op::Linear if rank(0) != 2 => why("on a tensor that is not 2-D"),
+        Op::Linear if !has_data(1) || !has_data(2) => why("with computed weights"),
+        Op::Linear => Ok(Int8Op::Linear),
+        _ if reads_constants => why("reads a constant tensor"),
+        Op::Binary(BinaryOp::Add) => {
+            let [a, b] = [0, 1].map(|i| &graph.value(node.inputs[i]).shape);
+            if a != b {
+                why("with broadcasting")
+            } else if !matches!(a.len(), 2 | 4) {
+                why("on a tensor that is neither 2-D nor 4-D")
+            } else {
+                Ok(Int8Op::Add)
+            }
+        }
+        Op::Cat { axis: 1 } if matches!(rank(0), 2 | 4) => Ok(Int8Op::Cat),
+        Op::Cat { .. } => why("along an axis other than channels"),
+        Op::MaxPool2d(_) => Ok(Int8Op::MaxPool2d),
+        Op::AvgPool2d { .. } => Ok(Int8Op::AvgPool2d),
+        Op::AdaptiveAvgPool2d { output: [1, 1] } => Ok(Int8Op::GlobalAvgPool),
+        Op::AdaptiveAvgPool2d { .. } => why("to an output larger than 1x1"),
+        Op::Relu
+        | Op::Clamp {
+            min: Some(_),
+            max: Some(_),
+        } => Ok(Int8Op::Clamp),
+        Op::Reshape { .. } => Ok(Int8Op::Reshape),
+        _ => why("has no int8 kernel"),
+    }
+}

@@ -1,0 +1,52 @@
+//! Quantization configuration: what observes activations and weights ([`QConfig`]), PyTorch's
+//! presets ([`Engine`]), and which part of a model gets which ([`QConfigMap`]).
+
+mod map;
+
+use serde::{Deserialize, Serialize};
+
+use crate::observe::ObserverConfig;
+
+pub use map::QConfigMap;
+
+/// How one part of a model is quantized: the observer for its activations and the one for its
+/// weights (PyTorch's `QConfig`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QConfig {
+    /// Observes activations (u8, affine).
+    pub activation: ObserverConfig,
+    /// Observes weights (i8, symmetric; per output channel or per tensor).
+    pub weight: ObserverConfig,
+}
+
+/// PyTorch's quantization engines, naming their default configurations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Engine {
+    /// `fbgemm`: histogram activations with `reduce_range`, per-channel symmetric weights.
+    Fbgemm,
+    /// `x86` (PyTorch's default since 2.0): the same observers as `fbgemm`.
+    X86,
+    /// `qnnpack` (ARM): histogram activations on the full u8 range, per-tensor symmetric weights.
+    Qnnpack,
+}
+
+impl QConfig {
+    /// PyTorch's `get_default_qconfig(engine)`.
+    pub fn preset(engine: Engine) -> Self {
+        match engine {
+            Engine::Fbgemm | Engine::X86 => QConfig {
+                activation: ObserverConfig::histogram(true),
+                weight: ObserverConfig::per_channel_symmetric_weight(),
+            },
+            Engine::Qnnpack => QConfig {
+                activation: ObserverConfig::histogram(false),
+                weight: ObserverConfig::min_max_weight(),
+            },
+        }
+    }
+}
+
+/// PyTorch's `get_default_qconfig(engine)`, the same as [`QConfig::preset`].
+pub fn default_qconfig(engine: Engine) -> QConfig {
+    QConfig::preset(engine)
+}

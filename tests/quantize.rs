@@ -1,0 +1,395 @@
+//! The quantization pipeline: qconfig resolution, prepare, calibrate, convert, debug mode,
+//! save/load, the one-call `quantize`, and the errors bad input gives.
+
+use std::collections::HashMap;
+
+use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
+use burn::data::dataset::InMemDataset;
+use burn::tensor::{Device, Tensor, TensorData};
+use burn_quantize::convert::{QuantizedModel, convert, convert_debug};
+use burn_quantize::exec::RunValue;
+use burn_quantize::graph::ValueId;
+use burn_quantize::models::{ResNet, ResNetConfig};
+use burn_quantize::prepare::{Placement, PreparedModel, prepare};
+use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
+use burn_quantize::{Error, Graph, quantize};
+
+fn device() -> Device {
+    Device::flex()
+}
+
+/// A narrow ResNet-18 on 32x32 images with non-trivial BatchNorm statistics.
+fn model(device: &Device) -> ResNet {
+    ResNetConfig::resnet18(10).narrowed(8).init(device)
+}
+
+fn images(n: usize, seed: u64, device: &Device) -> Tensor<4> {
+    // Deterministic pseudo-images in [-2, 2].
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let values: Vec<f32> = (0..n * 3 * 32 * 32)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(values, [n, 3, 32, 32]), device)
+}
+
+fn calibrated(model: &ResNet, qconfig: &QConfigMap, device: &Device) -> PreparedModel {
+    let graph = Graph::capture(model, &images(2, 0, device)).unwrap();
+    prepare(&graph, qconfig)
+        .unwrap()
+        .calibrate(|m| {
+            for seed in 1..4 {
+                m.forward::<4, 2>(images(8, seed, device))?;
+            }
+            Ok(())
+        })
+        .unwrap()
+}
+
+fn cosine(a: Tensor<2>, b: Tensor<2>) -> f64 {
+    let (a, b): (Vec<f32>, Vec<f32>) = (
+        a.into_data().try_to_vec().unwrap(),
+        b.into_data().try_to_vec().unwrap(),
+    );
+    let dot: f64 = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(&a) * norm(&b))
+}
+
+#[test]
+fn qconfig_map_resolves_globals_types_regexes_and_module_paths_with_parent_fallback() {
+    let device = device();
+    let graph = Graph::capture(&model(&device), &images(1, 0, &device)).unwrap();
+    let qnnpack = QConfig::preset(Engine::Qnnpack);
+    let map = QConfigMap::global(QConfig::preset(Engine::X86))
+        .layer_type("Conv2d", qnnpack.clone())
+        .module_regex(r"^layer3\.", None)
+        .module("layer3.1", QConfig::preset(Engine::Fbgemm))
+        .module("layer4", None)
+        .module("layer4.1.conv2", QConfig::preset(Engine::X86))
+        .module("fc", None);
+    let resolved = map.resolve(&graph).unwrap();
+    let by_name: HashMap<&str, Option<QConfig>> = graph
+        .nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .zip(resolved)
+        .collect();
+    assert_eq!(
+        by_name["conv1"],
+        Some(qnnpack.clone()),
+        "layer type beats global"
+    );
+    assert_eq!(by_name["layer1.0.conv1"], Some(qnnpack.clone()));
+    assert_eq!(by_name["layer3.0.conv1"], None, "regex beats layer type");
+    assert_eq!(
+        by_name["layer3.1.conv2"],
+        Some(QConfig::preset(Engine::Fbgemm)),
+        "module beats regex"
+    );
+    assert_eq!(
+        by_name["layer4.0.conv1"], None,
+        "a child falls back to its parent"
+    );
+    assert_eq!(
+        by_name["layer4.1.conv2"],
+        Some(QConfig::preset(Engine::X86)),
+        "the longest path wins"
+    );
+    assert_eq!(by_name["fc"], None);
+    // A functional add inside layer4.0 belongs to layer4.0.
+    let add = graph.nodes.iter().find(|n| {
+        n.op.kind() == "add"
+            && graph.scopes()[graph.nodes.iter().position(|m| m.name == n.name).unwrap()]
+                == "layer4.0"
+    });
+    assert!(add.is_some_and(|n| by_name[n.name.as_str()].is_none()));
+
+    for (map, kind) in [
+        (QConfigMap::global(None).module("layer9", None), "module"),
+        (
+            QConfigMap::global(None).module("layer1.0.conv", None),
+            "module",
+        ),
+        (
+            QConfigMap::global(None).layer_type("Conv3d", None),
+            "layer_type",
+        ),
+        (
+            QConfigMap::global(None).module_regex("^head", None),
+            "module_regex",
+        ),
+        (
+            QConfigMap::global(None).module_regex("(", None),
+            "module_regex",
+        ),
+    ] {
+        match map.resolve(&graph) {
+            Err(Error::QConfigKey { kind: k, key, .. }) => assert_eq!(k, kind, "{key}"),
+            other => panic!("expected a key error for {kind}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn resnet_quantizes_close_to_float_and_reports_every_node() {
+    let device = device();
+    let model = model(&device);
+    let qconfig = QConfigMap::global(QConfig::preset(Engine::X86)).module("fc", None);
+    let prepared = calibrated(&model, &qconfig, &device);
+    assert_eq!(prepared.batches_observed(), 3);
+    let qmodel = convert(&prepared).unwrap();
+    let x = images(6, 9, &device);
+    let float: Tensor<2> = model.forward(x.clone());
+    let int8: Tensor<2> = qmodel.forward(x).unwrap();
+    let cos = cosine(float, int8);
+    assert!(cos > 0.99, "cosine to float {cos}");
+
+    let report = qmodel.program().report.clone();
+    assert_eq!(report.len(), prepared.graph().nodes.len());
+    let fc = report.iter().find(|r| r.name == "fc").unwrap();
+    assert_eq!(fc.placement, Placement::Float("its qconfig is None".into()));
+    let convs = report
+        .iter()
+        .filter(|r| r.op.starts_with("conv2d") && matches!(r.placement, Placement::Int8(_)))
+        .count();
+    assert_eq!(convs, 20);
+    assert!(qmodel.report().to_string().contains("layer1.0.conv1"));
+    assert!(qmodel.conv("layer2.0.downsample.conv").is_some());
+}
+
+/// Every value of a run, by id.
+fn run_values(
+    f: impl FnOnce(&mut dyn FnMut(ValueId, &RunValue) -> burn_quantize::Result<()>),
+) -> HashMap<ValueId, RunValue> {
+    let mut seen = HashMap::new();
+    f(&mut |id, v| {
+        seen.insert(id, v.clone());
+        Ok(())
+    });
+    seen
+}
+
+#[test]
+fn debug_model_gives_the_int8_models_integers_bit_for_bit() {
+    let device = device();
+    let model = model(&device);
+    let prepared = calibrated(
+        &model,
+        &QConfigMap::global(QConfig::preset(Engine::Fbgemm)),
+        &device,
+    );
+    let qmodel = convert(&prepared).unwrap();
+    let debug = convert_debug(&prepared).unwrap();
+    let x = images(5, 11, &device);
+    let int8 = run_values(|tap| {
+        qmodel.forward_observed::<4, 2>(x.clone(), tap).unwrap();
+    });
+    let float = run_values(|tap| {
+        debug.forward_observed::<4, 2>(x.clone(), tap).unwrap();
+    });
+    let mut compared = 0;
+    for (id, value) in &int8 {
+        if let (RunValue::Int8(a), Some(RunValue::Int8(b))) = (value, float.get(id)) {
+            assert_eq!(a, b, "value {id} differs");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 30, "only {compared} int8 values compared");
+    // Weights stay inspectable by module path, BatchNorm folded and fake-quantized.
+    let w = debug.graph().parameter("layer1.0.conv1.weight").unwrap();
+    let q = qmodel.conv("layer1.0.conv1").unwrap().weights().unwrap();
+    let per_channel = q.weight.len() / q.scales.len();
+    let expected: Vec<f32> = q
+        .weight
+        .iter()
+        .enumerate()
+        .map(|(k, &v)| f32::from(v) * q.scales[k / per_channel])
+        .collect();
+    assert_eq!(w.try_to_vec::<f32>().unwrap(), expected);
+    assert!(
+        debug
+            .graph()
+            .nodes
+            .iter()
+            .all(|n| n.op.kind() != "batch_norm")
+    );
+}
+
+#[test]
+fn saved_models_reload_bit_identical_and_bad_files_are_errors() {
+    let device = device();
+    let model = model(&device);
+    let qconfig = QConfigMap::global(QConfig::preset(Engine::X86)).module("layer4.1", None);
+    let qmodel = convert(&calibrated(&model, &qconfig, &device)).unwrap();
+    let dir = std::env::temp_dir().join(format!("burn-quantize-record-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.bpk");
+    qmodel.save_file(&path).unwrap();
+    let again = QuantizedModel::load_file(&path, &device).unwrap();
+    let x = images(3, 5, &device);
+    let a: Tensor<2> = qmodel.forward(x.clone()).unwrap();
+    let b: Tensor<2> = again.forward(x).unwrap();
+    assert_eq!(a.into_data(), b.into_data());
+    assert_eq!(again.program(), qmodel.program());
+
+    let bytes = std::fs::read(&path).unwrap();
+    let write = |name: &str, content: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    };
+    let truncated = write("truncated.bpk", &bytes[..bytes.len() * 2 / 3]);
+    let header_only = write("header.bpk", &bytes[..40.min(bytes.len())]);
+    let mut flipped = bytes.clone();
+    for b in flipped[8..64].iter_mut() {
+        *b ^= 0x5a;
+    }
+    let corrupt = write("corrupt.bpk", &flipped);
+    let text = write("text.bpk", b"not a model");
+    let other_version = {
+        let program = serde_json::to_string(qmodel.program()).unwrap();
+        let needle = "\"burn_quantize.record_version\"";
+        assert!(!program.contains(needle));
+        let mut v = bytes.clone();
+        // The version is stored as text "1" right after its key in the metadata.
+        let at = find(&v, b"burn_quantize.record_version").expect("version key in the file");
+        let one = find(&v[at..], b"1").map(|i| at + i).unwrap();
+        v[one] = b'7';
+        write("version.bpk", &v)
+    };
+    for bad in [&truncated, &header_only, &corrupt, &text, &other_version] {
+        match QuantizedModel::load_file(bad, &device) {
+            Err(Error::BadFile { path, reason }) => assert_eq!(&path, bad, "{reason}"),
+            Err(other) => panic!("{}: expected BadFile, got {other}", bad.display()),
+            Ok(_) => panic!("{} loaded", bad.display()),
+        }
+    }
+    assert!(matches!(
+        QuantizedModel::load_file(dir.join("missing.bpk"), &device),
+        Err(Error::Io { .. })
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[derive(Clone)]
+struct ImageBatcher;
+
+impl Batcher<Vec<f32>, Tensor<4>> for ImageBatcher {
+    fn batch(&self, items: Vec<Vec<f32>>, device: &Device) -> Tensor<4> {
+        let n = items.len();
+        Tensor::from_data(TensorData::new(items.concat(), [n, 3, 32, 32]), device)
+    }
+}
+
+fn loader(items: Vec<Vec<f32>>) -> std::sync::Arc<dyn DataLoader<Tensor<4>>> {
+    DataLoaderBuilder::new(ImageBatcher)
+        .batch_size(4)
+        .build(InMemDataset::new(items))
+}
+
+#[test]
+fn quantize_in_one_call_over_a_data_loader() {
+    let device = device();
+    let model = model(&device);
+    let items: Vec<Vec<f32>> = (0..10)
+        .map(|i| {
+            images(1, 100 + i, &device)
+                .into_data()
+                .try_to_vec()
+                .unwrap()
+        })
+        .collect();
+    let qmodel = quantize(
+        &model,
+        &QConfigMap::global(QConfig::preset(Engine::X86)),
+        loader(items).as_ref(),
+    )
+    .unwrap();
+    let x = images(4, 3, &device);
+    let cos = cosine(model.forward(x.clone()), qmodel.forward(x).unwrap());
+    assert!(cos > 0.99, "{cos}");
+}
+
+#[test]
+fn bad_input_gives_errors_not_panics() {
+    let device = device();
+    let model = model(&device);
+    let qconfig = QConfigMap::global(QConfig::preset(Engine::X86));
+    let graph = Graph::capture(&model, &images(2, 0, &device)).unwrap();
+
+    // Empty calibration data.
+    let empty = prepare(&graph, &qconfig).unwrap().calibrate(|_| Ok(()));
+    assert!(matches!(empty, Err(Error::Calibration(_))));
+    assert!(matches!(
+        quantize(&model, &qconfig, loader(Vec::new()).as_ref()),
+        Err(Error::Calibration(_))
+    ));
+    let mut prepared = prepare(&graph, &qconfig).unwrap();
+    assert!(matches!(convert(&prepared), Err(Error::Calibration(_))));
+
+    // Non-finite calibration input.
+    let mut nan = images(2, 1, &device)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    nan[17] = f32::NAN;
+    let nan = Tensor::<4>::from_data(TensorData::new(nan, [2, 3, 32, 32]), &device);
+    match prepared.forward::<4, 2>(nan) {
+        Err(Error::NonFinite { context }) => assert!(context.contains("input"), "{context}"),
+        other => panic!("expected NonFinite, got {:?}", other.map(|t| t.dims())),
+    }
+
+    // Wrong input shapes, to calibration and to the quantized model.
+    assert!(matches!(
+        prepared.forward::<4, 2>(Tensor::zeros([2, 4, 32, 32], &device)),
+        Err(Error::Shape { .. })
+    ));
+    prepared.forward::<4, 2>(images(2, 2, &device)).unwrap();
+    let qmodel = convert(&prepared).unwrap();
+    assert!(matches!(
+        qmodel.forward::<4, 2>(Tensor::zeros([1, 3, 31, 32], &device)),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        qmodel.forward::<4, 3>(images(1, 2, &device)),
+        Err(Error::Shape { .. })
+    ));
+
+    // An unknown qconfig key.
+    let unknown = QConfigMap::global(None).module("encoder", None);
+    assert!(matches!(
+        prepare(&graph, &unknown),
+        Err(Error::QConfigKey { .. })
+    ));
+}
+
+#[test]
+fn ops_without_int8_kernels_run_in_float_and_are_reported() {
+    let device = device();
+    let model = model(&device);
+    // Keep layer2 in float: int8 flows into float and back.
+    let qconfig = QConfigMap::global(QConfig::preset(Engine::X86)).module("layer2", None);
+    let prepared = calibrated(&model, &qconfig, &device);
+    let qmodel = convert(&prepared).unwrap();
+    let (int8, float) = qmodel.report().counts();
+    assert!(int8 > 0 && float > 0, "{int8} int8, {float} float");
+    let x = images(2, 4, &device);
+    let cos = cosine(model.forward(x.clone()), qmodel.forward(x).unwrap());
+    assert!(cos > 0.99, "{cos}");
+}
