@@ -379,8 +379,59 @@ fn bad_input_gives_errors_not_panics() {
     ));
 }
 
+/// conv -> exp (no lowering, no int8 kernel) -> conv.
+#[derive(burn::module::Module, Debug)]
+struct ExpNet {
+    a: burn::nn::conv::Conv2d,
+    b: burn::nn::conv::Conv2d,
+}
+
+impl burn_quantize::Forward<4, 4> for ExpNet {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.b.forward(self.a.forward(x).mul_scalar(0.1).exp())
+    }
+}
+
 #[test]
 fn ops_without_int8_kernels_run_in_float_and_are_reported() {
+    let device = device();
+    let conv = |cin, cout| burn::nn::conv::Conv2dConfig::new([cin, cout], [3, 3]).init(&device);
+    let net = ExpNet {
+        a: conv(3, 4),
+        b: conv(4, 5),
+    };
+    let graph = Graph::capture(&net, &images(2, 0, &device)).unwrap();
+    let prepared = prepare(&graph, &QConfigMap::global(QConfig::preset(Engine::X86)))
+        .unwrap()
+        .calibrate(|m| m.forward::<4, 4>(images(4, 1, &device)).map(|_| ()))
+        .unwrap();
+    let qmodel = convert(&prepared).unwrap();
+    let report = &qmodel.program().report;
+    let exp = report
+        .iter()
+        .find(|r| r.op == "fallback:Exp")
+        .expect("the exp node");
+    assert!(
+        matches!(&exp.placement, Placement::Float(why) if why.contains("no int8 kernel")),
+        "{exp:?}"
+    );
+    assert!(
+        report
+            .iter()
+            .filter(|r| matches!(r.placement, Placement::Int8(_)))
+            .count()
+            >= 2
+    );
+    let x = images(3, 2, &device);
+    let float: Tensor<4> = burn_quantize::Forward::forward(&net, x.clone());
+    let int8: Tensor<4> = qmodel.forward(x).unwrap();
+    assert_eq!(int8.dims(), [3, 5, 28, 28]);
+    let cos = cosine(float.flatten(1, 3), int8.flatten(1, 3));
+    assert!(cos > 0.99, "{cos}");
+}
+
+#[test]
+fn float_regions_between_int8_regions_are_dequantized_and_requantized() {
     let device = device();
     let model = model(&device);
     // Keep layer2 in float: int8 flows into float and back.
