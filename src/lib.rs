@@ -44,10 +44,13 @@
 //! - [`exec`]: the float and quantized interpreters;
 //! - [`kernels`]: the int8 CPU kernels (AVX-512 VNNI, AVX2, scalar; AMX and AVX-VNNI guarded);
 //! - [`nn`]: the quantized layers as Burn modules;
-//! - [`models`]: models used across the project (a torchvision-layout ResNet).
+//! - [`models`]: models used across the project (a torchvision-layout ResNet, EfficientNet-Lite0,
+//!   a small residual CNN for Fashion-MNIST);
+//! - [`data`]: datasets and image preprocessing (Fashion-MNIST, ImageNet-style folders).
 
 pub mod capture;
 pub mod convert;
+pub mod data;
 pub mod error;
 pub mod exec;
 pub mod graph;

@@ -1,5 +1,7 @@
 //! Models used across the project, built from burn-nn modules.
 
+pub mod efficientnet;
+pub mod fashion;
 mod resnet;
 
 pub use resnet::{Block, Downsample, ResNet, ResNetConfig};

@@ -1,0 +1,2 @@
+//! Trains the Fashion-MNIST model (work in progress).
+fn main() {}

@@ -1,0 +1,1 @@
+//! Fashion-MNIST (work in progress).

@@ -1,0 +1,1 @@
+//! ImageNet-style image folders and preprocessing (work in progress).

@@ -1,0 +1,1 @@
+//! EfficientNet-Lite0 (work in progress).

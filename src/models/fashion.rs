@@ -1,0 +1,1 @@
+//! The small residual CNN for Fashion-MNIST (work in progress).
