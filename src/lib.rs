@@ -40,6 +40,7 @@
 //!   over a `DataLoader`;
 //! - [`convert`]: the [`convert::QuantizedModel`] (`QConv2d`/`QLinear` and int8 add, cat,
 //!   pool steps; float where no int8 kernel exists, reported) and the bit-exact debug model;
+//! - [`numeric`]: the numeric suite, float vs int8 layer by layer (SQNR, cosine, max error);
 //! - [`record`]: save and load through Burn's burnpack records;
 //! - [`exec`]: the float and quantized interpreters;
 //! - [`kernels`]: the int8 CPU kernels (AVX-512 VNNI, AVX2, scalar; AMX and AVX-VNNI guarded);
@@ -57,6 +58,7 @@ pub mod graph;
 pub mod kernels;
 pub mod models;
 pub mod nn;
+pub mod numeric;
 pub mod observe;
 pub mod prepare;
 pub mod qconfig;

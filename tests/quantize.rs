@@ -444,3 +444,35 @@ fn float_regions_between_int8_regions_are_dequantized_and_requantized() {
     let cos = cosine(model.forward(x.clone()), qmodel.forward(x).unwrap());
     assert!(cos > 0.99, "{cos}");
 }
+
+#[test]
+fn numeric_suite_compares_float_and_int8_layer_by_layer() {
+    use burn_quantize::numeric::{Comparison, compare_activations, compare_weights};
+    let device = device();
+    let model = model(&device);
+    let prepared = calibrated(
+        &model,
+        &QConfigMap::global(QConfig::preset(Engine::X86)),
+        &device,
+    );
+    let qmodel = convert(&prepared).unwrap();
+    let layers = compare_activations::<4, 2>(&prepared, &qmodel, images(2, 21, &device)).unwrap();
+    // Every int8 node's output is compared: 20 convs, 8 adds, pools, the classifier.
+    assert!(layers.len() >= 30, "{}", layers.len());
+    assert!(layers.iter().any(|l| l.node == "layer1.0.conv1"));
+    for layer in &layers {
+        assert!(layer.sqnr_db > 15.0 && layer.cosine > 0.98, "{layer}");
+    }
+    let weights = compare_weights(&prepared, &qmodel).unwrap();
+    assert_eq!(weights.len(), 21);
+    assert!(
+        weights.iter().all(|w| w.sqnr_db > 30.0),
+        "{:?}",
+        weights.iter().map(|w| w.sqnr_db).collect::<Vec<_>>()
+    );
+
+    let same = Comparison::new("x".into(), "op".into(), &[1.0, -2.0], &[1.0, -2.0]);
+    assert_eq!((same.sqnr_db, same.max_abs), (f64::INFINITY, 0.0));
+    let off = Comparison::new("x".into(), "op".into(), &[3.0, 4.0], &[3.0, 3.0]);
+    assert!((off.sqnr_db - 10.0 * 25f64.log10()).abs() < 1e-12 && off.max_abs == 1.0);
+}

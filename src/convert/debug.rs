@@ -14,6 +14,7 @@ use super::{QuantizedModel, convert};
 use crate::Result;
 use crate::exec::{Arithmetic, RunValue};
 use crate::graph::{Graph, ValueId};
+use crate::nn::QWeights;
 use crate::prepare::PreparedModel;
 
 /// The debug model of a calibrated [`PreparedModel`].
@@ -29,64 +30,34 @@ pub fn convert_debug(prepared: &PreparedModel) -> Result<DebugModel> {
     let mut graph = prepared.graph().clone();
     for (layer, conv) in model.program.convs.iter().zip(&model.layers.convs) {
         let w = conv.weights()?;
-        let shape = conv.weight.val().dims().to_vec();
-        let per_channel = w.weight.len() / w.scales.len();
-        let weight = w
-            .weight
-            .iter()
-            .enumerate()
-            .map(|(k, &q)| f32::from(q) * w.scales[k / per_channel])
-            .collect();
-        set_layer(
-            &mut graph,
-            &layer.name,
-            TensorData::new(weight, shape),
-            &w.bias,
-            &w.scales,
-            layer.spec.input.scale,
-        );
+        let weight = TensorData::new(w.dequantized(), conv.weight.val().dims().to_vec());
+        set_layer(&mut graph, &layer.name, weight, &w, layer.spec.input.scale);
     }
     for (layer, linear) in model.program.linears.iter().zip(&model.layers.linears) {
         let w = linear.weights()?;
         let (outs, ins) = (layer.out_features, layer.in_features);
-        // Back to Burn's [in, out] layout.
-        let weight = (0..ins * outs)
-            .map(|k| f32::from(w.weight[(k % outs) * ins + k / outs]) * w.scales[k % outs])
-            .collect();
-        set_layer(
-            &mut graph,
-            &layer.name,
-            TensorData::new(weight, [ins, outs]),
-            &w.bias,
-            &w.scales,
-            layer.spec.input.scale,
-        );
+        let weight = TensorData::new(w.dequantized_linear_burn_layout(outs), [ins, outs]);
+        set_layer(&mut graph, &layer.name, weight, &w, layer.spec.input.scale);
     }
     Ok(DebugModel { model, graph })
 }
 
 /// Gives node `name` its fake-quantized weight and bias (`b_i32 · s_x · s_w[c]`).
-fn set_layer(
-    graph: &mut Graph,
-    name: &str,
-    weight: TensorData,
-    bias: &[i32],
-    scales: &[f32],
-    x_scale: f32,
-) {
+fn set_layer(graph: &mut Graph, name: &str, weight: TensorData, w: &QWeights, x_scale: f32) {
     let Some(node) = graph.nodes.iter().find(|n| n.name == name) else {
         return;
     };
-    let bias_values = bias
-        .iter()
-        .zip(scales)
-        .map(|(&b, &s)| b as f32 * (x_scale * s))
-        .collect::<Vec<_>>();
     let ids: Vec<ValueId> = node.inputs[1..].to_vec();
     graph.tensors.insert(ids[0], weight);
     if let Some(&b) = ids.get(1) {
-        let n = bias_values.len();
-        graph.tensors.insert(b, TensorData::new(bias_values, [n]));
+        let bias: Vec<f32> = w
+            .bias
+            .iter()
+            .zip(&w.scales)
+            .map(|(&b, &s)| b as f32 * (x_scale * s))
+            .collect();
+        let n = bias.len();
+        graph.tensors.insert(b, TensorData::new(bias, [n]));
     }
 }
 

@@ -239,6 +239,26 @@ impl QLinear {
 }
 
 impl QWeights {
+    /// The fake-quantized float weights `s_w[c] · q_w`, in the same layout as `weight`.
+    pub fn dequantized(&self) -> Vec<f32> {
+        let per_channel = self.weight.len() / self.scales.len().max(1);
+        self.weight
+            .iter()
+            .enumerate()
+            .map(|(k, &q)| f32::from(q) * self.scales[k / per_channel])
+            .collect()
+    }
+
+    /// [`dequantized`](Self::dequantized) weights of a linear layer `[out, in]`, transposed to
+    /// Burn's `[in, out]` layout.
+    pub fn dequantized_linear_burn_layout(&self, out_features: usize) -> Vec<f32> {
+        let deq = self.dequantized();
+        let ins = deq.len() / out_features.max(1);
+        (0..deq.len())
+            .map(|k| deq[(k % out_features) * ins + k / out_features])
+            .collect()
+    }
+
     /// All zeros for a layer of `weights` weights and `channels` output channels (a skeleton
     /// that a record is then loaded into).
     pub fn zeros(weights: usize, channels: usize) -> Self {
