@@ -476,3 +476,98 @@ fn numeric_suite_compares_float_and_int8_layer_by_layer() {
     let off = Comparison::new("x".into(), "op".into(), &[3.0, 4.0], &[3.0, 3.0]);
     assert!((off.sqnr_db - 10.0 * 25f64.log10()).abs() < 1e-12 && off.max_abs == 1.0);
 }
+
+/// Branches joined by cat, a ReLU6, pools, a standalone ReLU and a flatten of a 4x4 map.
+#[derive(burn::module::Module, Debug)]
+struct BranchNet {
+    stem: burn::nn::conv::Conv2d,
+    left: burn::nn::conv::Conv2d,
+    right: burn::nn::conv::Conv2d,
+    head: burn::nn::Linear,
+}
+
+impl burn_quantize::Forward<4, 2> for BranchNet {
+    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        use burn::nn::pool::{AvgPool2dConfig, MaxPool2dConfig};
+        let y = self.stem.forward(x).clamp(0.0, 6.0);
+        let left = burn::tensor::activation::relu(self.left.forward(y.clone()));
+        let pooled = MaxPool2dConfig::new([3, 3])
+            .with_strides([1, 1])
+            .with_padding(burn::nn::PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init()
+            .forward(y);
+        let right = self.right.forward(pooled);
+        let y = Tensor::cat(vec![left, right], 1);
+        let y = AvgPool2dConfig::new([2, 2])
+            .with_strides([2, 2])
+            .init()
+            .forward(y);
+        let y = burn::tensor::activation::relu(y);
+        self.head.forward(y.flatten(1, 3))
+    }
+}
+
+#[test]
+fn cat_pools_clamps_and_flatten_run_in_int8_close_to_float_and_match_the_debug_model() {
+    let device = device();
+    let conv = |cin, cout| {
+        burn::nn::conv::Conv2dConfig::new([cin, cout], [3, 3])
+            .with_stride([2, 2])
+            .with_padding(burn::nn::PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init(&device)
+    };
+    let net = BranchNet {
+        stem: conv(3, 8),
+        left: burn::nn::conv::Conv2dConfig::new([8, 4], [1, 1]).init(&device),
+        right: burn::nn::conv::Conv2dConfig::new([8, 4], [3, 3])
+            .with_padding(burn::nn::PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init(&device),
+        head: burn::nn::LinearConfig::new(8 * 8 * 8, 10).init(&device),
+    };
+    let graph = Graph::capture(&net, &images(2, 0, &device)).unwrap();
+    let prepared = prepare(
+        &graph,
+        &QConfigMap::global(QConfig::preset(Engine::Qnnpack)),
+    )
+    .unwrap()
+    .calibrate(|m| {
+        for seed in 1..4 {
+            m.forward::<4, 2>(images(8, seed, &device))?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let qmodel = convert(&prepared).unwrap();
+    let int8_ops: Vec<String> = qmodel
+        .program()
+        .report
+        .iter()
+        .filter_map(|r| match &r.placement {
+            Placement::Int8(op) => Some(format!("{op:?}")),
+            Placement::Float(_) => None,
+        })
+        .collect();
+    for op in [
+        "Conv2d",
+        "Cat",
+        "MaxPool2d",
+        "AvgPool2d",
+        "Clamp",
+        "Reshape",
+        "Linear",
+    ] {
+        assert!(
+            int8_ops.iter().any(|o| o == op),
+            "{op} not in int8: {int8_ops:?}\n{}",
+            qmodel.report()
+        );
+    }
+    let x = images(4, 7, &device);
+    let float: Tensor<2> = burn_quantize::Forward::forward(&net, x.clone());
+    let cos = cosine(float, qmodel.forward(x.clone()).unwrap());
+    assert!(cos > 0.99, "{cos}");
+    let debug = convert_debug(&prepared).unwrap();
+    let a: Tensor<2> = qmodel.forward(x.clone()).unwrap();
+    let b: Tensor<2> = debug.forward(x).unwrap();
+    assert_eq!(a.into_data(), b.into_data());
+}
