@@ -571,3 +571,62 @@ fn cat_pools_clamps_and_flatten_run_in_int8_close_to_float_and_match_the_debug_m
     let b: Tensor<2> = debug.forward(x).unwrap();
     assert_eq!(a.into_data(), b.into_data());
 }
+
+/// A convolution and ReLU6.
+#[derive(burn::module::Module, Debug)]
+struct ConvRelu6 {
+    conv: burn::nn::conv::Conv2d,
+}
+
+impl burn_quantize::Forward<4, 4> for ConvRelu6 {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.conv.forward(x).clamp(0.0, 6.0)
+    }
+}
+
+#[test]
+fn channels_with_tiny_weights_keep_their_bias() {
+    // Trained networks have near-dead channels: tiny weights (their observer's scale is tiny) and
+    // a bias, which alone makes the output; the integer bias must not overflow and wrap.
+    let device = device();
+    let mut conv = burn::nn::conv::Conv2dConfig::new([3, 4], [3, 3]).init(&device);
+    let mask = Tensor::<1>::from_floats([1.0, 1e-4, 1e-4, 1.0], &device).reshape([4, 1, 1, 1]);
+    conv.weight = burn::module::Param::from_tensor(conv.weight.val() * mask);
+    conv.bias = Some(burn::module::Param::from_tensor(Tensor::from_floats(
+        [0.1, 30.0, -50.0, 0.2],
+        &device,
+    )));
+    let net = ConvRelu6 { conv };
+    let graph = Graph::capture(&net, &images(2, 0, &device)).unwrap();
+    let prepared = prepare(&graph, &QConfigMap::global(QConfig::preset(Engine::X86)))
+        .unwrap()
+        .calibrate(|m| m.forward::<4, 4>(images(4, 1, &device)).map(|_| ()))
+        .unwrap();
+    let qmodel = convert(&prepared).unwrap();
+    let debug = convert_debug(&prepared).unwrap();
+    let x = images(3, 2, &device);
+    let float: Vec<f32> = burn_quantize::Forward::forward(&net, x.clone())
+        .into_data()
+        .try_to_vec()
+        .unwrap();
+    let step = qmodel.program().convs[0].spec.output.scale;
+    for out in [
+        qmodel.forward::<4, 4>(x.clone()).unwrap(),
+        debug.forward::<4, 4>(x).unwrap(),
+    ] {
+        let out: Vec<f32> = out.into_data().try_to_vec().unwrap();
+        let plane = out.len() / 3 / 4;
+        for (i, (f, q)) in float.iter().zip(&out).enumerate() {
+            let channel = i / plane % 4;
+            if channel == 1 || channel == 2 {
+                // Constant channels: 6.0 and 0.0, within half a step.
+                assert!(
+                    (f - q).abs() <= step / 2.0,
+                    "channel {channel}: {q} for {f}"
+                );
+            } else {
+                assert!((f - q).abs() < 0.1, "channel {channel}: {q} for {f}");
+            }
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! clamp and reshape steps, with quantize/dequantize steps at the float boundaries.
 
 mod debug;
+mod display;
 mod model;
 mod program;
 
@@ -432,11 +433,16 @@ fn quantize_weights(
             qp.dtype, qconfig.weight.scheme
         )));
     }
-    let scales: Vec<f32> = if qp.scale.len() == 1 {
+    let observed: Vec<f32> = if qp.scale.len() == 1 {
         vec![qp.scale[0]; channels]
     } else {
         qp.scale.clone()
     };
+    let bias = bias
+        .map(<[f32]>::to_vec)
+        .unwrap_or_else(|| vec![0.0; channels]);
+    // A channel with (nearly) zero weights and a bias would overflow the integer bias.
+    let scales = kernels::bias_safe_weight_scales(&bias, x_scale, &observed);
     let per_channel = weight.len() / channels;
     // fbgemm::Quantize (non-legacy): round_half_even(w * (1 / s)) + 0, clamped.
     let weight = weight
@@ -449,13 +455,7 @@ fn quantize_weights(
                 .clamp(qp.quant_min as f32, qp.quant_max as f32) as i8
         })
         .collect();
-    let bias = kernels::quantize_bias(
-        &bias
-            .map(<[f32]>::to_vec)
-            .unwrap_or_else(|| vec![0.0; channels]),
-        x_scale,
-        &scales,
-    );
+    let bias = kernels::quantize_bias(&bias, x_scale, &scales);
     Ok(QWeights {
         weight,
         bias,

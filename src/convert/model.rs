@@ -127,15 +127,6 @@ impl QuantizedModel {
     pub fn report(&self) -> Report<'_> {
         Report(self)
     }
-
-    /// A readable listing of the program, one step per line.
-    pub fn listing(&self) -> String {
-        self.program
-            .steps
-            .iter()
-            .map(|s| format!("{s:?}\n"))
-            .collect()
-    }
 }
 
 /// The conversion report of a [`QuantizedModel`]; its `Display` is a table.

@@ -51,7 +51,10 @@ pub use elementwise::{
 };
 pub use isa::{Isa, active_isa, available_isas, with_isa};
 pub use linear::{PackedLinear, qlinear};
-pub use params::{QParams, Requant, conv_multipliers, quantize_bias, requantize};
+pub use params::{
+    MAX_BIAS_I32, QParams, Requant, bias_safe_weight_scales, conv_multipliers, quantize_bias,
+    requantize,
+};
 pub use peak::measure_peak_gmacs;
 pub use pool::{
     AvgPool2d, MaxPool2d, avg_pool_output_size, max_pool_output_size, qavg_pool2d,

@@ -162,6 +162,34 @@ fn round_half_even(v: f32) -> i32 {
     (v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
 }
 
+/// The largest integer bias magnitude [`bias_safe_weight_scales`] allows: `2^30`, which leaves
+/// the other half of the `i32` range to `Σ x·w` (at most `255·128` per term, so up to about
+/// 32,000 terms per output) and keeps the accumulator from wrapping.
+pub const MAX_BIAS_I32: f32 = 1_073_741_824.0;
+
+/// Weight scales, per channel, raised where needed so that `bias[c] / (x_scale · w_scale[c])`
+/// stays within [`MAX_BIAS_I32`].
+///
+/// A channel whose weights are all (or almost) zero gets a tiny scale from its observer; its
+/// bias divided by that scale would not fit an `i32` and, saturated, would wrap the accumulator.
+/// Such a channel's output is its bias alone, so a larger scale loses nothing: its weights
+/// round to the same few steps (or zero) and the bias is represented as closely as any other.
+/// Channels whose bias fits keep their observer's scale.
+pub fn bias_safe_weight_scales(bias: &[f32], x_scale: f32, w_scales: &[f32]) -> Vec<f32> {
+    w_scales
+        .iter()
+        .zip(bias)
+        .map(|(&w, &b)| {
+            if (b / (x_scale * w)).abs() <= MAX_BIAS_I32 {
+                w
+            } else {
+                // A few ulps above the exact bound, for the roundings in `quantize_bias`.
+                b.abs() / x_scale / MAX_BIAS_I32 * (1.0 + 4.0 * f32::EPSILON)
+            }
+        })
+        .collect()
+}
+
 /// Integer biases for a conv or linear layer with a float bias, as close as an integer can get
 /// to fbgemm's.
 ///
