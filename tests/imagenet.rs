@@ -87,8 +87,8 @@ fn write_split(root: &Path, split: &str, per_class: usize) -> Vec<usize> {
     labels
 }
 
-/// The synthetic dataset: `val` (3 images per class and one corrupt file) and `train` (2 per
-/// class). Returns the expected `val` labels.
+/// The synthetic dataset: `val` (3 images per class, a corrupt file and a JPEG cut in half) and
+/// `train` (2 per class). Returns the expected `val` labels.
 fn write_dataset(root: &Path) -> Vec<usize> {
     let labels = write_split(root, "val", 3);
     write_split(root, "train", 2);
@@ -98,6 +98,12 @@ fn write_dataset(root: &Path) -> Vec<usize> {
         b"\xff\xd8\xff\xe0 this is not a JPEG",
     )
     .unwrap();
+    let mut jpeg = Vec::new();
+    picture(CLASSES[0], 9, (64, 48))
+        .write_to(&mut std::io::Cursor::new(&mut jpeg), ImageFormat::Jpeg)
+        .unwrap();
+    let half = &jpeg[..jpeg.len() / 2];
+    std::fs::write(root.join("val").join(wnid).join("truncated.JPEG"), half).unwrap();
     labels
 }
 
@@ -119,9 +125,15 @@ fn a_partial_folder_gets_canonical_labels_and_bad_files_are_reported_and_skipped
     let val = open(&scratch.0, "val", Normalization::Torchvision);
     let found: Vec<usize> = val.items().iter().map(|(_, l)| *l).collect();
     assert_eq!(found, labels);
-    assert_eq!(val.bad_images().len(), 1);
-    assert!(val.bad_images()[0].path.ends_with("corrupt.JPEG"));
-    assert!(!val.items().iter().any(|(p, _)| p.ends_with("corrupt.JPEG")));
+    let bad: Vec<&Path> = val.bad_images().iter().map(|b| b.path.as_path()).collect();
+    assert_eq!(bad.len(), 2, "{bad:?}");
+    assert!(bad[0].ends_with("corrupt.JPEG") && bad[1].ends_with("truncated.JPEG"));
+    assert!(val.bad_images()[1].to_string().contains("truncated JPEG"));
+    assert!(
+        !val.items()
+            .iter()
+            .any(|(p, _)| p.ends_with("corrupt.JPEG") || p.ends_with("truncated.JPEG"))
+    );
 
     let (calibration, rest) = val.split_evenly(4);
     assert_eq!(calibration.items().len(), 4);

@@ -20,7 +20,7 @@
 
 use std::path::Path;
 
-use image::{ImageReader, RgbImage};
+use image::{ImageFormat, ImageReader, RgbImage};
 
 use crate::{Error, Result};
 
@@ -119,22 +119,38 @@ impl Preprocess {
 }
 
 /// Decodes an image file (JPEG or PNG, recognised by content) to RGB.
+///
+/// A JPEG cut short (no end-of-image marker) is an error, as in Pillow, although the decoder
+/// would fill the missing part with grey.
 pub fn decode(path: &Path) -> Result<RgbImage> {
     let bad = |reason: String| Error::BadFile {
         path: path.to_path_buf(),
         reason,
     };
-    let reader = ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bytes = std::fs::read(path).map_err(io)?;
+    let reader = ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(io)?;
+    if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_is_complete(&bytes) {
+        return Err(bad("truncated JPEG: no end-of-image marker".into()));
+    }
     let image = reader.decode().map_err(|e| bad(e.to_string()))?;
     if image.width() == 0 || image.height() == 0 {
         return Err(bad("empty image".into()));
     }
     Ok(image.to_rgb8())
+}
+
+/// Whether JPEG data has its end-of-image marker (`FF D9`) after its last start-of-scan marker
+/// (`FF DA`). In entropy-coded data an `FF` byte is always followed by `00` or a restart marker,
+/// so after the last scan starts, `FF D9` can only be the real end.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    last_scan.is_some_and(|start| bytes[start..].windows(2).any(|w| w == [0xFF, 0xD9]))
 }
 
 /// torchvision's `Resize(size)`: the shorter side becomes `size`, the longer
