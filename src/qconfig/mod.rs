@@ -28,14 +28,23 @@ pub enum Engine {
     X86,
     /// `qnnpack` (ARM): histogram activations on the full u8 range, per-tensor symmetric weights.
     Qnnpack,
+    /// This crate's kernels: histogram activations on the full u8 range, per-channel symmetric
+    /// weights. `fbgemm` and `x86` quantize activations to 7 bits (`reduce_range`) because
+    /// AVX2's `vpmaddubsw` saturates its pair sums; every path of this crate's kernels
+    /// accumulates exactly, so the eighth bit is free precision.
+    Native,
 }
 
 impl QConfig {
-    /// PyTorch's `get_default_qconfig(engine)`.
+    /// PyTorch's `get_default_qconfig(engine)` (and this crate's own [`Engine::Native`]).
     pub fn preset(engine: Engine) -> Self {
         match engine {
             Engine::Fbgemm | Engine::X86 => QConfig {
                 activation: ObserverConfig::histogram(true),
+                weight: ObserverConfig::per_channel_symmetric_weight(),
+            },
+            Engine::Native => QConfig {
+                activation: ObserverConfig::histogram(false),
                 weight: ObserverConfig::per_channel_symmetric_weight(),
             },
             Engine::Qnnpack => QConfig {
