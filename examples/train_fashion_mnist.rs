@@ -7,7 +7,7 @@
 //! ```text
 //! cargo run --release --features train --example train_fashion_mnist -- \
 //!     [--source /usr/share/datasets/fashion-mnist] [--out data/fashion-mnist] \
-//!     [--epochs 10] [--limit N]
+//!     [--epochs 12] [--limit N]
 //! ```
 //!
 //! `--limit N` trains on the first N training images only (a quick try; the calibration subset is
@@ -49,7 +49,7 @@ fn args() -> Result<Args> {
     let mut args = Args {
         source: "/usr/share/datasets/fashion-mnist".into(),
         out: "data/fashion-mnist".into(),
-        epochs: 10,
+        epochs: 12,
         limit: None,
     };
     let mut it = std::env::args().skip(1);
