@@ -49,6 +49,8 @@
 //!   a small residual CNN for Fashion-MNIST);
 //! - [`data`]: datasets and image preprocessing (Fashion-MNIST, ImageNet-style folders).
 
+#![warn(missing_docs)]
+
 pub mod capture;
 pub mod convert;
 pub mod data;
