@@ -16,9 +16,9 @@
 //! 3. Int8, per-channel weights, calibrated on the 20 centre crops, in two configurations: every
 //!    layer int8 with the `x86` preset, and the [`Engine::Native`] preset (full u8 range) with
 //!    `blocks.0.depthwise_conv` left in float. That layer was found by a sensitivity sweep (each
-//!    depthwise layer kept in float in turn, agreement over the views): it follows the stem,
-//!    whose output channels have very different ranges under one per-tensor scale, and its large
-//!    folded weights amplify the quantization noise of the small ones; keeping it in float
+//!    depthwise layer kept in float in turn, agreement over the views): it reads the stem's
+//!    ReLU6 output (one u8 step is 0.024) through BatchNorm-folded weights up to |w| = 17, so it
+//!    amplifies its input's quantization noise more than any other layer; keeping it in float
 //!    gains 5-7 of the 480 views, no other layer more than 2. Top-1 against the labels, and
 //!    top-1 agreement with float over views of the 20 photos (scales, crops, flips).
 //!
