@@ -193,6 +193,9 @@ fn depthwise_and_grouped_convs() {
     case(1, 15, geometry(16, 32, 5, 2, 2, 16), 6).run();
     case(1, 8, geometry(16, 32, 3, 1, 1, 4), 7).run();
     case(1, 7, geometry(12, 12, 1, 1, 0, 3), 8).run();
+    // Wide depthwise layers: whole 16-channel SIMD steps and a masked rest.
+    case(1, 9, geometry(37, 37, 5, 2, 2, 37), 9).run();
+    case(2, 6, geometry(96, 96, 3, 1, 1, 96), 10).run();
 }
 
 #[test]
