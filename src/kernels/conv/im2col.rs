@@ -9,6 +9,9 @@ use super::Conv2dGeometry;
 use crate::kernels::gemm::driver::RowSource;
 use crate::kernels::pack::KR;
 
+/// Bytes copied at once for a short kernel row (see `ConvRows::copy_pixel`).
+const WIDE: usize = 32;
+
 /// A convolution's input seen as im2col rows.
 pub(super) struct ConvRows<'a> {
     input: &'a [u8],
@@ -117,16 +120,24 @@ impl ConvRows<'_> {
         let whole_row = g.groups == 1 && dw == 1 && x0 >= 0 && x0 as usize + kw <= w;
         let run = kw * cin_g;
         for ky in 0..kh {
-            let (iy, dst) = (y0 + (ky * dh) as isize, &mut dst[ky * run..][..run]);
+            let iy = y0 + (ky * dh) as isize;
             if iy < 0 || iy as usize >= h {
-                dst.fill(self.zero_point);
+                dst[ky * run..][..run].fill(self.zero_point);
                 continue;
             }
-            let row = &image[iy as usize * w * c..][..w * c];
+            let start = iy as usize * w * c;
             if whole_row {
-                copy_small(dst, &row[x0 as usize * c..][..run]);
+                let src = start + x0 as usize * c;
+                // A short run is copied as one WIDE-byte block when the block stays in the
+                // image and in the runs still to be written (they overwrite its tail).
+                if run < WIDE && ky * run + WIDE <= kh * run && src + WIDE <= image.len() {
+                    dst[ky * run..][..WIDE].copy_from_slice(&image[src..][..WIDE]);
+                } else {
+                    copy_small(&mut dst[ky * run..][..run], &image[src..][..run]);
+                }
                 continue;
             }
+            let (row, dst) = (&image[start..][..w * c], &mut dst[ky * run..][..run]);
             for kx in 0..kw {
                 let (ix, dst) = (x0 + (kx * dw) as isize, &mut dst[kx * cin_g..][..cin_g]);
                 if ix < 0 || ix as usize >= w {
@@ -152,11 +163,19 @@ fn copy_small(dst: &mut [u8], src: &[u8]) {
             }
         }};
     }
+    // Up to twice the size: one copy at each end (they overlap), no loop.
+    macro_rules! ends {
+        ($size:literal) => {{
+            dst[..$size].copy_from_slice(&src[..$size]);
+            dst[n - $size..].copy_from_slice(&src[n - $size..]);
+        }};
+    }
     match n {
-        32.. => overlapping!(32),
-        16.. => overlapping!(16),
-        8.. => overlapping!(8),
-        4.. => overlapping!(4),
+        65.. => overlapping!(32),
+        32.. => ends!(32),
+        16.. => ends!(16),
+        8.. => ends!(8),
+        4.. => ends!(4),
         _ => dst.copy_from_slice(src),
     }
 }
