@@ -172,23 +172,16 @@ pub fn qmax_pool2d(
     pool: &MaxPool2d,
     out: &mut [u8],
 ) -> Result<()> {
-    let (y, x) = max_axes(h, w, pool)?;
-    expect_len("max pool input", input.len(), batch * h * w * channels)?;
-    expect_len(
-        "max pool output",
-        out.len(),
-        batch * y.out * x.out * channels,
-    )?;
-    let job = Job {
+    let job = Job::checked(
+        "max pool",
         input,
+        batch,
         channels,
-        y,
-        x,
-    };
+        max_axes(h, w, pool)?,
+        out,
+    )?;
     let tier = Tier::of(active_isa());
-    out.par_chunks_mut((x.out * channels).max(1))
-        .enumerate()
-        .for_each(|(row, out)| max_row(tier, &job, row, out));
+    job.for_each_row(out, |row, out| max_row(tier, &job, row, out));
     Ok(())
 }
 
@@ -208,12 +201,13 @@ pub fn qavg_pool2d(
 ) -> Result<()> {
     from.check("avg pool input")?;
     to.check("avg pool output")?;
-    let (y, x) = avg_axes(h, w, pool)?;
-    expect_len("avg pool input", input.len(), batch * h * w * channels)?;
-    expect_len(
-        "avg pool output",
-        out.len(),
-        batch * y.out * x.out * channels,
+    let job = Job::checked(
+        "avg pool",
+        input,
+        batch,
+        channels,
+        avg_axes(h, w, pool)?,
+        out,
     )?;
     let scale = AvgScale {
         ratio: from.scale / to.scale,
@@ -221,16 +215,8 @@ pub fn qavg_pool2d(
         zero_in: from.zero_point,
         zero_out: to.zero_point,
     };
-    let job = Job {
-        input,
-        channels,
-        y,
-        x,
-    };
     let tier = Tier::of(active_isa());
-    out.par_chunks_mut((x.out * channels).max(1))
-        .enumerate()
-        .for_each(|(row, out)| avg_row(tier, &job, &scale, row, out));
+    job.for_each_row(out, |row, out| avg_row(tier, &job, &scale, row, out));
     Ok(())
 }
 
@@ -295,7 +281,39 @@ struct Job<'a> {
     x: Axis,
 }
 
-impl Job<'_> {
+impl<'a> Job<'a> {
+    /// A pooling of `input` `[batch, y.size, x.size, channels]` into `out`, with the lengths of
+    /// both checked (`what` names the op in the error).
+    fn checked(
+        what: &str,
+        input: &'a [u8],
+        batch: usize,
+        channels: usize,
+        (y, x): (Axis, Axis),
+        out: &[u8],
+    ) -> Result<Self> {
+        let pixels = |a: usize, b: usize| batch * a * b * channels;
+        expect_len(
+            &format!("{what} input"),
+            input.len(),
+            pixels(y.size, x.size),
+        )?;
+        expect_len(&format!("{what} output"), out.len(), pixels(y.out, x.out))?;
+        Ok(Job {
+            input,
+            channels,
+            y,
+            x,
+        })
+    }
+
+    /// Runs `row(index, output row)` over the output rows of `out`, in parallel.
+    fn for_each_row(&self, out: &mut [u8], row: impl Fn(usize, &mut [u8]) + Sync + Send) {
+        out.par_chunks_mut((self.x.out * self.channels).max(1))
+            .enumerate()
+            .for_each(|(index, out)| row(index, out));
+    }
+
     /// The input pixel `(image, iy, ix)`.
     fn pixel(&self, image: usize, iy: usize, ix: usize) -> &[u8] {
         let c = self.channels;
