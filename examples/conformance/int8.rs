@@ -8,11 +8,12 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use burn_quantize::Graph;
 use burn_quantize::convert::{QuantizedModel, convert};
-use burn_quantize::models::{ResNet, ResNetConfig};
+use burn_quantize::numeric::Comparison;
 use burn_quantize::prepare::prepare;
 use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
 
-use crate::goldens::{read_json, read_tensor};
+use crate::goldens::read_tensor;
+use crate::resnets::{self, GoldenResNet};
 
 /// Bars from the issue: PyTorch's own int8 reaches 0.9994 against its float on this golden.
 const MIN_COS_VS_FLOAT: f64 = 0.999;
@@ -31,17 +32,10 @@ pub fn run(goldens: &Path) -> Result<bool, Box<dyn std::error::Error>> {
         "{:<12} {:<7} {:>13} {:>15} {:>10} {:>10} {:>7}",
         "model", "engine", "cos_vs_float", "cos_vs_pytorch", "top1_agree", "size_ratio", "reload"
     );
-    for (name, config) in [
-        ("resnet_mini", ResNetConfig::resnet18(10).narrowed(4)),
-        ("resnet18", ResNetConfig::resnet18(1000)),
-    ] {
-        let dir = goldens.join(name);
-        let model: ResNet = config
-            .init(&device)
-            .load_pytorch(dir.join(format!("{name}.pth")))?;
-        let n_eval = read_json(&dir.join("golden.json"))?["n_eval"]
-            .as_u64()
-            .ok_or("n_eval")? as usize;
+    // resnet18 last: its figures make the last line.
+    for (name, config) in resnets::configs().into_iter().rev() {
+        let GoldenResNet { model, dir, n_eval } =
+            GoldenResNet::load(goldens, name, config, &device)?;
         let golden = dir.join("golden.safetensors");
         let float = read_tensor(&golden, "float_logits")?.values;
         let float_path = scratch.join(format!("{name}_f32.bpk"));
@@ -105,13 +99,7 @@ pub fn run(goldens: &Path) -> Result<bool, Box<dyn std::error::Error>> {
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (norm(a) * norm(b))
+    Comparison::new(String::new(), String::new(), a, b).cosine
 }
 
 fn argmax(v: &[f32]) -> usize {

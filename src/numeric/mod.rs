@@ -36,7 +36,7 @@ pub struct Comparison {
     /// Signal-to-quantization-noise ratio in dB: `10·log10(Σ f² / Σ (f − q)²)` (infinite when
     /// they are equal).
     pub sqnr_db: f64,
-    /// Cosine similarity of the two tensors.
+    /// Cosine similarity of the two tensors (1 when both are zero, 0 when only one is).
     pub cosine: f64,
     /// Largest absolute difference.
     pub max_abs: f32,
@@ -61,10 +61,10 @@ impl Comparison {
         } else {
             10.0 * (signal / noise).log10()
         };
-        let cosine = if signal == 0.0 || qq == 0.0 {
-            1.0
-        } else {
-            dot / (signal.sqrt() * qq.sqrt())
+        let cosine = match (signal == 0.0, qq == 0.0) {
+            (true, true) => 1.0,
+            (true, false) | (false, true) => 0.0,
+            (false, false) => dot / (signal.sqrt() * qq.sqrt()),
         };
         Comparison {
             node,
@@ -185,4 +185,25 @@ pub fn compare_weights(
         ));
     }
     Ok(comparisons)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Comparison;
+
+    #[test]
+    fn comparison_figures_and_their_edge_cases() {
+        let c = |f: &[f32], q: &[f32]| Comparison::new("n".into(), "op".into(), f, q);
+        let same = c(&[1.0, -2.0], &[1.0, -2.0]);
+        assert_eq!((same.sqnr_db, same.max_abs), (f64::INFINITY, 0.0));
+        assert!((same.cosine - 1.0).abs() < 1e-12);
+        let off = c(&[3.0, 4.0], &[3.0, 3.0]);
+        assert!((off.sqnr_db - 10.0 * 25f64.log10()).abs() < 1e-12);
+        assert!((off.cosine - 21.0 / (5.0 * 18f64.sqrt())).abs() < 1e-12);
+        assert_eq!(off.max_abs, 1.0);
+        // Zero tensors: alike only when both are zero.
+        assert_eq!(c(&[0.0, 0.0], &[0.0, 0.0]).cosine, 1.0);
+        assert_eq!(c(&[0.0, 0.0], &[1.0, 0.0]).cosine, 0.0);
+        assert_eq!(c(&[1.0, 0.0], &[0.0, 0.0]).cosine, 0.0);
+    }
 }
