@@ -53,18 +53,21 @@ fn calibrated(model: &ResNet, qconfig: &QConfigMap, device: &Device) -> Prepared
         .unwrap()
 }
 
+/// A model with 4-D output, captured, prepared with the x86 preset and calibrated on 4 images.
+fn calibrated_x86<M: burn_quantize::Forward<4, 4>>(net: &M, device: &Device) -> PreparedModel {
+    let graph = Graph::capture(net, &images(2, 0, device)).unwrap();
+    prepare(&graph, &QConfigMap::global(QConfig::preset(Engine::X86)))
+        .unwrap()
+        .calibrate(|m| m.forward::<4, 4>(images(4, 1, device)).map(|_| ()))
+        .unwrap()
+}
+
 fn cosine(a: Tensor<2>, b: Tensor<2>) -> f64 {
     let (a, b): (Vec<f32>, Vec<f32>) = (
         a.into_data().try_to_vec().unwrap(),
         b.into_data().try_to_vec().unwrap(),
     );
-    let dot: f64 = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (norm(&a) * norm(&b))
+    burn_quantize::numeric::Comparison::new(String::new(), String::new(), &a, &b).cosine
 }
 
 #[test]
@@ -429,11 +432,7 @@ fn ops_without_int8_kernels_run_in_float_and_are_reported() {
         a: conv(3, 4),
         b: conv(4, 5),
     };
-    let graph = Graph::capture(&net, &images(2, 0, &device)).unwrap();
-    let prepared = prepare(&graph, &QConfigMap::global(QConfig::preset(Engine::X86)))
-        .unwrap()
-        .calibrate(|m| m.forward::<4, 4>(images(4, 1, &device)).map(|_| ()))
-        .unwrap();
+    let prepared = calibrated_x86(&net, &device);
     let qmodel = convert(&prepared).unwrap();
     let report = &qmodel.program().report;
     let exp = report
@@ -626,11 +625,7 @@ fn channels_with_tiny_weights_keep_their_bias() {
         &device,
     )));
     let net = ConvRelu6 { conv };
-    let graph = Graph::capture(&net, &images(2, 0, &device)).unwrap();
-    let prepared = prepare(&graph, &QConfigMap::global(QConfig::preset(Engine::X86)))
-        .unwrap()
-        .calibrate(|m| m.forward::<4, 4>(images(4, 1, &device)).map(|_| ()))
-        .unwrap();
+    let prepared = calibrated_x86(&net, &device);
     let qmodel = convert(&prepared).unwrap();
     let debug = convert_debug(&prepared).unwrap();
     let x = images(3, 2, &device);

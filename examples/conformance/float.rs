@@ -7,9 +7,9 @@ use std::path::Path;
 use burn::tensor::{Device, Tensor};
 use burn_quantize::Graph;
 use burn_quantize::exec::FloatExecutor;
-use burn_quantize::models::{ResNet, ResNetConfig};
 
-use crate::goldens::{read_json, read_tensor};
+use crate::goldens::read_tensor;
+use crate::resnets::{self, GoldenResNet};
 
 /// The bar: max |ours - PyTorch| over the logits.
 const MAX_ABS: f32 = 1e-4;
@@ -19,17 +19,9 @@ pub fn run(goldens: &Path) -> Result<bool, Box<dyn std::error::Error>> {
     let images = read_tensor(&goldens.join("imagenet20.safetensors"), "images")?;
     let mut figures = Vec::new();
     let mut passed = true;
-    for (name, config) in [
-        ("resnet18", ResNetConfig::resnet18(1000)),
-        ("resnet_mini", ResNetConfig::resnet18(10).narrowed(4)),
-    ] {
-        let dir = goldens.join(name);
-        let model: ResNet = config
-            .init(&device)
-            .load_pytorch(dir.join(format!("{name}.pth")))?;
-        let n_eval = read_json(&dir.join("golden.json"))?["n_eval"]
-            .as_u64()
-            .ok_or("n_eval")? as usize;
+    for (name, config) in resnets::configs() {
+        let GoldenResNet { model, dir, n_eval } =
+            GoldenResNet::load(goldens, name, config, &device)?;
         let expected = read_tensor(&dir.join("golden.safetensors"), "float_logits")?;
 
         let graph = Graph::capture(&model, &images.first::<4>(2, &device))?;

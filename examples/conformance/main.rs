@@ -13,6 +13,7 @@ mod goldens;
 mod int8;
 mod kernels;
 mod observers;
+mod resnets;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
