@@ -196,21 +196,22 @@ fn exact_pixels_avx512(job: &Job<'_>, first: usize, out: &mut [u8]) {
     let packed = job.packed;
     let channels = packed.bias.len();
     let offsets = tap_offsets(job.rows.geometry(), channels, packed);
+    // Every tap is an input pixel (`ConvRows::pixel`: `C_in` bytes) or the zero row.
+    assert!(
+        job.rows.geometry().in_channels == channels
+            && job.zero_row.len() == channels
+            && packed.weights.len() == offsets.len() * channels
+            && job.epilogue.multipliers.len() >= channels,
+        "depthwise operands hold every channel"
+    );
     let mut taps: Vec<&[u8]> = Vec::with_capacity(offsets.len());
     for (out, pixel) in out
         .chunks_exact_mut(channels)
         .zip(job.rows.pixels_from(first))
     {
         gather_taps(job, pixel, &offsets, &mut taps);
-        assert!(
-            taps.iter().all(|x| x.len() >= channels)
-                && packed.weights.len() == taps.len() * channels
-                && job.epilogue.multipliers.len() >= channels,
-            "depthwise operands hold every channel"
-        );
         // SAFETY: `run` takes this path only for `Tier::Avx512`, which comes from an available
-        // ISA implying AVX-512 F/BW/VL; the assertion above gives the lengths `pixel_avx512`
-        // reads.
+        // ISA implying AVX-512 F/BW/VL; the assertion above gives the lengths `pixel` reads.
         unsafe { avx512::pixel(&taps, &packed.weights, &packed.bias, job.epilogue, out) };
     }
 }
