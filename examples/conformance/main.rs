@@ -12,6 +12,7 @@ mod float;
 mod goldens;
 mod int8;
 mod kernels;
+mod mobilenet_v3;
 mod observers;
 mod resnets;
 
@@ -29,6 +30,7 @@ const CHECKS: &[Check] = &[
     ("kernels", kernels::run),
     ("observers", observers::run),
     ("int8", int8::run),
+    ("mobilenet_v3", mobilenet_v3::run),
 ];
 
 fn main() -> ExitCode {
