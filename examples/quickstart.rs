@@ -239,6 +239,7 @@ fn main() -> Result<()> {
         "\nthe quantized model (BatchNorm folded, ReLUs fused, u8 values with their scale and zero point):\n{qmodel}"
     );
     println!("{}", qmodel.report());
+    println!("{}", burn_quantize::prepare::op_coverage_table());
 
     // 3. The int8 model and the debug model; 4. save, reload, evaluate again.
     let int8_file = work.join("fashion_int8.bpk");

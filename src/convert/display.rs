@@ -96,6 +96,10 @@ impl QuantizedProgram {
                 .join(", ")
         };
         let fused = |a: Option<Activation>| a.map(|a| format!("+{a}")).unwrap_or_default();
+        let table = |spec: &crate::nn::QLayerSpec| match spec.table {
+            Some(_) => "+table",
+            None => "",
+        };
         match step {
             Step::Quantize { input, output } => (vec![*output], format!("quantize({input})"), None),
             Step::Dequantize { input, output } => {
@@ -108,8 +112,9 @@ impl QuantizedProgram {
             } => {
                 let l = &self.convs[*layer];
                 let call = format!(
-                    "QConv2d{}[{}]({input})",
+                    "QConv2d{}{}[{}]({input})",
                     fused(l.spec.activation),
+                    table(&l.spec),
                     geometry(&l.geometry)
                 );
                 (vec![*output], call, Some(&l.name))
@@ -121,21 +126,43 @@ impl QuantizedProgram {
             } => {
                 let l = &self.linears[*layer];
                 let call = format!(
-                    "QLinear{}[{}->{}]({input})",
+                    "QLinear{}{}[{}->{}]({input})",
                     fused(l.spec.activation),
+                    table(&l.spec),
                     l.in_features,
                     l.out_features
                 );
                 (vec![*output], call, Some(&l.name))
             }
-            Step::Add {
+            Step::Binary {
+                op,
                 inputs,
                 output,
                 relu,
             } => {
                 let relu = if *relu { "+relu" } else { "" };
-                (vec![*output], format!("add{relu}({})", ids(inputs)), None)
+                (
+                    vec![*output],
+                    format!("{}{relu}({})", op.name(), ids(inputs)),
+                    None,
+                )
             }
+            Step::Table {
+                name,
+                input,
+                output,
+                ..
+            } => (vec![*output], format!("table[{name}]({input})"), None),
+            Step::Pad {
+                padding,
+                value,
+                input,
+                output,
+            } => (
+                vec![*output],
+                format!("pad[{padding:?}, {value}]({input})"),
+                None,
+            ),
             Step::Cat { inputs, output } => (vec![*output], format!("cat({})", ids(inputs)), None),
             Step::MaxPool2d {
                 pool,

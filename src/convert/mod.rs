@@ -1,6 +1,9 @@
 //! Convert (PyTorch's `convert_fx`): a calibrated [`PreparedModel`] becomes a
-//! [`QuantizedModel`] whose int8 nodes are `QConv2d`/`QLinear` layers and int8 add, cat, pool,
-//! clamp and reshape steps, with quantize/dequantize steps at the float boundaries.
+//! [`QuantizedModel`] whose int8 nodes are `QConv2d`/`QLinear` layers and int8 add/sub/mul, cat,
+//! pool, clamp, pad, reshape and table steps, with quantize/dequantize steps at the float
+//! boundaries. A pointwise function (hard-swish, sigmoid, GELU, ...) is a 256-entry table made
+//! here by running its float body on the 256 values its input can take; when it is the only
+//! reader of a conv or linear layer's output it is applied in that layer's requantization.
 
 mod debug;
 mod display;
@@ -12,8 +15,8 @@ use std::collections::HashMap;
 use burn::module::{Param, ParamId};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::graph::{Activation, Graph, Node, Op, ValueId, ValueInfo, ValueKind};
-use crate::kernels::{self, AvgPool2d, Conv2dGeometry, MaxPool2d, QParams};
+use crate::graph::{Activation, Graph, Node, Op, PadMode, ValueId, ValueInfo, ValueKind};
+use crate::kernels::{self, Conv2dGeometry, QParams, Table};
 use crate::nn::{QConv2d, QLayerSpec, QLinear, QWeights};
 use crate::observe::{self, QDType};
 use crate::prepare::{Int8Op, Placement, PreparedModel};
@@ -31,13 +34,11 @@ pub use program::{
 pub fn convert(prepared: &PreparedModel) -> Result<QuantizedModel> {
     prepared.check_calibrated()?;
     let graph = prepared.graph();
-    let activations = prepared
-        .observers()
-        .iter()
-        .zip(&prepared.plan().observed)
-        .map(|(o, observed)| {
-            let name = describe(graph, observed.value);
-            activation_qparams(&o.qparams()?, &name)
+    let plan = prepared.plan();
+    let activations = (prepared.observers().iter().zip(&plan.observed).enumerate())
+        .map(|(k, (o, observed))| match plan.fixed.get(&k) {
+            Some(&(scale, zero_point)) => Ok(QParams::new(scale, zero_point)),
+            None => activation_qparams(&o.qparams()?, &describe(graph, observed.value)),
         })
         .collect::<Result<Vec<_>>>()?;
     let mut b = Builder {
@@ -50,6 +51,8 @@ pub fn convert(prepared: &PreparedModel) -> Result<QuantizedModel> {
         int8_copy: HashMap::new(),
         float_copy: HashMap::new(),
         float_params: Vec::new(),
+        placement: &plan.placement,
+        fused: HashMap::new(),
         layers: QuantizedLayers {
             convs: Vec::new(),
             linears: Vec::new(),
@@ -63,17 +66,22 @@ pub fn convert(prepared: &PreparedModel) -> Result<QuantizedModel> {
     for ((node, placement), qconfig) in graph
         .nodes
         .iter()
-        .zip(&prepared.plan().placement)
+        .zip(&plan.placement)
         .zip(prepared.qconfigs())
     {
+        let fused_into = b.fused.get(&node.name).cloned();
         match (placement, qconfig) {
+            _ if fused_into.is_some() => {}
             (Placement::Int8(op), Some(q)) => b.int8_node(node, *op, q)?,
             _ => b.float_node(node)?,
         }
-        let op = match node.activation {
+        let mut op = match node.activation {
             Some(a) => format!("{}+{a}", node.op.kind()),
             None => node.op.kind(),
         };
+        if let Some(layer) = fused_into {
+            op = format!("{op} (fused into `{layer}`)");
+        }
         report.push(NodeReport {
             name: node.name.clone(),
             op,
@@ -135,6 +143,10 @@ struct Builder<'a> {
     /// The float copy of a quantized value.
     float_copy: HashMap<ValueId, ValueId>,
     float_params: Vec<ValueId>,
+    /// Where each node of the graph runs.
+    placement: &'a [Placement],
+    /// Pointwise nodes fused into the conv or linear layer before them: node name -> layer name.
+    fused: HashMap<String, String>,
     layers: QuantizedLayers,
     convs: Vec<ConvLayer>,
     linears: Vec<LinearLayer>,
@@ -225,11 +237,19 @@ impl Builder<'_> {
         self.domains[output.index()] = Domain::Int8(out_qp);
         let input = self.int8_version(node.inputs[0])?;
         let in_qp = self.qparams(node.inputs[0])?;
-        let spec = QLayerSpec {
+        let mut spec = QLayerSpec {
             input: in_qp,
             output: out_qp,
             activation: node.activation,
+            table: None,
         };
+        let mut output = output;
+        if matches!(op, Int8Op::Conv2d | Int8Op::Linear)
+            && let Some((table, out)) = self.fusable_table(node)?
+        {
+            spec.table = Some(table);
+            output = out;
+        }
         let step = match (op, &node.op) {
             (Int8Op::Conv2d, Op::Conv2d(a)) => {
                 let (weight, bias) = self.layer_data(node)?;
@@ -303,22 +323,46 @@ impl Builder<'_> {
                     output,
                 }
             }
-            (Int8Op::Add, _) => {
+            (Int8Op::Binary(op), _) => {
                 let other = self.int8_version(node.inputs[1])?;
                 let relu = match node.activation {
                     None => false,
                     Some(Activation::Relu) => true,
                     Some(act) => {
                         return Err(Error::Unsupported(format!(
-                            "{act} fused into add `{}`",
+                            "{act} fused into {} `{}`",
+                            op.name(),
                             node.name
                         )));
                     }
                 };
-                Step::Add {
+                Step::Binary {
+                    op,
                     inputs: [input, other],
                     output,
                     relu,
+                }
+            }
+            (Int8Op::Table, Op::Pointwise { name, body }) => Step::Table {
+                name: name.clone(),
+                table: self.table(body, node.inputs[0], in_qp, out_qp)?,
+                input,
+                output,
+            },
+            (
+                Int8Op::Pad,
+                Op::Pad {
+                    padding: p,
+                    mode: PadMode::Constant(v),
+                },
+            ) => {
+                let mut value = [0u8];
+                kernels::quantize(&[*v as f32], out_qp, &mut value)?;
+                Step::Pad {
+                    padding: [p[2].0, p[3].0, p[2].1, p[3].1],
+                    value: value[0],
+                    input,
+                    output,
                 }
             }
             (Int8Op::Cat, _) => {
@@ -330,13 +374,7 @@ impl Builder<'_> {
                 Step::Cat { inputs, output }
             }
             (Int8Op::MaxPool2d, Op::MaxPool2d(p)) => Step::MaxPool2d {
-                pool: MaxPool2d {
-                    kernel: p.kernel,
-                    stride: p.stride,
-                    padding: p.padding,
-                    dilation: p.dilation,
-                    ceil_mode: p.ceil_mode,
-                },
+                pool: p.max_pool(),
                 input,
                 output,
             },
@@ -347,13 +385,7 @@ impl Builder<'_> {
                     count_include_pad,
                 },
             ) => Step::AvgPool2d {
-                pool: AvgPool2d {
-                    kernel: p.kernel,
-                    stride: p.stride,
-                    padding: p.padding,
-                    ceil_mode: p.ceil_mode,
-                    count_include_pad: *count_include_pad,
-                },
+                pool: p.avg_pool(*count_include_pad),
                 input,
                 output,
             },
@@ -391,6 +423,50 @@ impl Builder<'_> {
         };
         self.steps.push(step);
         Ok(())
+    }
+
+    /// The table of the pointwise node that is the only reader of conv or linear `node`'s
+    /// output, with that node's output value, when the pointwise node runs in int8: it is then
+    /// applied in the layer's requantization and the pointwise node makes no step.
+    fn fusable_table(&mut self, node: &Node) -> Result<Option<(Table, ValueId)>> {
+        let x = node.outputs[0];
+        let [reader] = self.graph.consumers(x)[..] else {
+            return Ok(None);
+        };
+        let next = &self.graph.nodes[reader];
+        let (Op::Pointwise { body, .. }, Placement::Int8(Int8Op::Table)) =
+            (&next.op, &self.placement[reader])
+        else {
+            return Ok(None);
+        };
+        if self.graph.outputs.contains(&x) {
+            return Ok(None);
+        }
+        let y = next.outputs[0];
+        let (in_qp, out_qp) = (self.qparams(x)?, self.qparams(y)?);
+        let table = self.table(body, x, in_qp, out_qp)?;
+        self.domains[y.index()] = Domain::Int8(out_qp);
+        self.fused.insert(next.name.clone(), node.name.clone());
+        Ok(Some((table, y)))
+    }
+
+    /// The `u8 -> u8` table of a pointwise body reading `input`: the body run in float on the
+    /// 256 dequantized inputs, its results quantized with `out_qp`.
+    fn table(
+        &self,
+        body: &[Node],
+        input: ValueId,
+        in_qp: QParams,
+        out_qp: QParams,
+    ) -> Result<Table> {
+        let codes: Vec<u8> = (0..=255).collect();
+        let mut x = vec![0f32; 256];
+        kernels::dequantize(&codes, in_qp, &mut x)?;
+        let x = Tensor::<1>::from_data(TensorData::new(x, [256]), &self.device).into_dispatch();
+        let y = crate::exec::pointwise(body, input, x, 1, &self.device)?;
+        let mut table = vec![0u8; 256];
+        kernels::quantize(&crate::exec::float_values::<f32>(&y)?, out_qp, &mut table)?;
+        Table::new(&table)
     }
 
     /// The float weight and optional bias of a conv or linear node.

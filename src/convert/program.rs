@@ -4,13 +4,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::graph::{BatchMode, Node, ValueId, ValueInfo, ValueShapes};
-use crate::kernels::{AvgPool2d, Conv2dGeometry, MaxPool2d, QParams};
+use crate::graph::{BatchMode, BinaryOp, Node, ValueId, ValueInfo, ValueShapes};
+use crate::kernels::{AvgPool2d, Conv2dGeometry, MaxPool2d, QParams, Table};
 use crate::nn::QLayerSpec;
 use crate::prepare::Placement;
 
 /// Version of the serialized [`QuantizedProgram`]; bumped on every incompatible change.
-pub const PROGRAM_FORMAT_VERSION: u32 = 1;
+pub const PROGRAM_FORMAT_VERSION: u32 = 2;
 
 /// How a value is held at run time.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,14 +56,38 @@ pub enum Step {
         /// Quantized output.
         output: ValueId,
     },
-    /// Quantized add, with an optional fused ReLU.
-    Add {
+    /// Quantized add, sub or mul of two values with broadcasting, with an optional fused ReLU.
+    Binary {
+        /// The arithmetic.
+        op: BinaryOp,
         /// The two quantized inputs.
         inputs: [ValueId; 2],
         /// Quantized output.
         output: ValueId,
         /// Whether a ReLU is fused.
         relu: bool,
+    },
+    /// A pointwise function of quantized values, as a 256-entry table computed at convert time.
+    Table {
+        /// The function (`hardswish`, `sigmoid`, ...).
+        name: String,
+        /// `output = table[input]`.
+        table: Table,
+        /// Quantized input.
+        input: ValueId,
+        /// Quantized output.
+        output: ValueId,
+    },
+    /// Constant padding of height and width of a quantized image.
+    Pad {
+        /// `[top, left, bottom, right]`.
+        padding: [usize; 4],
+        /// The quantized pad constant (the zero point for 0.0).
+        value: u8,
+        /// Quantized input.
+        input: ValueId,
+        /// Quantized output.
+        output: ValueId,
     },
     /// Quantized concatenation along channels.
     Cat {
@@ -90,7 +114,7 @@ pub enum Step {
         /// Quantized output.
         output: ValueId,
     },
-    /// Quantized global average pooling to `[N, C, 1, 1]`.
+    /// Quantized global average pooling to `[N, C, 1, 1]` (also a mean over height and width).
     GlobalAvgPool {
         /// Quantized input.
         input: ValueId,
@@ -160,7 +184,8 @@ pub struct NodeReport {
 pub struct QuantizedProgram {
     /// [`PROGRAM_FORMAT_VERSION`] of the code that wrote it.
     pub version: u32,
-    /// Every value: shape (symbolic in the batch size) and origin.
+    /// Every value: shape (symbolic in the batch size, other sizes as captured; each run
+    /// infers its own) and origin.
     pub values: Vec<ValueInfo>,
     /// How each value is held.
     pub domains: Vec<Domain>,

@@ -7,8 +7,8 @@ use burn::backend::ops::{BoolTensorOps, FloatTensorOps, IntTensorOps};
 use burn::backend::{Dispatch, DispatchTensor, TensorMetadata};
 use burn::tensor::{Device, Tensor};
 
-use super::{fallback, float_ops};
-use crate::graph::{Graph, Node, Op, ValueId, ValueKind, ValueShapes};
+use super::float_ops;
+use crate::graph::{Graph, Node, RunShapes, ValueId, ValueKind};
 use crate::{Error, Result};
 
 /// Runs a [`Graph`] in float on one Burn device (NdArray, Flex, or any other; ops without a
@@ -81,8 +81,9 @@ impl<G: Borrow<Graph>> FloatExecutor<G> {
         observe: &mut dyn FnMut(&Node, &[DispatchTensor]) -> Result<()>,
     ) -> Result<Vec<DispatchTensor>> {
         let graph = self.graph.borrow();
-        let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
-        let n = graph.batch_size_of(&shapes)?;
+        let mut shapes =
+            RunShapes::new(graph, inputs.iter().map(|t| t.shape().to_vec()).collect())?;
+        let n = shapes.batch();
         let mut live: HashMap<ValueId, DispatchTensor> =
             graph.inputs.iter().copied().zip(inputs).collect();
         for (node, frees) in graph.nodes.iter().zip(&self.frees) {
@@ -91,21 +92,9 @@ impl<G: Borrow<Graph>> FloatExecutor<G> {
                 .iter()
                 .map(|id| self.value(&live, *id))
                 .collect::<Result<Vec<_>>>()?;
-            let outputs = match &node.op {
-                Op::Fallback(ir) => {
-                    let named: Vec<_> = node.inputs.iter().copied().zip(args).collect();
-                    fallback::run_fallback(ir, &named, &|id| graph.shape_at(id, n), &self.device)?
-                }
-                op => vec![float_ops::eval(op, args, n)?],
-            };
-            let outputs = match node.activation {
-                Some(act) => outputs
-                    .into_iter()
-                    .map(|t| float_ops::activation(act, t))
-                    .collect(),
-                None => outputs,
-            };
-            self.check_outputs(node, &outputs, n)?;
+            shapes.infer(node)?;
+            let outputs = float_ops::run_node(node, args, &|id| shapes.get(id), n, &self.device)?;
+            check_outputs(node, &outputs, &shapes)?;
             observe(node, &outputs)?;
             live.extend(node.outputs.iter().copied().zip(outputs));
             for id in frees {
@@ -129,30 +118,31 @@ impl<G: Borrow<Graph>> FloatExecutor<G> {
             .cloned()
             .ok_or_else(|| Error::InvalidGraph(format!("value {id} is read but was never made")))
     }
+}
 
-    /// Every output has the shape the graph says, at batch size `n`.
-    fn check_outputs(&self, node: &Node, outputs: &[DispatchTensor], n: usize) -> Result<()> {
-        if outputs.len() != node.outputs.len() {
-            return Err(Error::InvalidGraph(format!(
-                "node `{}` made {} outputs, the graph expects {}",
-                node.name,
-                outputs.len(),
-                node.outputs.len()
-            )));
-        }
-        for (&id, t) in node.outputs.iter().zip(outputs) {
-            let expected = self.graph().shape_at(id, n)?;
-            let got = t.shape().to_vec();
-            if got != expected {
-                return Err(Error::Shape {
-                    context: format!("output {id} of node `{}`", node.name),
-                    expected: format!("{expected:?} ({})", self.graph().shape_text(id)),
-                    got: format!("{got:?}"),
-                });
-            }
-        }
-        Ok(())
+/// Every output has the shape inferred for this run (a check of the inference, and of ops
+/// that Burn's interpreter ran).
+fn check_outputs(node: &Node, outputs: &[DispatchTensor], shapes: &RunShapes<Graph>) -> Result<()> {
+    if outputs.len() != node.outputs.len() {
+        return Err(Error::InvalidGraph(format!(
+            "node `{}` made {} outputs, the graph expects {}",
+            node.name,
+            outputs.len(),
+            node.outputs.len()
+        )));
     }
+    for (&id, t) in node.outputs.iter().zip(outputs) {
+        let expected = shapes.get(id)?;
+        let got = t.shape().to_vec();
+        if got != expected {
+            return Err(Error::Shape {
+                context: format!("output {id} of node `{}`", node.name),
+                expected: format!("{expected:?}"),
+                got: format!("{got:?}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 type B = Dispatch;

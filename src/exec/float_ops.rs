@@ -4,15 +4,87 @@
 use burn::backend::ops::{ActivationOps, FloatTensorOps, ModuleOps};
 use burn::backend::{Dispatch, DispatchTensor, TensorMetadata};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Scalar, Shape, Slice};
+use burn::tensor::{Device, Scalar, Shape, Slice};
 
-use crate::graph::{Activation, BinaryOp, Dim, Op, PadMode, ReduceOp};
+use super::fallback;
+use crate::graph::{Activation, BinaryOp, Dim, Node, Op, PadMode, ReduceOp, ValueId};
 use crate::{Error, Result};
 
 type B = Dispatch;
 
-/// Computes a lowered op (anything but [`Op::Fallback`]) on its inputs, at batch size `n`.
-pub(crate) fn eval(op: &Op, inputs: Vec<DispatchTensor>, n: usize) -> Result<DispatchTensor> {
+/// Runs one float node on its inputs: a lowered op, a fused element-wise body or a fallback op
+/// through Burn's interpreter, then the node's fused activation. `shape_of` gives every value's
+/// shape in this run (the node's outputs included), `n` the batch size.
+pub(crate) fn run_node(
+    node: &Node,
+    args: Vec<DispatchTensor>,
+    shape_of: &dyn Fn(ValueId) -> Result<Vec<usize>>,
+    n: usize,
+    device: &Device,
+) -> Result<Vec<DispatchTensor>> {
+    let outputs = match &node.op {
+        Op::Fallback(ir) => {
+            let named: Vec<_> = node.inputs.iter().copied().zip(args).collect();
+            fallback::run_fallback(ir, &named, shape_of, device)?
+        }
+        Op::Pointwise { body, .. } => {
+            let x = args.into_iter().next().ok_or_else(|| {
+                Error::InvalidGraph(format!("pointwise node `{}` has no input", node.name))
+            })?;
+            vec![pointwise(body, node.inputs[0], x, n, device)?]
+        }
+        op => {
+            let out_shape = match node.outputs.first() {
+                Some(&id) => shape_of(id)?,
+                None => Vec::new(),
+            };
+            vec![eval(op, args, n, &out_shape)?]
+        }
+    };
+    Ok(match node.activation {
+        Some(act) => outputs.into_iter().map(|t| activation(act, t)).collect(),
+        None => outputs,
+    })
+}
+
+/// Runs a fused element-wise body on its argument `x` (value `input`); every value of the body
+/// has `x`'s shape.
+pub(crate) fn pointwise(
+    body: &[Node],
+    input: ValueId,
+    x: DispatchTensor,
+    n: usize,
+    device: &Device,
+) -> Result<DispatchTensor> {
+    let shape = x.shape().to_vec();
+    let same = |_: ValueId| Ok(shape.clone());
+    let mut live = std::collections::HashMap::from([(input, x)]);
+    let mut last = None;
+    for node in body {
+        let args = (node.inputs.iter())
+            .map(|id| {
+                live.get(id).cloned().ok_or_else(|| {
+                    Error::InvalidGraph(format!("pointwise body reads {id}, never made"))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let outputs = run_node(node, args, &same, n, device)?;
+        for (&id, t) in node.outputs.iter().zip(outputs) {
+            last = Some(t.clone());
+            live.insert(id, t);
+        }
+    }
+    last.ok_or_else(|| Error::InvalidGraph("empty pointwise body".into()))
+}
+
+/// Computes a lowered op (anything but [`Op::Fallback`] and [`Op::Pointwise`]) on its inputs, at
+/// batch size `n`, giving an output of `out_shape` (what a reshape or slice takes in this run).
+pub(crate) fn eval(
+    op: &Op,
+    inputs: Vec<DispatchTensor>,
+    n: usize,
+    out_shape: &[usize],
+) -> Result<DispatchTensor> {
     let count = inputs.len();
     let mut it = inputs.into_iter();
     let mut arg = |i: usize| {
@@ -96,7 +168,7 @@ pub(crate) fn eval(op: &Op, inputs: Vec<DispatchTensor>, n: usize) -> Result<Dis
             (ReduceOp::Mean, Some(axes)) => axes.iter().fold(x, |t, &a| B::float_mean_dim(t, a)),
             (ReduceOp::Sum, Some(axes)) => B::float_sum_dims(x, axes),
         },
-        Op::Reshape { shape } => B::float_reshape(x, Shape::from(resolve(shape, n)?)),
+        Op::Reshape { .. } => B::float_reshape(x, Shape::from(out_shape.to_vec())),
         Op::Permute { axes } => B::float_permute(x, axes),
         Op::Pad { padding, mode } => {
             let mode = match mode {
@@ -107,18 +179,22 @@ pub(crate) fn eval(op: &Op, inputs: Vec<DispatchTensor>, n: usize) -> Result<Dis
             B::float_pad(x, padding, mode)
         }
         Op::Slice { ranges } => {
-            let slices = ranges
-                .iter()
-                .map(|r| {
+            // An axis the slice keeps whole in this run (see `graph::infer`) is 0..size.
+            let sizes = x.shape().to_vec();
+            let slices = (ranges.iter().enumerate())
+                .map(|(axis, r)| {
+                    if r.step == 1 && out_shape.get(axis) == sizes.get(axis) {
+                        return Ok(Slice::new(0, Some(sizes[axis] as isize), 1));
+                    }
                     let at = |d: Dim| resolve(&[d], n).map(|v| v[0] as isize);
                     Ok(Slice::new(at(r.start)?, Some(at(r.end)?), r.step))
                 })
                 .collect::<Result<Vec<_>>>()?;
             B::float_slice(x, &slices)
         }
-        Op::Fallback(_) => {
+        Op::Fallback(_) | Op::Pointwise { .. } => {
             return Err(Error::InvalidGraph(
-                "fallback ops run through Burn's interpreter".into(),
+                "fallback and pointwise nodes run through `run_node`".into(),
             ));
         }
     })
@@ -154,7 +230,7 @@ fn resolve(dims: &[Dim], n: usize) -> Result<Vec<usize>> {
     dims.iter()
         .map(|d| {
             d.at(n).ok_or_else(|| Error::Shape {
-                context: "reshape or slice".into(),
+                context: "slice".into(),
                 expected: "a non-negative size".into(),
                 got: format!("{d} at N={n}"),
             })

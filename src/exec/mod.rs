@@ -11,6 +11,7 @@ mod quantized;
 mod reference;
 
 pub use float::FloatExecutor;
+pub(crate) use float_ops::pointwise;
 pub use quantized::RunValue;
 pub(crate) use quantized::{Arithmetic, QuantizedExecutor};
 

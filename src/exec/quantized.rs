@@ -8,10 +8,12 @@ use burn::backend::ops::FloatTensorOps;
 use burn::backend::{Dispatch, DispatchTensor, TensorMetadata};
 use burn::tensor::{Device, TensorData};
 
-use super::{fallback, float_ops, float_values, reference};
+use super::{float_ops, float_values, reference};
 use crate::convert::{QuantizedLayers, QuantizedProgram, Step};
-use crate::graph::{Op, ValueId, ValueShapes};
-use crate::kernels::{self, CatInput, QParams};
+use crate::graph::{
+    BinaryOp, RunShapes, ValueId, ValueShapes, broadcast_all, cat_shape, reshape_target,
+};
+use crate::kernels::{self, CatInput, QBinaryOp, QParams, QTensorRef};
 use crate::{Error, Result};
 
 /// A value while a quantized program runs.
@@ -110,8 +112,8 @@ impl QuantizedExecutor {
                 self.run(program, layers, inputs, device, arithmetic, tap)
             })?;
         }
-        let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
-        let n = program.batch_size_of(&shapes)?;
+        let mut shapes =
+            RunShapes::new(program, inputs.iter().map(|t| t.shape().to_vec()).collect())?;
         let params = self.float_params(program, layers, device)?;
         let mut live: HashMap<ValueId, RunValue> = program
             .inputs
@@ -123,11 +125,22 @@ impl QuantizedExecutor {
             program,
             layers,
             device,
-            n,
             arithmetic,
         };
-        for (step, frees) in program.steps.iter().zip(&self.frees) {
-            for (id, value) in run.step(step, &live, &params)? {
+        for (i, (step, frees)) in program.steps.iter().zip(&self.frees).enumerate() {
+            run.infer(step, &mut shapes).map_err(|e| match e {
+                Error::Shape {
+                    context,
+                    expected,
+                    got,
+                } => Error::Shape {
+                    context: format!("step {i} ({}): {context}", step_kind(step)),
+                    expected,
+                    got,
+                },
+                other => other,
+            })?;
+            for (id, value) in run.step(step, &live, &params, &shapes)? {
                 tap(id, &value)?;
                 live.insert(id, value);
             }
@@ -189,25 +202,136 @@ fn step_values(step: &Step) -> (Vec<ValueId>, Vec<ValueId>) {
         | Step::AvgPool2d { input, output, .. }
         | Step::GlobalAvgPool { input, output }
         | Step::Clamp { input, output, .. }
+        | Step::Table { input, output, .. }
+        | Step::Pad { input, output, .. }
         | Step::Reshape { input, output } => (vec![*input], vec![*output]),
-        Step::Add { inputs, output, .. } => (inputs.to_vec(), vec![*output]),
+        Step::Binary { inputs, output, .. } => (inputs.to_vec(), vec![*output]),
         Step::Cat { inputs, output } => (inputs.clone(), vec![*output]),
         Step::Float(node) => (node.inputs.clone(), node.outputs.clone()),
     }
 }
 
-/// One run of a program at batch size `n`.
+/// A step's name in errors.
+fn step_kind(step: &Step) -> String {
+    match step {
+        Step::Float(node) => format!("float node `{}`", node.name),
+        other => format!("{other:?}")
+            .split([' ', '{', '('])
+            .next()
+            .unwrap_or("")
+            .to_lowercase(),
+    }
+}
+
+/// One run of a program.
 struct Run<'a> {
     program: &'a QuantizedProgram,
     layers: &'a QuantizedLayers,
     device: &'a Device,
-    n: usize,
     arithmetic: Arithmetic,
 }
 
+type Shapes<'a> = RunShapes<'a, QuantizedProgram>;
+
 impl Run<'_> {
-    fn shape(&self, id: ValueId) -> Result<Vec<usize>> {
-        self.program.shape_at(id, self.n)
+    /// Infers and records the shape of what `step` makes in this run.
+    fn infer(&self, step: &Step, shapes: &mut Shapes) -> Result<()> {
+        let shape = |id: &ValueId| shapes.get(*id);
+        let bad = |got: String| Error::Shape {
+            context: "input".into(),
+            expected: "a shape the step accepts".into(),
+            got,
+        };
+        let image4 = |id: &ValueId| -> Result<[usize; 4]> {
+            let s = shape(id)?;
+            <[usize; 4]>::try_from(s.as_slice()).map_err(|_| bad(format!("{s:?}, not 4-D")))
+        };
+        let (output, out) = match step {
+            Step::Float(node) => return shapes.infer(node),
+            Step::Quantize { input, output }
+            | Step::Dequantize { input, output }
+            | Step::Clamp { input, output, .. }
+            | Step::Table { input, output, .. } => (*output, shape(input)?),
+            Step::Conv2d {
+                layer,
+                input,
+                output,
+            } => {
+                let [n, c, h, w] = image4(input)?;
+                let g = self.layers.convs[*layer].geometry;
+                if c != g.in_channels {
+                    return Err(bad(format!(
+                        "{c} channels into `{}`, which takes {}",
+                        self.program.convs[*layer].name, g.in_channels
+                    )));
+                }
+                let (oh, ow) = g.output_size(h, w)?;
+                (*output, vec![n, g.out_channels, oh, ow])
+            }
+            Step::Linear {
+                layer,
+                input,
+                output,
+            } => {
+                let x = shape(input)?;
+                let l = &self.program.linears[*layer];
+                if x.len() != 2 || x[1] != l.in_features {
+                    return Err(bad(format!(
+                        "{x:?} into `{}`, which takes {} features",
+                        l.name, l.in_features
+                    )));
+                }
+                (*output, vec![x[0], l.out_features])
+            }
+            Step::Binary { inputs, output, .. } => {
+                let both = vec![shape(&inputs[0])?, shape(&inputs[1])?];
+                (*output, broadcast_all(&both).map_err(bad)?)
+            }
+            Step::Cat { inputs, output } => {
+                let all = inputs.iter().map(shape).collect::<Result<Vec<_>>>()?;
+                (*output, cat_shape(&all, 1).map_err(bad)?)
+            }
+            Step::MaxPool2d {
+                pool,
+                input,
+                output,
+            } => {
+                let [n, c, h, w] = image4(input)?;
+                let (oh, ow) = kernels::max_pool_output_size(h, w, pool)?;
+                (*output, vec![n, c, oh, ow])
+            }
+            Step::AvgPool2d {
+                pool,
+                input,
+                output,
+            } => {
+                let [n, c, h, w] = image4(input)?;
+                let (oh, ow) = kernels::avg_pool_output_size(h, w, pool)?;
+                (*output, vec![n, c, oh, ow])
+            }
+            Step::GlobalAvgPool { input, output } => {
+                let [n, c, _, _] = image4(input)?;
+                (*output, vec![n, c, 1, 1])
+            }
+            Step::Pad {
+                padding: [t, l, b, r],
+                input,
+                output,
+                ..
+            } => {
+                let [n, c, h, w] = image4(input)?;
+                (*output, vec![n, c, h + t + b, w + l + r])
+            }
+            Step::Reshape { input, output } => {
+                let (rec_in, rec_out) = (shapes.recorded(*input)?, shapes.recorded(*output)?);
+                (
+                    *output,
+                    reshape_target(&rec_in, &rec_out, &shape(input)?).map_err(bad)?,
+                )
+            }
+        };
+        shapes.set(output, out);
+        Ok(())
     }
 
     fn qparams(&self, id: ValueId) -> Result<QParams> {
@@ -221,7 +345,11 @@ impl Run<'_> {
         step: &Step,
         live: &HashMap<ValueId, RunValue>,
         params: &HashMap<ValueId, DispatchTensor>,
+        shapes: &Shapes,
     ) -> Result<Vec<(ValueId, RunValue)>> {
+        let shape = |id: ValueId| shapes.get(id);
+        let image_shape = |id: ValueId| image_shape(shapes, id);
+        let len = |id: ValueId| Ok::<_, Error>(shapes.get(id)?.iter().product::<usize>());
         let int8 = |id: &ValueId| match live.get(id) {
             Some(RunValue::Int8(q)) => Ok(q.as_slice()),
             _ => Err(Error::InvalidGraph(format!(
@@ -239,7 +367,7 @@ impl Run<'_> {
             Step::Quantize { input, output } => {
                 let (x, shape, qp) = (
                     float_values::<f32>(&float(input)?)?,
-                    self.shape(*input)?,
+                    shape(*input)?,
                     self.qparams(*output)?,
                 );
                 let mut q = vec![0u8; x.len()];
@@ -250,7 +378,7 @@ impl Run<'_> {
                 out(output, q)
             }
             Step::Dequantize { input, output } => {
-                let (q, shape, qp) = (int8(input)?, self.shape(*input)?, self.qparams(*input)?);
+                let (q, shape, qp) = (int8(input)?, shape(*input)?, self.qparams(*input)?);
                 let mut x = vec![0f32; q.len()];
                 match shape[..] {
                     [n, c, h, w] => kernels::dequantize_nhwc_to_nchw(q, n, h, w, c, qp, &mut x)?,
@@ -266,7 +394,7 @@ impl Run<'_> {
                 output,
             } => {
                 let layer = &self.layers.convs[*layer];
-                let shape = self.image_shape(*input)?;
+                let shape = image_shape(*input)?;
                 if self.arithmetic == Arithmetic::FloatReference {
                     return out(
                         output,
@@ -275,7 +403,7 @@ impl Run<'_> {
                 }
                 let (packed, requant) = layer.packed()?;
                 let [n, _, h, w] = shape;
-                let mut q = vec![0u8; self.len(*output)?];
+                let mut q = vec![0u8; len(*output)?];
                 kernels::qconv2d(int8(input)?, n, h, w, packed, requant, &mut q)?;
                 out(output, q)
             }
@@ -285,7 +413,7 @@ impl Run<'_> {
                 output,
             } => {
                 let layer = &self.layers.linears[*layer];
-                let rows = self.shape(*input)?[0];
+                let rows = shape(*input)?[0];
                 if self.arithmetic == Arithmetic::FloatReference {
                     return out(
                         output,
@@ -293,34 +421,65 @@ impl Run<'_> {
                     );
                 }
                 let (packed, requant) = layer.packed()?;
-                let mut q = vec![0u8; self.len(*output)?];
+                let mut q = vec![0u8; len(*output)?];
                 kernels::qlinear(int8(input)?, rows, packed, requant, &mut q)?;
                 out(output, q)
             }
-            Step::Add {
+            Step::Binary {
+                op,
                 inputs: [a, b],
                 output,
                 relu,
             } => {
-                let mut q = vec![0u8; self.len(*output)?];
-                let (qa, qb, qo) = (self.qparams(*a)?, self.qparams(*b)?, self.qparams(*output)?);
-                kernels::qadd(int8(a)?, qa, int8(b)?, qb, qo, *relu, &mut q)?;
+                let mut q = vec![0u8; len(*output)?];
+                let kind = match op {
+                    BinaryOp::Add => QBinaryOp::Add,
+                    BinaryOp::Sub => QBinaryOp::Sub,
+                    BinaryOp::Mul => QBinaryOp::Mul,
+                    BinaryOp::Div => return Err(Error::InvalidGraph("int8 division".into())),
+                };
+                let (sa, sb) = (physical(&shape(*a)?), physical(&shape(*b)?));
+                let qa = QTensorRef::new(int8(a)?, &sa, self.qparams(*a)?);
+                let qb = QTensorRef::new(int8(b)?, &sb, self.qparams(*b)?);
+                let (so, qo) = (physical(&shape(*output)?), self.qparams(*output)?);
+                kernels::qbinary(kind, qa, qb, &so, qo, *relu, &mut q)?;
+                out(output, q)
+            }
+            Step::Table {
+                table,
+                input,
+                output,
+                ..
+            } => {
+                let mut q = vec![0u8; len(*output)?];
+                kernels::lookup(int8(input)?, table, &mut q)?;
+                out(output, q)
+            }
+            Step::Pad {
+                padding,
+                value,
+                input,
+                output,
+            } => {
+                let [n, c, h, w] = image_shape(*input)?;
+                let mut q = vec![0u8; len(*output)?];
+                kernels::qpad_nhwc(int8(input)?, n, h, w, c, *padding, *value, &mut q)?;
                 out(output, q)
             }
             Step::Cat { inputs, output } => {
-                let shape = self.shape(*output)?;
-                let pixels = shape.iter().product::<usize>() / shape[1];
+                let out_shape = shape(*output)?;
+                let pixels = out_shape.iter().product::<usize>() / out_shape[1];
                 let parts = inputs
                     .iter()
                     .map(|id| {
                         Ok(CatInput {
                             data: int8(id)?,
-                            channels: self.shape(*id)?[1],
+                            channels: shape(*id)?[1],
                             qparams: self.qparams(*id)?,
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let mut q = vec![0u8; self.len(*output)?];
+                let mut q = vec![0u8; len(*output)?];
                 kernels::qcat(&parts, pixels, self.qparams(*output)?, &mut q)?;
                 out(output, q)
             }
@@ -329,8 +488,8 @@ impl Run<'_> {
                 input,
                 output,
             } => {
-                let [n, c, h, w] = self.image_shape(*input)?;
-                let mut q = vec![0u8; self.len(*output)?];
+                let [n, c, h, w] = image_shape(*input)?;
+                let mut q = vec![0u8; len(*output)?];
                 kernels::qmax_pool2d(int8(input)?, n, h, w, c, pool, &mut q)?;
                 out(output, q)
             }
@@ -339,14 +498,14 @@ impl Run<'_> {
                 input,
                 output,
             } => {
-                let [n, c, h, w] = self.image_shape(*input)?;
-                let mut q = vec![0u8; self.len(*output)?];
+                let [n, c, h, w] = image_shape(*input)?;
+                let mut q = vec![0u8; len(*output)?];
                 let (from, to) = (self.qparams(*input)?, self.qparams(*output)?);
                 kernels::qavg_pool2d(int8(input)?, n, h, w, c, pool, from, to, &mut q)?;
                 out(output, q)
             }
             Step::GlobalAvgPool { input, output } => {
-                let [n, c, h, w] = self.image_shape(*input)?;
+                let [n, c, h, w] = image_shape(*input)?;
                 let mut q = vec![0u8; n * c];
                 let (from, to) = (self.qparams(*input)?, self.qparams(*output)?);
                 kernels::qglobal_avg_pool(int8(input)?, n, h, w, c, from, to, &mut q)?;
@@ -362,47 +521,39 @@ impl Run<'_> {
                 int8(input)?.iter().map(|&v| v.clamp(*min, *max)).collect(),
             ),
             Step::Reshape { input, output } => {
-                let nchw = to_nchw_order(int8(input)?, &self.shape(*input)?);
-                out(output, from_nchw_order(nchw, &self.shape(*output)?))
+                let nchw = to_nchw_order(int8(input)?, &shape(*input)?);
+                out(output, from_nchw_order(nchw, &shape(*output)?))
             }
             Step::Float(node) => {
                 let args = node.inputs.iter().map(float).collect::<Result<Vec<_>>>()?;
-                let outputs = match &node.op {
-                    Op::Fallback(ir) => {
-                        let named: Vec<_> = node.inputs.iter().copied().zip(args).collect();
-                        fallback::run_fallback(ir, &named, &|id| self.shape(id), self.device)?
-                    }
-                    op => vec![float_ops::eval(op, args, self.n)?],
-                };
+                let n = shapes.batch();
+                let outputs = float_ops::run_node(node, args, &shape, n, self.device)?;
                 Ok(node
                     .outputs
                     .iter()
                     .copied()
-                    .zip(outputs)
-                    .map(|(id, t)| {
-                        let t = match node.activation {
-                            Some(act) => float_ops::activation(act, t),
-                            None => t,
-                        };
-                        (id, RunValue::Float(t))
-                    })
+                    .zip(outputs.into_iter().map(RunValue::Float))
                     .collect())
             }
         }
     }
+}
 
-    /// `[n, c, h, w]` of a 4-D value.
-    fn image_shape(&self, id: ValueId) -> Result<[usize; 4]> {
-        let shape = self.shape(id)?;
-        <[usize; 4]>::try_from(shape.as_slice()).map_err(|_| Error::Shape {
-            context: format!("value {id}"),
-            expected: "a 4-D image tensor".into(),
-            got: format!("{shape:?}"),
-        })
-    }
+/// `[n, c, h, w]` of a 4-D value.
+fn image_shape(shapes: &Shapes, id: ValueId) -> Result<[usize; 4]> {
+    let shape = shapes.get(id)?;
+    <[usize; 4]>::try_from(shape.as_slice()).map_err(|_| Error::Shape {
+        context: format!("value {id}"),
+        expected: "a 4-D image tensor".into(),
+        got: format!("{shape:?}"),
+    })
+}
 
-    fn len(&self, id: ValueId) -> Result<usize> {
-        Ok(self.shape(id)?.iter().product())
+/// The shape of a value's buffer: NHWC for a 4-D (NCHW) value, the shape itself otherwise.
+fn physical(shape: &[usize]) -> Vec<usize> {
+    match *shape {
+        [n, c, h, w] => vec![n, h, w, c],
+        _ => shape.to_vec(),
     }
 }
 

@@ -120,13 +120,8 @@ fn requantize(requant: &Requant, acc: f64, channel: usize) -> Result<u8> {
     let acc = i32::try_from(acc as i64)
         .map_err(|_| Error::Unsupported(format!("accumulator {acc} does not fit in i32")))?;
     let m = requant.multiplier(channel);
-    Ok(kernels::requantize(
-        acc,
-        m,
-        requant.zero_point,
-        requant.qmin,
-        requant.qmax,
-    ))
+    let q = kernels::requantize(acc, m, requant.zero_point, requant.qmin, requant.qmax);
+    Ok(requant.table.as_ref().map_or(q, |table| table.get(q)))
 }
 
 fn f64_tensor<const D: usize>(

@@ -7,10 +7,12 @@
 //!
 //! Shapes are symbolic in the batch size: every dimension is a [`Dim`], `batch * N + fixed`,
 //! where `N` is the batch size of the run. A graph captured at batch 2 therefore runs at batch 1
-//! or 7.
+//! or 7. Every other size (height, width) is free: each run infers its values' shapes from its
+//! inputs op by op (`infer`), so a graph captured at 224x224 runs at 160x160 or 256x192.
 
 mod batch;
 mod display;
+pub(crate) mod infer;
 pub(crate) mod lower;
 mod op;
 pub mod passes;
@@ -24,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result};
 
 pub(crate) use batch::make_batch_free;
+pub(crate) use infer::{RunShapes, broadcast_all, cat_shape, reshape_target};
 pub(crate) use op::fallback_name;
 pub use op::{Activation, BinaryOp, Conv2dAttrs, Op, PadMode, Pool2dAttrs, ReduceOp, SliceRange};
 pub use shapes::ValueShapes;

@@ -98,6 +98,17 @@ pub enum Op {
         /// One range per axis.
         ranges: Vec<SliceRange>,
     },
+    /// An element-wise function of one value made of several nodes (hard-swish
+    /// `x · hard_sigmoid(x)`, SiLU `x · sigmoid(x)`, tanh-GELU, ELU, a chain of scalar ops, ...),
+    /// fused by [`passes::fuse_pointwise`](super::passes::fuse_pointwise). The node's one input is
+    /// the function's argument; `body` runs in order and its last node's output is the node's
+    /// output. Quantized, the whole function is one 256-entry `u8 -> u8` table.
+    Pointwise {
+        /// What the function is (`hardswish`, `silu`, `gelu_tanh`, ..., or its ops joined by `+`).
+        name: String,
+        /// The fused nodes, in order; every value they read is the argument or made before.
+        body: Vec<super::Node>,
+    },
     /// A Burn op we do not lower: kept as Burn recorded it and executed by Burn's own
     /// interpreter. Its tensor ids are our value ids; its shapes are filled in at run time.
     Fallback(Box<OperationIr>),
@@ -178,6 +189,30 @@ pub struct Pool2dAttrs {
     pub ceil_mode: bool,
 }
 
+impl Pool2dAttrs {
+    /// The kernels' max pooling window.
+    pub fn max_pool(&self) -> crate::kernels::MaxPool2d {
+        crate::kernels::MaxPool2d {
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+            dilation: self.dilation,
+            ceil_mode: self.ceil_mode,
+        }
+    }
+
+    /// The kernels' average pooling window (dilation is 1).
+    pub fn avg_pool(&self, count_include_pad: bool) -> crate::kernels::AvgPool2d {
+        crate::kernels::AvgPool2d {
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+            ceil_mode: self.ceil_mode,
+            count_include_pad,
+        }
+    }
+}
+
 /// How [`Op::Pad`] fills the border.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum PadMode {
@@ -230,6 +265,7 @@ impl Op {
             Op::Permute { .. } => "permute".into(),
             Op::Pad { .. } => "pad".into(),
             Op::Slice { .. } => "slice".into(),
+            Op::Pointwise { name, .. } => name.clone(),
             Op::Fallback(ir) => format!("fallback:{}", fallback_name(ir)),
         }
     }

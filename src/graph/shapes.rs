@@ -1,5 +1,6 @@
 //! Shapes symbolic in the batch size, shared by every program over values: the float
-//! [`Graph`](super::Graph) and the quantized program.
+//! [`Graph`](super::Graph) and the quantized program. Sizes other than the batch are inferred
+//! per run (`infer::RunShapes`).
 
 use super::{BatchMode, Dim, ValueId, ValueInfo};
 use crate::{Error, Result};
@@ -48,12 +49,22 @@ pub trait ValueShapes {
                 got: format!("batch size {n}"),
             });
         }
+        // Only the rank and the batch-dependent sizes are fixed here; every other size is free,
+        // and each op checks what it reads (see `RunShapes`).
         for (&id, got) in self.input_ids().iter().zip(input_shapes) {
             let expected = self.shape_at(id, n)?;
-            if &expected != got {
+            let fits = expected.len() == got.len()
+                && (self.value_info(id).shape.iter().zip(&expected).zip(got))
+                    .all(|((d, e), g)| d.is_fixed() || e == g);
+            if !fits {
                 return Err(Error::Shape {
                     context: format!("graph input {id}"),
-                    expected: format!("{:?} (symbolic {})", expected, self.shape_text(id)),
+                    expected: format!(
+                        "rank {} like {:?} (symbolic {}; sizes other than N may differ)",
+                        expected.len(),
+                        expected,
+                        self.shape_text(id)
+                    ),
                     got: format!("{got:?}"),
                 });
             }

@@ -7,7 +7,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::graph::Activation;
-use crate::kernels::{self, Conv2dGeometry, PackedConv2d, PackedLinear, QParams, Requant};
+use crate::kernels::{self, Conv2dGeometry, PackedConv2d, PackedLinear, QParams, Requant, Table};
 use crate::{Error, Result};
 
 /// What a quantized conv or linear layer computes besides its weights: the activation
@@ -20,6 +20,10 @@ pub struct QLayerSpec {
     pub output: QParams,
     /// ReLU or clamp applied in the requantization.
     pub activation: Option<Activation>,
+    /// A pointwise function fused into the output (hard-swish after a conv): the requantized
+    /// `u8` goes through this table, whose input has the `output` parameters.
+    #[serde(default)]
+    pub table: Option<Table>,
 }
 
 impl QLayerSpec {
@@ -28,6 +32,10 @@ impl QLayerSpec {
         let multipliers =
             kernels::conv_multipliers(self.input.scale, weight_scales, self.output.scale);
         let requant = Requant::new(multipliers, self.output.zero_point);
+        let requant = match &self.table {
+            Some(table) => requant.with_table(table.clone()),
+            None => requant,
+        };
         Ok(match self.activation {
             None => requant,
             Some(Activation::Relu) => requant.with_relu(),

@@ -1,7 +1,7 @@
 //! Prepare and calibrate (PyTorch's `prepare_fx` and the calibration loop).
 //!
 //! [`prepare`] folds BatchNorm into the layer before it, fuses ReLU/ReLU6 into conv, linear and
-//! add, resolves the [`QConfigMap`], decides which nodes will run in int8 ([`Plan`]) and places
+//! add, merges mean chains, fuses element-wise groups into pointwise nodes (tables in int8), resolves the [`QConfigMap`], decides which nodes will run in int8 ([`Plan`]) and places
 //! the activation observers. The resulting [`PreparedModel`] runs in float like the original;
 //! every run through [`PreparedModel::forward`] records what the observers see. Calibrate with
 //! any closure ([`PreparedModel::calibrate`]) or over a Burn `DataLoader`
@@ -22,7 +22,7 @@ use crate::qconfig::{QConfig, QConfigMap};
 use crate::{Error, Result};
 
 pub use calibrate::CalibrationInput;
-pub use plan::{Int8Op, ObservedValue, Placement, Plan};
+pub use plan::{Int8Op, OP_COVERAGE, ObservedValue, Placement, Plan, op_coverage_table};
 
 /// A graph ready for calibration: folded, fused, with observers in place.
 pub struct PreparedModel {
@@ -52,6 +52,8 @@ pub fn prepare(graph: &Graph, qconfig: &QConfigMap) -> Result<PreparedModel> {
     let mut graph = graph.clone();
     passes::fold_batch_norm(&mut graph);
     passes::fuse_activations(&mut graph);
+    passes::merge_means(&mut graph);
+    passes::fuse_pointwise(&mut graph);
     passes::remove_dead_nodes(&mut graph);
     graph.validate()?;
     let qconfigs = qconfig.resolve(&graph)?;

@@ -1,18 +1,21 @@
 //! The quantization plan: which nodes will run on int8 kernels, and which activations need an
 //! observer (PyTorch FX's observer insertion for the fbgemm/x86 backends).
 //!
-//! - Conv2d, Linear (2-D input), Add (same shapes) and Cat (channel axis) compute new values:
-//!   their outputs get an observer.
-//! - MaxPool2d, AvgPool2d, a 1x1 AdaptiveAvgPool2d, a standalone ReLU or clamp, and Reshape keep
-//!   their input's quantization parameters (PyTorch's "share qparams" ops); they run in int8
-//!   only when their input is int8.
+//! - Conv2d, Linear (2-D input), add/sub/mul of two activations (with broadcasting), Cat
+//!   (channel axis) and pointwise functions (tables) compute new values: their outputs get an
+//!   observer. Sigmoid and hard-sigmoid have the fixed range [0, 1] (scale 1/256, zero point 0)
+//!   and tanh [-1, 1] (scale 2/256, zero point 128), as PyTorch's fixed-qparams ops.
+//! - MaxPool2d, AvgPool2d, a 1x1 AdaptiveAvgPool2d or a mean over height and width, a
+//!   standalone ReLU or clamp, a constant pad of height and width, and Reshape keep their
+//!   input's quantization parameters (PyTorch's "share qparams" ops); they run in int8 only when
+//!   their input is int8.
 //! - An int8 node that reads a float value (a graph input, a float node's output) quantizes it:
 //!   that value gets an observer too, with the reading node's activation config.
 //! - Everything else, and every node whose [`QConfig`] is `None`, runs in float.
 
 use std::collections::HashMap;
 
-use crate::graph::{BinaryOp, Graph, Node, Op, ValueId};
+use crate::graph::{BinaryOp, Graph, Node, Op, PadMode, ReduceOp, ValueId};
 use crate::observe::ObserverConfig;
 use crate::qconfig::QConfig;
 
@@ -23,8 +26,13 @@ pub enum Int8Op {
     Conv2d,
     /// `QLinear`.
     Linear,
-    /// Quantized add (two input scales to one output scale).
-    Add,
+    /// Quantized add, sub or mul of two values with broadcasting (two input scales to one
+    /// output scale).
+    Binary(BinaryOp),
+    /// A pointwise function as a 256-entry table.
+    Table,
+    /// Constant padding of height and width.
+    Pad,
     /// Quantized concatenation along channels.
     Cat,
     /// Quantized max pooling.
@@ -49,6 +57,7 @@ impl Int8Op {
                 | Int8Op::GlobalAvgPool
                 | Int8Op::Clamp
                 | Int8Op::Reshape
+                | Int8Op::Pad
         )
     }
 }
@@ -81,6 +90,9 @@ pub struct Plan {
     /// For every value that will be quantized, the index in `observed` of the observer that
     /// gives its quantization parameters (shared through the "share qparams" ops).
     pub qparams_of: HashMap<ValueId, usize>,
+    /// Observers whose value has a fixed range (sigmoid, hard-sigmoid, tanh): the index in
+    /// `observed` and the `(scale, zero point)` used instead of what the observer saw.
+    pub fixed: HashMap<usize, (f32, u8)>,
 }
 
 /// Makes the plan for `graph` under the per-node `qconfigs`.
@@ -89,6 +101,7 @@ pub(crate) fn plan(graph: &Graph, qconfigs: &[Option<QConfig>]) -> Plan {
         placement: Vec::new(),
         observed: Vec::new(),
         qparams_of: HashMap::new(),
+        fixed: HashMap::new(),
     };
     for (node, qconfig) in graph.nodes.iter().zip(qconfigs) {
         let placement = match qconfig {
@@ -132,8 +145,24 @@ impl Plan {
             let source = self.qparams_of[&node.inputs[0]];
             self.qparams_of.insert(output, source);
         } else {
-            self.observe(output, activation);
+            let k = self.observe(output, activation);
+            if let Some(range) = fixed_range(&node.op) {
+                self.fixed.insert(k, range);
+            }
         }
+    }
+}
+
+/// The fixed output range of sigmoid, hard-sigmoid and tanh as `(scale, zero point)` (PyTorch's
+/// `default_fixed_qparams_range_0to1_observer` and `..._neg1to1_...`).
+fn fixed_range(op: &Op) -> Option<(f32, u8)> {
+    match op {
+        Op::Pointwise { name, .. } => match name.as_str() {
+            "sigmoid" | "hardsigmoid" => Some((1.0 / 256.0, 0)),
+            "tanh" => Some((2.0 / 256.0, 128)),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -164,15 +193,30 @@ fn int8_op(graph: &Graph, node: &Node) -> Result<Int8Op, String> {
         Op::Linear if !has_data(1) || !has_data(2) => why("with computed weights"),
         Op::Linear => Ok(Int8Op::Linear),
         _ if reads_constants => why("reads a constant tensor"),
-        Op::Binary(BinaryOp::Add) => {
+        Op::Binary(kind @ (BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul)) => {
             let [a, b] = [0, 1].map(|i| &graph.value(node.inputs[i]).shape);
-            if a != b {
-                why("with broadcasting")
-            } else if !matches!(a.len(), 2 | 4) {
-                why("on a tensor that is neither 2-D nor 4-D")
+            let fits = a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(x, y)| x == y || x.fixed == 1 || y.fixed == 1);
+            if !fits {
+                why("with broadcasting across ranks or of unequal sizes")
+            } else if !(2..=4).contains(&a.len()) {
+                why("on a tensor that is not 2-D, 3-D or 4-D")
             } else {
-                Ok(Int8Op::Add)
+                Ok(Int8Op::Binary(*kind))
             }
+        }
+        Op::Pointwise { .. } => Ok(Int8Op::Table),
+        Op::Reduce {
+            op: ReduceOp::Mean,
+            axes: Some(axes),
+        } if rank(0) == 4 && matches!(axes[..], [2, 3] | [3, 2]) => Ok(Int8Op::GlobalAvgPool),
+        Op::Pad {
+            padding,
+            mode: PadMode::Constant(_),
+        } if rank(0) == 4 && padding.len() == 4 && padding[..2] == [(0, 0), (0, 0)] => {
+            Ok(Int8Op::Pad)
         }
         Op::Cat { axis: 1 } if matches!(rank(0), 2 | 4) => Ok(Int8Op::Cat),
         Op::Cat { .. } => why("along an axis other than channels"),
@@ -188,4 +232,71 @@ fn int8_op(graph: &Graph, node: &Node) -> Result<Int8Op, String> {
         Op::Reshape { .. } => Ok(Int8Op::Reshape),
         _ => why("has no int8 kernel"),
     }
+}
+
+/// Which ops run in int8 and when, row by row: `(op, in int8 when, otherwise)`. What
+/// [`plan`] decides, for users to read before trying a model (the quickstart prints it).
+pub const OP_COVERAGE: &[(&str, &str, &str)] = &[
+    (
+        "conv2d (+relu, relu6, a fused table)",
+        "always (any stride, padding, dilation, groups; depthwise)",
+        "-",
+    ),
+    (
+        "linear (+relu, relu6, a fused table)",
+        "on a 2-D input",
+        "float on other ranks",
+    ),
+    (
+        "add, sub, mul",
+        "two activations of one rank, with broadcasting (SE gate [N,C,H,W]*[N,C,1,1])",
+        "float with a constant tensor operand",
+    ),
+    (
+        "pointwise functions: sigmoid, hard-sigmoid, hard-swish, SiLU, tanh, GELU (erf, tanh), leaky ReLU, ELU, exp/log/erf/pow and scalar add/sub/mul/div chains",
+        "always: a 256-entry table (fused into the conv/linear before it when that is its only reader)",
+        "-",
+    ),
+    (
+        "relu, clamp (relu6, hardtanh)",
+        "fused into conv/linear/add, or on an int8 input",
+        "float on a float input",
+    ),
+    ("cat", "along channels, 2-D or 4-D", "float on other axes"),
+    (
+        "max_pool2d, avg_pool2d",
+        "on an int8 input",
+        "float on a float input",
+    ),
+    (
+        "adaptive_avg_pool2d to 1x1, mean over H and W",
+        "on an int8 input",
+        "float on other output sizes",
+    ),
+    (
+        "pad (constant, height and width)",
+        "on an int8 input",
+        "float for reflect/edge or other axes",
+    ),
+    (
+        "reshape, flatten",
+        "on an int8 input",
+        "float on a float input",
+    ),
+    (
+        "div, matmul of two activations, softmax, permute, slice, other reductions, other Burn ops",
+        "-",
+        "float (Burn's ops, a quantize/dequantize at the boundary)",
+    ),
+];
+
+/// [`OP_COVERAGE`] as an aligned text table.
+pub fn op_coverage_table() -> String {
+    let mut text = String::from("op coverage (int8 unless said otherwise):\n");
+    for (op, when, otherwise) in OP_COVERAGE {
+        text.push_str(&format!(
+            "  {op}\n      int8: {when}\n      else: {otherwise}\n"
+        ));
+    }
+    text
 }

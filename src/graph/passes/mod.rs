@@ -5,8 +5,12 @@ mod batch_norm;
 mod dead;
 mod fuse;
 mod linear;
+mod pointwise;
+mod reduce;
 
 pub use batch_norm::fold_batch_norm;
 pub use dead::remove_dead_nodes;
 pub use fuse::fuse_activations;
 pub use linear::fuse_linear;
+pub use pointwise::{ELEMENTWISE_FALLBACKS, fuse_pointwise};
+pub use reduce::merge_means;
