@@ -4,9 +4,7 @@
 //!   `q = clamp(round_half_even(fma(x, 1/s, z)), 0, 255)` with `1/s` rounded to `f32` first and
 //!   one fused multiply-add; NaN → 255, as `vminps` does there.
 //! * dequantize (`fbgemm::Dequantize`): `x = s · f32(q − z)`.
-//! * add (`qadd_kernel`, vectorized): `a' = fma(s_a, f32(q_a), s_a·(−f32(z_a)))`, same for `b`,
-//!   `c = a' + b'`, `c = max(c, 0)` for a fused ReLU, then `q = clamp(round_half_even(c·(1/s_y))
-//!   + z_y, 0, 255)` (product, not fused).
+//! * add, sub, mul (with broadcasting): see [`super::binary`].
 //! * requantize / cat (`quantized::cat` on NCHW inputs: dequantize, then quantize):
 //!   `q' = quantize(dequantize(q, from), to)`; a plain copy when `from == to`, which that formula
 //!   reproduces exactly.
@@ -16,14 +14,15 @@
 use rayon::prelude::*;
 
 use super::active_isa;
-use super::params::{QParams, expect_len, quantize_one, round_to_u8};
+use super::params::{QParams, expect_len, quantize_one};
 use super::simd::{Tier, multiversion};
 use crate::{Error, Result};
 
 /// Elements per parallel task.
-const CHUNK: usize = 1 << 16;
+pub(crate) const CHUNK: usize = 1 << 16;
 
-fn tier() -> Tier {
+/// The tier of the active ISA path.
+pub(crate) fn tier() -> Tier {
     Tier::of(active_isa())
 }
 
@@ -135,70 +134,6 @@ multiversion! {
         let (c, zero) = (pixels.len() / out.len(), i32::from(qp.zero_point));
         for (i, out) in out.iter_mut().enumerate() {
             *out = qp.scale * (i32::from(pixels[i * c + ch]) - zero) as f32;
-        }
-    }
-}
-
-/// Quantized add of two tensors of the same shape (PyTorch `quantized::add` / `add_relu`).
-pub fn qadd(
-    a: &[u8],
-    a_qp: QParams,
-    b: &[u8],
-    b_qp: QParams,
-    out_qp: QParams,
-    relu: bool,
-    out: &mut [u8],
-) -> Result<()> {
-    for (qp, what) in [
-        (a_qp, "add input a"),
-        (b_qp, "add input b"),
-        (out_qp, "add output"),
-    ] {
-        qp.check(what)?;
-    }
-    expect_len("add input b", b.len(), a.len())?;
-    expect_len("add output", out.len(), a.len())?;
-    let params = AddParams::new(a_qp, b_qp, out_qp, relu);
-    let tier = tier();
-    out.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .for_each(|(out, (a, b))| add_slices(tier, a, b, &params, out));
-    Ok(())
-}
-
-/// The constants of one quantized add, as PyTorch broadcasts them.
-struct AddParams {
-    a_scale: f32,
-    a_offset: f32,
-    b_scale: f32,
-    b_offset: f32,
-    inv_out: f32,
-    zero_point: i32,
-    relu: bool,
-}
-
-impl AddParams {
-    fn new(a: QParams, b: QParams, out: QParams, relu: bool) -> Self {
-        AddParams {
-            a_scale: a.scale,
-            a_offset: a.scale * -f32::from(a.zero_point),
-            b_scale: b.scale,
-            b_offset: b.scale * -f32::from(b.zero_point),
-            inv_out: 1.0 / out.scale,
-            zero_point: i32::from(out.zero_point),
-            relu,
-        }
-    }
-}
-
-multiversion! {
-    fn add_slices(a: &[u8], b: &[u8], p: &AddParams, out: &mut [u8]) {
-        let (lo, hi) = (-p.zero_point as f32, (255 - p.zero_point) as f32);
-        for ((out, &a), &b) in out.iter_mut().zip(a).zip(b) {
-            let a = p.a_scale.mul_add(f32::from(a), p.a_offset);
-            let b = p.b_scale.mul_add(f32::from(b), p.b_offset);
-            let sum = if p.relu { (a + b).max(0.0) } else { a + b };
-            *out = round_to_u8(sum * p.inv_out, p.zero_point, lo, hi);
         }
     }
 }

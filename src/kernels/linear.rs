@@ -1,8 +1,10 @@
 //! Quantized linear (fully connected) layer.
 //!
 //! `acc[r][o] = bias'[o] + Σ_i x[r][i]·w[o][i]` in wrapping `i32` with
-//! `bias' = bias_i32 − z_x·Σ_i w[o][i]`, then [`crate::kernels::requantize`] per output feature:
-//! the same GEMM as a 1×1 convolution (rows read in place when `in_features % 4 == 0`).
+//! `bias' = bias_i32 − z_x·Σ_i w[o][i]`, then [`crate::kernels::requantize`] per output feature
+//! and the [`Requant`]'s fused lookup table, if any (`table[q]`, applied by the GEMM driver to
+//! each block of output rows it has written): the same GEMM as a 1×1 convolution (rows read in place when
+//! `in_features % 4 == 0`).
 
 use serde::{Deserialize, Serialize};
 

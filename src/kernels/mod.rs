@@ -12,10 +12,12 @@
 //!   arithmetic on every path, so they are exact whenever the true sum fits in `i32` (always
 //!   for `K ≤ 32768` per group and `|bias_i32| < 2^30`).
 //! * The accumulator becomes `u8` through [`requantize`], the one scalar definition every
-//!   SIMD path matches bit for bit.
-//! * Elementwise ops (quantize, dequantize, add, cat, pooling) follow PyTorch's fbgemm/x86
-//!   arithmetic; each function's doc comment spells out the exact `f32` operations so a float
-//!   "debug mode" can reproduce the integers.
+//!   SIMD path matches bit for bit, then through the [`Table`] fused into the [`Requant`], if
+//!   any: `table[requantize(acc, m, z, qmin, qmax)]` on every path (GEMM, depthwise, linear).
+//! * Elementwise ops (quantize, dequantize, add/sub/mul with broadcasting, cat, pooling)
+//!   follow PyTorch's fbgemm/x86 arithmetic; each function's doc comment spells out the exact
+//!   `f32` operations so a float "debug mode" can reproduce the integers.
+//! * Padding and table lookups ([`qpad_nhwc`], [`lookup`]) move bytes without arithmetic.
 //!
 //! # Matching PyTorch (fbgemm)
 //!
@@ -33,24 +35,29 @@
 //! [`active_isa`] picks the best (or the one forced by `BURN_QUANTIZE_ISA`), and [`with_isa`]
 //! forces one for a closure. All paths and all thread counts give identical bytes.
 
+mod binary;
 mod conv;
 mod elementwise;
 mod gemm;
 mod isa;
 mod linear;
 mod pack;
+mod pad;
 mod params;
 mod peak;
 mod pool;
 mod simd;
+mod table;
 
+pub use binary::{QBinaryOp, QTensorRef, qadd, qbinary};
 pub use conv::{Conv2dGeometry, PackedConv2d, qconv2d};
 pub use elementwise::{
-    CatInput, dequantize, dequantize_nhwc_to_nchw, qadd, qcat, quantize, quantize_nchw_to_nhwc,
+    CatInput, dequantize, dequantize_nhwc_to_nchw, qcat, quantize, quantize_nchw_to_nhwc,
     requantize_u8,
 };
 pub use isa::{Isa, active_isa, available_isas, with_isa};
 pub use linear::{PackedLinear, qlinear};
+pub use pad::qpad_nhwc;
 pub use params::{
     MAX_BIAS_I32, QParams, Requant, bias_safe_weight_scales, conv_multipliers, quantize_bias,
     requantize,
@@ -60,3 +67,4 @@ pub use pool::{
     AvgPool2d, MaxPool2d, avg_pool_output_size, max_pool_output_size, qavg_pool2d,
     qglobal_avg_pool, qmax_pool2d,
 };
+pub use table::{Table, lookup, lookup_in_place};

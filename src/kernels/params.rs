@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::simd::Tier;
+use super::table::Table;
 use crate::{Error, Result};
 
 /// Affine `u8` quantization parameters: `x = scale · (q − zero_point)`.
@@ -33,7 +35,9 @@ impl QParams {
     }
 }
 
-/// How an `i32` accumulator becomes the `u8` output of a conv or linear layer.
+/// How an `i32` accumulator becomes the `u8` output of a conv or linear layer:
+/// `q = requantize(acc, multiplier(c), zero_point, qmin, qmax)`, then `table[q]` if a lookup
+/// table is fused.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Requant {
     /// `s_x·s_w[c] / s_y` per output channel (length `out_channels`), or one value for all.
@@ -44,6 +48,10 @@ pub struct Requant {
     pub qmin: u8,
     /// The highest output value: `255`, or the quantized 6.0 for a fused ReLU6.
     pub qmax: u8,
+    /// A lookup table applied to the requantized value (a fused elementwise function whose
+    /// output quantization the table's entries encode); `None` for none.
+    #[serde(default)]
+    pub table: Option<Table>,
 }
 
 impl Requant {
@@ -54,7 +62,14 @@ impl Requant {
             zero_point,
             qmin: 0,
             qmax: 255,
+            table: None,
         }
+    }
+
+    /// Fuses a lookup table: the output becomes `table[requantize(acc, m, z_y, qmin, qmax)]`.
+    pub fn with_table(mut self, table: Table) -> Self {
+        self.table = Some(table);
+        self
     }
 
     /// Fuses a ReLU: `qmin = z_y`.
@@ -229,6 +244,8 @@ pub(crate) struct Epilogue {
     pub(crate) lo: f32,
     /// `qmax − z_y`, the upper clamp applied before rounding.
     pub(crate) hi: f32,
+    /// The fused lookup table, applied to the requantized bytes.
+    pub(crate) table: Option<Table>,
 }
 
 impl Epilogue {
@@ -243,6 +260,16 @@ impl Epilogue {
             zero_point: i32::from(requant.zero_point),
             lo: f32::from(requant.qmin) - z,
             hi: f32::from(requant.qmax) - z,
+            table: requant.table.clone(),
+        }
+    }
+
+    /// Maps requantized output bytes through the fused table, if any: `q → table[q]` (on
+    /// `tier`; every tier gives the same bytes).
+    #[inline(always)]
+    pub(crate) fn map_table(&self, tier: Tier, out: &mut [u8]) {
+        if let Some(table) = &self.table {
+            table.map_in_place(tier, out);
         }
     }
 }

@@ -99,7 +99,7 @@ impl Rng {
 }
 
 /// Naive quantized conv2d, NHWC in and out: `acc = bias + Σ (x − z_x)·w` over valid taps in
-/// `i64`, then the requantization definition.
+/// `i64`, then the requantization definition (and the requant's table, if any).
 pub fn conv2d(
     input: &[u8],
     [batch, h, w]: [usize; 3],
@@ -178,5 +178,9 @@ fn requant_i64(acc: i64, r: &Requant, channel: usize) -> u8 {
     } else {
         r.multipliers[channel]
     };
-    requantize(acc, m, r.zero_point, r.qmin, r.qmax)
+    let q = requantize(acc, m, r.zero_point, r.qmin, r.qmax);
+    // A fused lookup table maps the requantized value.
+    r.table
+        .as_ref()
+        .map_or(q, |table| table.entries()[usize::from(q)])
 }

@@ -4,7 +4,11 @@
 //! (`(0,1), (2,3), …`, a last odd tap alone):
 //! `acc[c] = bias'[c] + Σ_pairs (x[t0]·w[t0][c] + x[t1]·w[t1][c])` in wrapping `i32`, with
 //! `x[t] = x[pixel(t)][c / multiplier]` (`z_x` where the tap is padding), then
-//! [`requantize_parts`] per channel. Pairing changes nothing in exact arithmetic.
+//! [`requantize_parts`] per channel, then the fused lookup table if the requantization has one
+//! (`out = table[q]`, applied to a task's block of output pixels once it is written, on both the
+//! compiled and the AVX-512 path; not pixel by pixel, where loading bytes just written by
+//! narrower masked stores would stall on store forwarding). Pairing changes nothing in exact
+//! arithmetic.
 //!
 //! With [`PackedConv2d::emulate_fbgemm_depthwise`](super::PackedConv2d::emulate_fbgemm_depthwise)
 //! each pair sum is first saturated to `i16`, as fbgemm's depthwise kernels do with
@@ -99,9 +103,11 @@ impl PackedDepthwise {
                 let first = task * PIXELS_PER_TASK;
                 #[cfg(target_arch = "x86_64")]
                 if simd {
-                    return exact_pixels_avx512(&job, first, out);
+                    exact_pixels_avx512(&job, first, out);
+                    return epilogue.map_table(tier, out);
                 }
-                pixels(tier, &job, first, out)
+                pixels(tier, &job, first, out);
+                epilogue.map_table(tier, out);
             });
     }
 }

@@ -1,7 +1,8 @@
 //! Quantized 2-D convolution on NHWC `u8` images.
 //!
 //! Three paths, all computing `acc[c] = bias'[c] + Σ_taps Σ_ci x·w` (wrapping `i32`, padding
-//! reads `z_x`, `bias' = bias_i32 − z_x·Σ w`) followed by [`crate::kernels::requantize`]:
+//! reads `z_x`, `bias' = bias_i32 − z_x·Σ w`) followed by [`crate::kernels::requantize`] and
+//! the [`Requant`]'s fused lookup table, if any (`table[q]`):
 //! * 1×1 without padding (any stride) with `C_in/groups % 4 == 0`: the GEMM reads the input
 //!   pixels in place — no im2col;
 //! * depthwise (`groups == C_in`, `C_out = multiplier·C_in`): a direct per-pixel loop over taps

@@ -6,6 +6,12 @@
 //! reduction, so the panel stays in cache while the block of A streams from L2. Each output
 //! element is computed by exactly one microkernel call over the full `K`, so the result does not
 //! depend on the blocking or on the number of threads.
+//!
+//! A lookup table fused into the requantization is applied here, for every microkernel alike:
+//! once the microkernel calls have written a task's rows of one packed panel (`PANEL` columns)
+//! of requantized bytes, the driver maps that block through the table while it is in cache. Not
+//! tile by tile: loading bytes right after the microkernel's narrower (masked) stores would
+//! stall on store forwarding.
 
 use std::cell::RefCell;
 
@@ -14,6 +20,7 @@ use rayon::prelude::*;
 use super::{Kernel, Tile};
 use crate::kernels::pack::{KR, PANEL, PackedB};
 use crate::kernels::params::Epilogue;
+use crate::kernels::simd::Tier;
 
 /// Target size of one packed block of A (L2-resident while the panels sweep over it).
 const A_BLOCK_BYTES: usize = 256 * 1024;
@@ -221,6 +228,15 @@ impl Gemm<'_> {
                     // and `multipliers` hold `PANEL − c0 >= nr` values; output rows `row..row+m`
                     // are inside `out`, and this task is the only one writing this tile.
                     unsafe { (kernel.tile)(&tile) };
+                }
+            }
+            if let Some(table) = &ep.table {
+                let (col, tier) = (p * PANEL, Tier::of(kernel.isa));
+                // SAFETY: rows `m0..m0+mc`, columns `g·n + col..` (at most `n − col`) of `out`:
+                // the tiles this task has just written, which no other task touches.
+                unsafe {
+                    let block = out.0.add(task.m0 * ldc + g * n + col);
+                    table.map_rows(tier, block, block, task.mc, (n - col).min(PANEL), ldc);
                 }
             }
         }

@@ -166,6 +166,7 @@ impl CheckProblem {
             zero_point: 100,
             qmin: 20,
             qmax: 240,
+            table: None,
         };
         CheckProblem {
             m,
