@@ -12,7 +12,7 @@ use burn::tensor::{Device, Tensor};
 use burn_quantize::convert::{QuantizedModel, Step, convert, convert_debug};
 use burn_quantize::kernels::QParams;
 use burn_quantize::models::ResNetConfig;
-use burn_quantize::prepare::{PreparedModel, prepare};
+use burn_quantize::prepare::{Int8Op, Placement, PreparedModel, prepare};
 use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
 use burn_quantize::{Error, Forward, Graph};
 use common::{cosine, images_hw};
@@ -346,4 +346,34 @@ fn a_model_that_fixes_its_size_errors_at_the_node_that_fixes_it() {
         .forward::<4, 4>(images_hw(1, 1, [10, 8], &device))
         .unwrap_err();
     assert!(err.to_string().contains("reshape_1"), "{err}");
+}
+
+/// Normalisation inside the forward, on the float input.
+#[derive(Module, Debug)]
+struct Normalizing {
+    conv: Conv2d,
+}
+
+impl Forward<4, 4> for Normalizing {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.conv.forward(x.mul_scalar(2.0).sub_scalar(1.0))
+    }
+}
+
+#[test]
+fn a_pointwise_function_of_a_float_value_stays_float() {
+    let device = device();
+    let net = Normalizing {
+        conv: conv(3, 4, 3, &device),
+    };
+    let qmodel = convert(&calibrated(&net, [8, 8], Engine::X86, &device)).unwrap();
+    let report = &qmodel.program().report;
+    assert_eq!(report.len(), 2, "{}", qmodel.report());
+    assert_eq!(report[0].op, "mul_scalar+sub_scalar");
+    assert!(
+        matches!(&report[0].placement, Placement::Float(why) if why.contains("input is float")),
+        "{}",
+        qmodel.report()
+    );
+    assert_eq!(report[1].placement, Placement::Int8(Int8Op::Conv2d));
 }

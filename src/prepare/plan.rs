@@ -9,6 +9,8 @@
 //!   standalone ReLU or clamp, a constant pad of height and width, and Reshape keep their
 //!   input's quantization parameters (PyTorch's "share qparams" ops); they run in int8 only when
 //!   their input is int8.
+//! - A pointwise function (a table) runs in int8 only when its input is int8: in a float region
+//!   it stays float rather than adding a quantize/dequantize pair around it.
 //! - An int8 node that reads a float value (a graph input, a float node's output) quantizes it:
 //!   that value gets an observer too, with the reading node's activation config.
 //! - Everything else, and every node whose [`QConfig`] is `None`, runs in float.
@@ -110,6 +112,12 @@ pub(crate) fn plan(graph: &Graph, qconfigs: &[Option<QConfig>]) -> Plan {
                 Ok(op) if op.shares_qparams() && !plan.qparams_of.contains_key(&node.inputs[0]) => {
                     Placement::Float(format!(
                         "its input is float ({} keeps its input's qparams)",
+                        node.op.kind()
+                    ))
+                }
+                Ok(Int8Op::Table) if !plan.qparams_of.contains_key(&node.inputs[0]) => {
+                    Placement::Float(format!(
+                        "its input is float ({} is a table over int8 inputs)",
                         node.op.kind()
                     ))
                 }
@@ -254,8 +262,8 @@ pub const OP_COVERAGE: &[(&str, &str, &str)] = &[
     ),
     (
         "pointwise functions: sigmoid, hard-sigmoid, hard-swish, SiLU, tanh, GELU (erf, tanh), leaky ReLU, ELU, exp/log/erf/pow and scalar add/sub/mul/div chains",
-        "always: a 256-entry table (fused into the conv/linear before it when that is its only reader)",
-        "-",
+        "on an int8 input: a 256-entry table (fused into the conv/linear before it when that is its only reader)",
+        "float on a float input",
     ),
     (
         "relu, clamp (relu6, hardtanh)",
