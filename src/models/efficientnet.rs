@@ -18,11 +18,11 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::store::{ModuleSnapshot, PytorchStore};
+use burn::store::PytorchStore;
 use burn::tensor::{Device, Tensor};
 
+use crate::Result;
 use crate::capture::Forward;
-use crate::{Error, Result};
 
 /// TensorFlow's BatchNorm epsilon, used by every EfficientNet checkpoint.
 const BN_EPS: f64 = 1e-3;
@@ -265,30 +265,11 @@ impl EfficientNet {
     /// `_blocks.N._expand_conv`, ..., `_fc`) such as `efficientnet-lite0-57934424.pth`. Every
     /// parameter of the model must be found in the file and every tensor of the file used (but
     /// BatchNorm's `num_batches_tracked`), else it is an error that names the keys.
-    pub fn load_pytorch(mut self, path: impl AsRef<Path>) -> Result<Self> {
+    pub fn load_pytorch(self, path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let weights_error = |reason: String| Error::Weights {
-            path: path.to_path_buf(),
-            reason,
-        };
         // The one remapping: drop the underscore that starts every path segment.
-        let mut store = PytorchStore::from_file(path).with_key_remapping(r"(^|\.)_", "$1");
-        let result = self
-            .load_from(&mut store)
-            .map_err(|e| weights_error(e.to_string()))?;
-        let unused: Vec<&String> = result
-            .unused
-            .iter()
-            .filter(|k| !k.ends_with("num_batches_tracked"))
-            .collect();
-        if !result.missing.is_empty() || !unused.is_empty() || !result.errors.is_empty() {
-            let missing: Vec<&String> = result.missing.iter().map(|(k, _)| k).collect();
-            return Err(weights_error(format!(
-                "missing {missing:?}, unused {unused:?}, errors {:?}",
-                result.errors
-            )));
-        }
-        Ok(self)
+        let store = PytorchStore::from_file(path).with_key_remapping(r"(^|\.)_", "$1");
+        super::load_every_tensor(self, store, path)
     }
 }
 
