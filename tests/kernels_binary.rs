@@ -9,7 +9,7 @@ use burn_quantize::kernels::{
     Conv2dGeometry, PackedConv2d, PackedLinear, QBinaryOp, QParams, QTensorRef, Requant, Table,
     lookup, lookup_in_place, qadd, qbinary, qconv2d, qlinear, qpad_nhwc,
 };
-use kernels_common::{Rng, check_all_paths};
+use kernels_common::{Rng, check_all_paths, geometry};
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -478,25 +478,6 @@ fn check_fused_conv(g: Conv2dGeometry, [batch, h, w]: [usize; 3], fbgemm: bool, 
         &map(&unfused, &table),
         || run(&fused),
     );
-}
-
-fn geometry(
-    cin: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    groups: usize,
-) -> Conv2dGeometry {
-    Conv2dGeometry {
-        in_channels: cin,
-        out_channels: cout,
-        kernel: [k, k],
-        stride: [stride, stride],
-        padding: [pad; 4],
-        dilation: [1, 1],
-        groups,
-    }
 }
 
 proptest! {

@@ -7,7 +7,7 @@ use burn_quantize::Error;
 use burn_quantize::kernels::{
     Conv2dGeometry, PackedConv2d, PackedLinear, Requant, qconv2d, qlinear,
 };
-use kernels_common::{Rng, check_all_paths};
+use kernels_common::{Rng, check_all_paths, geometry};
 use proptest::prelude::*;
 
 /// A conv problem with its data.
@@ -136,25 +136,6 @@ proptest! {
     #[test]
     fn random_convs_match_the_naive_reference(case in conv_case()) {
         case.run();
-    }
-}
-
-fn geometry(
-    cin: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    groups: usize,
-) -> Conv2dGeometry {
-    Conv2dGeometry {
-        in_channels: cin,
-        out_channels: cout,
-        kernel: [k, k],
-        stride: [stride, stride],
-        padding: [pad; 4],
-        dilation: [1, 1],
-        groups,
     }
 }
 

@@ -184,3 +184,23 @@ fn requant_i64(acc: i64, r: &Requant, channel: usize) -> u8 {
         .as_ref()
         .map_or(q, |table| table.entries()[usize::from(q)])
 }
+
+/// A square-kernel geometry with equal strides and padding on every side.
+pub fn geometry(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    groups: usize,
+) -> Conv2dGeometry {
+    Conv2dGeometry {
+        in_channels: cin,
+        out_channels: cout,
+        kernel: [k, k],
+        stride: [stride, stride],
+        padding: [pad; 4],
+        dilation: [1, 1],
+        groups,
+    }
+}
