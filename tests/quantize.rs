@@ -557,6 +557,10 @@ fn cat_pools_clamps_and_flatten_run_in_int8_close_to_float_and_match_the_debug_m
         head: burn::nn::LinearConfig::new(8 * 8 * 8, 10).init(&device),
     };
     let graph = Graph::capture(&net, &images(2, 0, &device)).unwrap();
+    // The evaluated images are among the calibration data, so the bound below measures the
+    // int8 arithmetic, not how well 24 noise images cover the range of a random head's logits
+    // (an unseen image can fall outside the calibrated output range and be clipped).
+    let x = images(4, 7, &device);
     let prepared = prepare(
         &graph,
         &QConfigMap::global(QConfig::preset(Engine::Qnnpack)),
@@ -566,6 +570,7 @@ fn cat_pools_clamps_and_flatten_run_in_int8_close_to_float_and_match_the_debug_m
         for seed in 1..4 {
             m.forward::<4, 2>(images(8, seed, &device))?;
         }
+        m.forward::<4, 2>(x.clone())?;
         Ok(())
     })
     .unwrap();
@@ -594,10 +599,9 @@ fn cat_pools_clamps_and_flatten_run_in_int8_close_to_float_and_match_the_debug_m
             qmodel.report()
         );
     }
-    let x = images(4, 7, &device);
     let float: Tensor<2> = burn_quantize::Forward::forward(&net, x.clone());
     let cos = cosine(float, qmodel.forward(x.clone()).unwrap());
-    assert!(cos > 0.99, "{cos}");
+    assert!(cos > 0.998, "{cos}");
     let debug = convert_debug(&prepared).unwrap();
     let a: Tensor<2> = qmodel.forward(x.clone()).unwrap();
     let b: Tensor<2> = debug.forward(x).unwrap();
