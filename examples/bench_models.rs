@@ -1,6 +1,6 @@
 //! End-to-end speed of whole int8 models against Burn's Flex f32, 224x224 inputs, seeded random
-//! weights (speed does not depend on the values): ResNet-18, MobileNetV3-Large and, on request,
-//! EfficientNet-Lite0, each at 1 and 2 threads and batch 1 and 32.
+//! weights (speed does not depend on the values): ResNet-18, MobileNetV2, MobileNetV3-Large and,
+//! on request, EfficientNet-Lite0, each at 1 and 2 threads and batch 1 and 32.
 //!
 //! ```text
 //! cargo run --release --example bench_models                       # everything, several minutes
@@ -8,7 +8,11 @@
 //! cargo run --release --example bench_models -- --models resnet18 --threads 1 --batch 1
 //! cargo run --release --example bench_models -- \
 //!     --models resnet18,mobilenet_v3,efficientnet_lite0 --threads 1,2 --batch 1,32 --rounds 7
+//! cargo run --release --example bench_models -- --int8-only       # no f32 rounds
 //! ```
+//!
+//! The side-by-side comparison with PyTorch and ONNX Runtime (`benches/compare/compare.py`) runs
+//! this example with `--int8-only` between its own timings.
 //!
 //! Every model is quantized once with the `x86` preset, calibrating on three random batches,
 //! and its conversion report counts (and its float nodes, if any) are printed. Each
@@ -33,18 +37,21 @@ use burn_quantize::convert::{QuantizedModel, convert};
 use burn_quantize::kernels::active_isa;
 use burn_quantize::models::ResNet;
 use burn_quantize::models::efficientnet::EfficientNet;
+use burn_quantize::models::mobilenet_v2::MobileNetV2;
 use burn_quantize::models::mobilenet_v3::MobileNetV3;
 use burn_quantize::prepare::prepare;
 use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
 use burn_quantize::{Forward, Graph, Result};
 
-const USAGE: &str = "usage: bench_models [--models resnet18,mobilenet_v3,efficientnet_lite0] \
-                     [--threads 1,2] [--batch 1,32] [--rounds N] [--quick]";
+const USAGE: &str = "usage: bench_models \
+                     [--models resnet18,mobilenet_v2,mobilenet_v3,efficientnet_lite0] \
+                     [--threads 1,2] [--batch 1,32] [--rounds N] [--quick] [--int8-only]";
 
 /// The models this benchmark knows.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum ModelKind {
     ResNet18,
+    MobileNetV2,
     MobileNetV3Large,
     EfficientNetLite0,
 }
@@ -54,6 +61,7 @@ impl ModelKind {
     fn parse(s: &str) -> Option<Self> {
         match s {
             "resnet18" => Some(Self::ResNet18),
+            "mobilenet_v2" => Some(Self::MobileNetV2),
             "mobilenet_v3" | "mobilenet_v3_large" => Some(Self::MobileNetV3Large),
             "efficientnet_lite0" | "efficientnet" => Some(Self::EfficientNetLite0),
             _ => None,
@@ -64,6 +72,7 @@ impl ModelKind {
     fn name(self) -> &'static str {
         match self {
             Self::ResNet18 => "resnet18",
+            Self::MobileNetV2 => "mobilenet_v2",
             Self::MobileNetV3Large => "mobilenet_v3_large",
             Self::EfficientNetLite0 => "efficientnet_lite0",
         }
@@ -73,6 +82,7 @@ impl ModelKind {
     fn build(self, device: &Device) -> Result<Subject> {
         match self {
             Self::ResNet18 => Subject::new(self, ResNet::resnet18(1000, device), device),
+            Self::MobileNetV2 => Subject::new(self, MobileNetV2::new(1000, device), device),
             Self::MobileNetV3Large => Subject::new(self, MobileNetV3::large(1000, device), device),
             Self::EfficientNetLite0 => {
                 Subject::new(self, EfficientNet::lite0(1000, device), device)
@@ -88,16 +98,23 @@ struct Args {
     batches: Vec<usize>,
     /// Rounds for every configuration; `None`: 5 at batch 1, 3 at larger batches.
     rounds: Option<usize>,
+    /// Time the int8 models only.
+    int8_only: bool,
 }
 
 impl Args {
     /// Parses the command line; exits with the usage on anything unknown.
     fn parse() -> Args {
         let mut args = Args {
-            models: vec![ModelKind::ResNet18, ModelKind::MobileNetV3Large],
+            models: vec![
+                ModelKind::ResNet18,
+                ModelKind::MobileNetV2,
+                ModelKind::MobileNetV3Large,
+            ],
             threads: vec![1, 2],
             batches: vec![1, 32],
             rounds: None,
+            int8_only: false,
         };
         let mut quick = false;
         let mut it = std::env::args().skip(1);
@@ -105,6 +122,10 @@ impl Args {
             let ok = match flag.as_str() {
                 "--quick" => {
                     quick = true;
+                    true
+                }
+                "--int8-only" => {
+                    args.int8_only = true;
                     true
                 }
                 "--models" => list(it.next(), ModelKind::parse)
@@ -154,6 +175,7 @@ struct Subject {
     kind: ModelKind,
     float: Box<dyn Fn(Tensor<4>) -> Tensor<2> + Send + Sync>,
     int8: QuantizedModel,
+    device: Device,
 }
 
 impl Subject {
@@ -186,7 +208,12 @@ impl Subject {
             }
         }
         let float = Box::new(move |x| model.forward(x));
-        Ok(Subject { kind, float, int8 })
+        Ok(Subject {
+            kind,
+            float,
+            int8,
+            device: device.clone(),
+        })
     }
 }
 
@@ -201,20 +228,22 @@ struct Row {
     threads: usize,
     batch: usize,
     int8: f64,
-    float: f64,
+    /// `None` with `--int8-only`.
+    float: Option<f64>,
     float_cpu: CpuSplit,
 }
 
 /// Times `subject` at `threads` threads and batch `batch`: inside a pool of `threads` threads,
-/// one warm-up of each, then `rounds` rounds of int8 then f32; medians per image.
-fn measure(subject: &Subject, threads: usize, batch: usize, rounds: usize, device: &Device) -> Row {
+/// one warm-up of each, then `rounds` rounds of int8 then f32 (int8 alone unless `with_float`);
+/// medians per image.
+fn measure(subject: &Subject, [threads, batch, rounds]: [usize; 3], with_float: bool) -> Row {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("{POOL_THREAD}{i}"))
         .build()
         .expect("a thread pool");
     let (int8, float, float_cpu) = pool.install(|| {
-        let x = random_images(batch, device);
+        let x = random_images(batch, &subject.device);
         let run_int8 = || {
             let y: Tensor<2> = subject.int8.forward(x.clone()).expect("int8 forward");
             y.into_data();
@@ -223,23 +252,28 @@ fn measure(subject: &Subject, threads: usize, batch: usize, rounds: usize, devic
             (subject.float)(x.clone()).into_data();
         };
         run_int8();
-        run_float();
+        if with_float {
+            run_float();
+        }
         let (mut int8, mut float) = (Vec::new(), Vec::new());
         let mut cpu = CpuSplit::new(threads);
         for _ in 0..rounds {
             int8.push(time_ms(run_int8));
-            let before = thread_cpu();
-            float.push(time_ms(run_float));
-            cpu.add(&before, &thread_cpu());
+            if with_float {
+                let before = thread_cpu();
+                float.push(time_ms(run_float));
+                cpu.add(&before, &thread_cpu());
+            }
         }
-        (median(int8), median(float), cpu)
+        let float = (!float.is_empty()).then(|| median(float));
+        (median(int8), float, cpu)
     });
     Row {
         kind: subject.kind,
         threads,
         batch,
         int8: int8 / batch as f64,
-        float: float / batch as f64,
+        float: float.map(|f| f / batch as f64),
         float_cpu,
     }
 }
@@ -325,14 +359,16 @@ fn print_table(rows: &[Row]) {
     println!("| model              | threads | batch | int8 ms/img | f32 ms/img | speedup |");
     println!("|--------------------|--------:|------:|------------:|-----------:|--------:|");
     for r in rows {
+        let (float, speedup) = match r.float {
+            Some(f) => (format!("{f:.2}"), format!("{:.2}x", f / r.int8)),
+            None => ("-".into(), "-".into()),
+        };
         println!(
-            "| {:<18} | {:>7} | {:>5} | {:>11.2} | {:>10.2} | {:>6.2}x |",
+            "| {:<18} | {:>7} | {:>5} | {:>11.2} | {float:>10} | {speedup:>7} |",
             r.kind.name(),
             r.threads,
             r.batch,
             r.int8,
-            r.float,
-            r.float / r.int8
         );
     }
 }
@@ -341,7 +377,7 @@ fn print_table(rows: &[Row]) {
 /// each of the pool's threads, elsewhere) and, for every model and batch measured at 1 and 2
 /// threads, how much faster 2 threads are (f32 and int8; only meaningful on an idle machine).
 fn print_threads(rows: &[Row]) {
-    for r in rows {
+    for r in rows.iter().filter(|r| r.float.is_some()) {
         let pool: Vec<String> = r.float_cpu.pool.iter().map(|s| format!("{s:.2}")).collect();
         println!(
             "{} t{} b{}: f32 CPU s on the pool's threads [{}], on other threads {:.2}",
@@ -358,11 +394,14 @@ fn print_threads(rows: &[Row]) {
     };
     for one in rows.iter().filter(|r| r.threads == 1) {
         if let Some(two) = at(one, 2) {
+            let float = match (one.float, two.float) {
+                (Some(one), Some(two)) => format!("f32 {:.2}x faster, ", one / two),
+                _ => String::new(),
+            };
             println!(
-                "{} b{}: 1 -> 2 threads, f32 {:.2}x faster, int8 {:.2}x faster",
+                "{} b{}: 1 -> 2 threads, {float}int8 {:.2}x faster",
                 one.kind.name(),
                 one.batch,
-                one.float / two.float,
                 one.int8 / two.int8
             );
         }
@@ -378,7 +417,9 @@ fn summary_line(subject: &Subject, rows: &[Row]) -> String {
         line += &format!(" {}={:.2}", key(r), r.int8);
     }
     for r in &rows {
-        line += &format!(" speedup_{}={:.2}", key(r), r.float / r.int8);
+        if let Some(float) = r.float {
+            line += &format!(" speedup_{}={:.2}", key(r), float / r.int8);
+        }
     }
     let (int8, float) = subject.int8.report().counts();
     line + &format!(" int8_nodes={int8} float_nodes={float}")
@@ -398,9 +439,10 @@ fn main() -> Result<()> {
     for subject in &subjects {
         for &threads in &args.threads {
             for &batch in &args.batches {
-                let row = measure(subject, threads, batch, args.rounds(batch), &device);
+                let config = [threads, batch, args.rounds(batch)];
+                let row = measure(subject, config, !args.int8_only);
                 eprintln!(
-                    "{} t{threads} b{batch}: int8 {:.2} ms/img, f32 {:.2} ms/img",
+                    "{} t{threads} b{batch}: int8 {:.2} ms/img, f32 {:?} ms/img",
                     subject.kind.name(),
                     row.int8,
                     row.float

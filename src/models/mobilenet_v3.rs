@@ -248,8 +248,8 @@ pub fn make_divisible(v: usize) -> usize {
     }
 }
 
-/// A convolution with symmetric padding `(k - 1) / 2`.
-fn conv(
+/// A convolution with symmetric padding `(k - 1) / 2` (shared with MobileNetV2).
+pub(super) fn conv(
     cin: usize,
     cout: usize,
     kernel: usize,

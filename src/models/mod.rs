@@ -2,6 +2,7 @@
 
 pub mod efficientnet;
 pub mod fashion;
+pub mod mobilenet_v2;
 pub mod mobilenet_v3;
 mod resnet;
 
