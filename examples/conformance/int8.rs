@@ -8,11 +8,10 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use burn_quantize::Graph;
 use burn_quantize::convert::{QuantizedModel, convert};
-use burn_quantize::numeric::Comparison;
 use burn_quantize::prepare::prepare;
 use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
 
-use crate::goldens::read_tensor;
+use crate::goldens::{cosine, read_tensor};
 use crate::resnets::{self, GoldenResNet};
 
 /// Bars from the issue: PyTorch's own int8 reaches 0.9994 against its float on this golden.
@@ -96,10 +95,6 @@ pub fn run(goldens: &Path) -> Result<bool, Box<dyn std::error::Error>> {
     std::fs::remove_dir_all(&scratch)?;
     println!("{last}");
     Ok(passed)
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    Comparison::new(String::new(), String::new(), a, b).cosine
 }
 
 fn argmax(v: &[f32]) -> usize {

@@ -11,11 +11,10 @@ use burn_quantize::Graph;
 use burn_quantize::convert::{DebugModel, QuantizedModel, Step, convert, convert_debug};
 use burn_quantize::graph::BinaryOp;
 use burn_quantize::models::mobilenet_v3::{MobileNetV3, MobileNetV3Config};
-use burn_quantize::numeric::Comparison;
 use burn_quantize::prepare::prepare;
 use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
 
-use crate::goldens::{read_json, read_tensor};
+use crate::goldens::{cosine, read_json, read_tensor};
 
 /// The golden model's folder name under the goldens directory.
 pub const NAME: &str = "mobilenet_v3_large";
@@ -178,10 +177,6 @@ fn values(t: Tensor<2>) -> Result<Vec<f32>, Box<dyn std::error::Error>> {
     Ok(t.into_data()
         .try_to_vec::<f32>()
         .map_err(|e| format!("{e:?}"))?)
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    Comparison::new(String::new(), String::new(), a, b).cosine
 }
 
 /// Prints the float comparison; whether it passes.
