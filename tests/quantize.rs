@@ -9,13 +9,13 @@ use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::InMemDataset;
 use burn::tensor::{Device, Tensor, TensorData};
-use burn_quantize::convert::{QuantizedModel, convert, convert_debug};
 use burn_quantize::exec::RunValue;
 use burn_quantize::graph::ValueId;
 use burn_quantize::models::{ResNet, ResNetConfig};
 use burn_quantize::numeric::Comparison;
 use burn_quantize::prepare::{Placement, PreparedModel, prepare};
 use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
+use burn_quantize::quantized::{QuantizedModel, convert, convert_debug};
 use burn_quantize::{Error, Graph, quantize};
 use common::cosine;
 
@@ -172,7 +172,7 @@ fn the_native_preset_uses_the_full_u8_range_and_is_closer_to_float_than_x86() {
         );
         let qmodel = convert(&prepared).unwrap();
         let input = qmodel.program().steps.iter().find_map(|s| match s {
-            burn_quantize::convert::Step::Quantize { output, .. } => Some(*output),
+            burn_quantize::quantized::Step::Quantize { output, .. } => Some(*output),
             _ => None,
         });
         let qp: QParams = qmodel.program().qparams(input.unwrap()).unwrap();

@@ -1,14 +1,10 @@
-//! Convert (PyTorch's `convert_fx`): a calibrated [`PreparedModel`] becomes a
-//! [`QuantizedModel`] whose int8 nodes are `QConv2d`/`QLinear` layers and int8 add/sub/mul, cat,
+//! Convert (PyTorch's `convert_fx`): a calibrated [`PreparedModel`] becomes an int8
+//! [`QuantizedProgram`] and its [`QuantizedLayers`] (what
+//! [`crate::quantized::QuantizedModel`] runs), whose int8 nodes are `QConv2d`/`QLinear` layers and int8 add/sub/mul, cat,
 //! pool, clamp, pad, reshape and table steps, with quantize/dequantize steps at the float
 //! boundaries. A pointwise function (hard-swish, sigmoid, GELU, ...) is a 256-entry table made
 //! here by running its float body on the 256 values its input can take; when it is the only
 //! reader of a conv or linear layer's output it is applied in that layer's requantization.
-
-mod debug;
-mod display;
-mod model;
-mod program;
 
 use std::collections::HashMap;
 
@@ -19,19 +15,18 @@ use crate::graph::{Activation, Graph, Node, Op, PadMode, ValueId, ValueInfo, Val
 use crate::kernels::{self, Conv2dGeometry, QParams, Table};
 use crate::nn::{QConv2d, QLayerSpec, QLinear, QWeights};
 use crate::observe::{self, QDType};
+use crate::ops::{float_values, pointwise};
 use crate::prepare::{Int8Op, Placement, PreparedModel};
+use crate::program::{
+    ConvLayer, Domain, LinearLayer, NodeReport, PROGRAM_FORMAT_VERSION, QuantizedLayers,
+    QuantizedProgram, Step,
+};
 use crate::qconfig::QConfig;
 use crate::{Error, Result};
 
-pub use debug::{DebugModel, convert_debug};
-pub use model::{QuantizedLayers, QuantizedModel, Report};
-pub use program::{
-    ConvLayer, Domain, LinearLayer, NodeReport, PROGRAM_FORMAT_VERSION, QuantizedProgram, Step,
-};
-
-/// Converts a calibrated model to int8 (PyTorch's `convert_fx`). Layer tensors are made on the
-/// CPU device Burn picks by default; the model runs on any device.
-pub fn convert(prepared: &PreparedModel) -> Result<QuantizedModel> {
+/// Converts a calibrated model to its int8 program and layers. Layer tensors are made on the
+/// CPU device Burn picks by default.
+pub fn to_program(prepared: &PreparedModel) -> Result<(QuantizedProgram, QuantizedLayers)> {
     prepared.check_calibrated()?;
     let graph = prepared.graph();
     let plan = prepared.plan();
@@ -90,7 +85,7 @@ pub fn convert(prepared: &PreparedModel) -> Result<QuantizedModel> {
     }
     let outputs = graph.outputs.iter().map(|&v| b.float_version(v)).collect();
     let program = QuantizedProgram {
-        version: program::PROGRAM_FORMAT_VERSION,
+        version: PROGRAM_FORMAT_VERSION,
         values: b.values,
         domains: b.domains,
         steps: b.steps,
@@ -102,7 +97,7 @@ pub fn convert(prepared: &PreparedModel) -> Result<QuantizedModel> {
         linears: b.linears,
         report,
     };
-    QuantizedModel::new(program, b.layers)
+    Ok((program, b.layers))
 }
 
 /// A readable name for a value: the node that makes it, or the model input.
@@ -463,9 +458,9 @@ impl Builder<'_> {
         let mut x = vec![0f32; 256];
         kernels::dequantize(&codes, in_qp, &mut x)?;
         let x = Tensor::<1>::from_data(TensorData::new(x, [256]), &self.device).into_dispatch();
-        let y = crate::exec::pointwise(body, input, x, 1, &self.device)?;
+        let y = pointwise(body, input, x, 1, &self.device)?;
         let mut table = vec![0u8; 256];
-        kernels::quantize(&crate::exec::float_values::<f32>(&y)?, out_qp, &mut table)?;
+        kernels::quantize(&float_values::<f32>(&y)?, out_qp, &mut table)?;
         Table::new(&table)
     }
 

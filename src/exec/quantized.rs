@@ -8,12 +8,13 @@ use burn::backend::ops::FloatTensorOps;
 use burn::backend::{Dispatch, DispatchTensor, TensorMetadata};
 use burn::tensor::{Device, TensorData};
 
-use super::{float_ops, float_values, reference};
-use crate::convert::{QuantizedLayers, QuantizedProgram, Step};
+use super::reference;
 use crate::graph::{
     BinaryOp, RunShapes, ValueId, ValueShapes, broadcast_all, cat_shape, reshape_target,
 };
 use crate::kernels::{self, CatInput, QBinaryOp, QParams, QTensorRef};
+use crate::ops::{self as float_ops, float_values};
+use crate::program::{QuantizedLayers, QuantizedProgram, Step};
 use crate::{Error, Result};
 
 /// A value while a quantized program runs.

@@ -1,27 +1,33 @@
-//! [`QuantizedModel`]: a converted model, run with the int8 kernels.
+//! [`QuantizedModel`]: a converted model, run with the int8 kernels; [`convert`] (PyTorch's
+//! `convert_fx`) makes one from a calibrated model, [`convert_debug`] its debug model.
+//!
+//! Above both `convert` (which writes the [`program`](crate::program)) and `exec` (which runs
+//! it): the model is the program, its layers, and the executor planned for them.
+
+mod debug;
 
 use std::fmt;
 
-use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 
-use super::program::QuantizedProgram;
 use crate::Result;
 use crate::exec::{Arithmetic, QuantizedExecutor, RunValue};
 use crate::graph::ValueId;
 use crate::nn::{QConv2d, QLinear};
-use crate::prepare::Placement;
+use crate::prepare::{Placement, PreparedModel};
 
-/// The layers of a quantized model that hold tensors, as one Burn module (what its record
-/// stores): `QConv2d` and `QLinear` layers, and the float parameters of nodes kept in float.
-#[derive(Module, Debug)]
-pub struct QuantizedLayers {
-    /// The quantized convolutions, in program order.
-    pub convs: Vec<QConv2d>,
-    /// The quantized linear layers, in program order.
-    pub linears: Vec<QLinear>,
-    /// Parameters of float nodes, flattened (their shapes are in the program).
-    pub floats: Vec<Param<Tensor<1>>>,
+pub use crate::program::{
+    ConvLayer, Domain, LinearLayer, NodeReport, PROGRAM_FORMAT_VERSION, QuantizedLayers,
+    QuantizedProgram, Step,
+};
+pub use debug::{DebugModel, convert_debug};
+
+/// Converts a calibrated model to int8 (PyTorch's `convert_fx`): its program and layers (see
+/// [`crate::convert`]), checked and planned for running. Layer tensors are made on the CPU
+/// device Burn picks by default; the model runs on any device.
+pub fn convert(prepared: &PreparedModel) -> Result<QuantizedModel> {
+    let (program, layers) = crate::convert::to_program(prepared)?;
+    QuantizedModel::new(program, layers)
 }
 
 /// A quantized model: its program and layers. `forward` takes and returns ordinary Burn
@@ -30,7 +36,7 @@ pub struct QuantizedLayers {
 ///
 /// ```no_run
 /// # use burn::prelude::*;
-/// # use burn_quantize::convert::QuantizedModel;
+/// # use burn_quantize::quantized::QuantizedModel;
 /// # fn run(qmodel: &QuantizedModel, images: Tensor<4>) -> burn_quantize::Result<()> {
 /// let logits: Tensor<2> = qmodel.forward(images)?;
 /// println!("{}", qmodel.report());          // every node: int8 or float, and why
@@ -98,7 +104,7 @@ impl QuantizedModel {
             arithmetic,
             tap,
         )?;
-        crate::exec::single_output(outputs)
+        crate::ops::single_output(outputs)
     }
 
     /// The program it runs.
@@ -155,6 +161,32 @@ impl fmt::Display for Report<'_> {
                 Placement::Int8(op) => writeln!(f, "  int8   {:<28} {:<24} {op:?}", r.name, r.op)?,
                 Placement::Float(why) => writeln!(f, "  float  {:<28} {:<24} {why}", r.name, r.op)?,
             }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for QuantizedModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let program = self.program();
+        let typed = |ids: &[ValueId]| -> String {
+            let items: Vec<String> = ids.iter().map(|&id| program.typed(id)).collect();
+            items.join(", ")
+        };
+        writeln!(
+            f,
+            "quantized({}) -> ({})",
+            typed(&program.inputs),
+            typed(&program.outputs)
+        )?;
+        for step in &program.steps {
+            let (outputs, call, name) = program.describe(step);
+            writeln!(
+                f,
+                "  {} = {call}{}",
+                typed(&outputs),
+                name.map(|n| format!("  # {n}")).unwrap_or_default()
+            )?;
         }
         Ok(())
     }
