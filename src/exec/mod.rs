@@ -4,9 +4,10 @@
 //! kernels.
 
 mod float;
+mod plan;
 mod quantized;
 mod reference;
 
 pub use float::FloatExecutor;
 pub use quantized::RunValue;
-pub(crate) use quantized::{Arithmetic, QuantizedExecutor};
+pub(crate) use quantized::{Arithmetic, QuantizedExecutor, Tap};

@@ -11,7 +11,7 @@ use std::fmt;
 use burn::tensor::Tensor;
 
 use crate::Result;
-use crate::exec::{Arithmetic, QuantizedExecutor, RunValue};
+use crate::exec::{Arithmetic, QuantizedExecutor, RunValue, Tap};
 use crate::graph::ValueId;
 use crate::nn::{QConv2d, QLinear};
 use crate::prepare::{Placement, PreparedModel};
@@ -74,7 +74,7 @@ impl QuantizedModel {
         &self,
         input: Tensor<DI>,
     ) -> Result<Tensor<DO>> {
-        self.run_with(input, Arithmetic::Kernels, &mut |_, _| Ok(()))
+        self.run_with(input, Arithmetic::Kernels, None)
     }
 
     /// Runs the model and shows every value of the program to `tap` as it is made (`u8`
@@ -85,15 +85,15 @@ impl QuantizedModel {
         input: Tensor<DI>,
         tap: &mut dyn FnMut(ValueId, &RunValue) -> Result<()>,
     ) -> Result<Tensor<DO>> {
-        self.run_with(input, Arithmetic::Kernels, tap)
+        self.run_with(input, Arithmetic::Kernels, Some(tap))
     }
 
-    /// Runs the model with the given arithmetic, showing every value to `tap`.
+    /// Runs the model with the given arithmetic, showing every value to `tap` if given.
     pub(crate) fn run_with<const DI: usize, const DO: usize>(
         &self,
         input: Tensor<DI>,
         arithmetic: Arithmetic,
-        tap: &mut dyn FnMut(ValueId, &RunValue) -> Result<()>,
+        tap: Tap,
     ) -> Result<Tensor<DO>> {
         let device = input.device();
         let outputs = self.executor.run(
@@ -189,5 +189,48 @@ impl fmt::Display for QuantizedModel {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Distribution, Tensor};
+
+    use super::convert;
+    use crate::Graph;
+    use crate::models::ResNetConfig;
+    use crate::prepare::prepare;
+    use crate::qconfig::{Engine, QConfig, QConfigMap};
+
+    #[test]
+    fn runs_of_a_seen_shape_reuse_the_pooled_arena_and_the_cached_plan() {
+        let device = Device::flex();
+        let net = ResNetConfig::resnet18(10).narrowed(8).init(&device);
+        let x =
+            |n, hw| Tensor::<4>::random([n, 3, hw, hw], Distribution::Uniform(-2.0, 2.0), &device);
+        let graph = Graph::capture(&net, &x(2, 32)).unwrap();
+        let qmodel = convert(
+            &prepare(&graph, &QConfigMap::global(QConfig::preset(Engine::X86)))
+                .unwrap()
+                .calibrate(|m| m.forward::<4, 2>(x(4, 32)).map(|_| ()))
+                .unwrap(),
+        )
+        .unwrap();
+        qmodel.forward::<4, 2>(x(2, 32)).unwrap();
+        let first = qmodel.executor.pooled();
+        assert_eq!((first.0, first.1.len()), (1, 1));
+        for _ in 0..3 {
+            qmodel.forward::<4, 2>(x(2, 32)).unwrap();
+            assert_eq!(qmodel.executor.pooled(), first);
+        }
+        // A smaller input: a new plan, the same arena (large enough already).
+        qmodel.forward::<4, 2>(x(1, 24)).unwrap();
+        assert_eq!(qmodel.executor.pooled(), (2, first.1.clone()));
+        // A larger one grows the arena once; then it is reused again.
+        qmodel.forward::<4, 2>(x(3, 32)).unwrap();
+        let grown = qmodel.executor.pooled();
+        assert_eq!((grown.0, grown.1.len()), (3, 1));
+        qmodel.forward::<4, 2>(x(2, 32)).unwrap();
+        assert_eq!(qmodel.executor.pooled(), grown);
     }
 }
