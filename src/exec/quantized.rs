@@ -45,6 +45,9 @@ pub(crate) enum Arithmetic {
 /// What sees every value of a run as it is made (`u8` values copied out of the arena).
 pub(crate) type Tap<'t> = Option<&'t mut dyn FnMut(ValueId, &RunValue) -> Result<()>>;
 
+/// The float parameters of a program's float steps, as tensors on one device.
+type FloatParams = HashMap<ValueId, DispatchTensor>;
+
 /// Plans kept per executor; more distinct input shapes than this start the cache afresh.
 const MAX_PLANS: usize = 32;
 
@@ -53,7 +56,7 @@ pub(crate) struct QuantizedExecutor {
     /// For each step, the float values it reads for the last time.
     frees: Vec<Vec<ValueId>>,
     /// The float parameters uploaded to the device of the last run.
-    float_params: Mutex<Option<(Device, HashMap<ValueId, DispatchTensor>)>>,
+    float_params: Mutex<Option<(Device, Arc<FloatParams>)>>,
     /// The plan of each input shape seen, by the inputs' shapes.
     plans: Mutex<HashMap<Vec<Vec<usize>>, Arc<ShapePlan>>>,
     /// Arenas not in use by a run.
@@ -157,12 +160,12 @@ impl QuantizedExecutor {
         program: &QuantizedProgram,
         layers: &QuantizedLayers,
         device: &Device,
-    ) -> Result<HashMap<ValueId, DispatchTensor>> {
+    ) -> Result<Arc<FloatParams>> {
         let mut cache = self.float_params.lock().map_err(poisoned)?;
         if let Some((d, params)) = cache.as_ref()
             && d == device
         {
-            return Ok(params.clone());
+            return Ok(Arc::clone(params));
         }
         let params: HashMap<_, _> = program
             .float_params
@@ -175,7 +178,8 @@ impl QuantizedExecutor {
                 Ok((id, Dispatch::float_from_data(data, device.as_dispatch())))
             })
             .collect::<Result<_>>()?;
-        *cache = Some((device.clone(), params.clone()));
+        let params = Arc::new(params);
+        *cache = Some((device.clone(), Arc::clone(&params)));
         Ok(params)
     }
 }
@@ -329,7 +333,7 @@ struct Run<'a> {
     device: &'a Device,
     arithmetic: Arithmetic,
     plan: &'a ShapePlan,
-    params: &'a HashMap<ValueId, DispatchTensor>,
+    params: &'a FloatParams,
 }
 
 impl Run<'_> {
