@@ -33,7 +33,6 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
-use burn_quantize::convert::{QuantizedModel, convert};
 use burn_quantize::kernels::active_isa;
 use burn_quantize::models::ResNet;
 use burn_quantize::models::efficientnet::EfficientNet;
@@ -41,6 +40,7 @@ use burn_quantize::models::mobilenet_v2::MobileNetV2;
 use burn_quantize::models::mobilenet_v3::MobileNetV3;
 use burn_quantize::prepare::prepare;
 use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
+use burn_quantize::quantized::{QuantizedModel, convert};
 use burn_quantize::{Forward, Graph, Result};
 
 const USAGE: &str = "usage: bench_models \

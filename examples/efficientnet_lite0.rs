@@ -34,13 +34,13 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use burn_quantize::Graph;
-use burn_quantize::convert::convert;
 use burn_quantize::data::imagenet::{
     Normalization, Preprocess, decode, resize_shorter_side, top_k,
 };
 use burn_quantize::models::efficientnet::EfficientNet;
 use burn_quantize::prepare::prepare;
 use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
+use burn_quantize::quantized::convert;
 
 use goldens::{read_json, read_tensor};
 

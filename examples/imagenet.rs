@@ -28,13 +28,13 @@ use std::time::Instant;
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
-use burn_quantize::convert::QuantizedModel;
 use burn_quantize::data::imagenet::{
     Accuracy, ImageFolder, ImageNetBatch, Normalization, Preprocess,
 };
 use burn_quantize::models::ResNet;
 use burn_quantize::models::efficientnet::EfficientNet;
 use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
+use burn_quantize::quantized::QuantizedModel;
 use burn_quantize::{Forward, quantize};
 
 type Error = Box<dyn std::error::Error>;

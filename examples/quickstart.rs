@@ -26,11 +26,11 @@ use std::time::Instant;
 
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::tensor::{Device, Int, Tensor};
-use burn_quantize::convert::{QuantizedModel, convert, convert_debug};
 use burn_quantize::data::fashion_mnist::{FashionMnist, FashionMnistBatcher};
 use burn_quantize::models::fashion::FashionNet;
 use burn_quantize::prepare::prepare;
 use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
+use burn_quantize::quantized::{QuantizedModel, convert, convert_debug};
 use burn_quantize::{Error, Graph, Result};
 
 type Batch = (Tensor<4>, Tensor<1, Int>);

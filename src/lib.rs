@@ -7,7 +7,7 @@
 //! ```no_run
 //! use burn::data::dataloader::DataLoader;
 //! use burn::prelude::*;
-//! use burn_quantize::convert::QuantizedModel;
+//! use burn_quantize::quantized::QuantizedModel;
 //! use burn_quantize::models::ResNet;
 //! use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
 //! use burn_quantize::quantize;
@@ -38,8 +38,12 @@
 //!   exactly as PyTorch's do;
 //! - [`prepare`]: folding, fusion, observer placement, and calibration with any closure or
 //!   over a `DataLoader`;
-//! - [`convert`]: the [`convert::QuantizedModel`] (`QConv2d`/`QLinear` and int8 add, cat,
-//!   pool steps; float where no int8 kernel exists, reported) and the bit-exact debug model;
+//! - [`convert`]: a calibrated model to its int8 [`program`] (`QConv2d`/`QLinear` and int8 add,
+//!   cat, pool steps; float where no int8 kernel exists, reported);
+//! - [`program`]: the int8 program (steps, layers, value parameters, the report), written by
+//!   `convert`, run by `exec`, saved by `record`;
+//! - [`quantized`]: the [`quantized::QuantizedModel`] (program, layers and planned executor;
+//!   [`quantized::convert`] makes one) and the bit-exact debug model;
 //! - [`numeric`]: the numeric suite, float vs int8 layer by layer (SQNR, cosine, max error);
 //! - [`record`]: save and load through Burn's burnpack records;
 //! - [`exec`]: the float and quantized interpreters;
@@ -62,9 +66,12 @@ pub mod models;
 pub mod nn;
 pub mod numeric;
 pub mod observe;
+mod ops;
 pub mod prepare;
+pub mod program;
 pub mod qconfig;
 mod quantize;
+pub mod quantized;
 pub mod record;
 
 pub use capture::Forward;

@@ -3,10 +3,10 @@
 use burn::data::dataloader::DataLoader;
 
 use crate::capture::Forward;
-use crate::convert::{QuantizedModel, convert};
 use crate::graph::Graph;
 use crate::prepare::{CalibrationInput, prepare};
 use crate::qconfig::QConfigMap;
+use crate::quantized::{QuantizedModel, convert};
 use crate::{Error, Result};
 
 /// Quantizes `model` with `qconfig`, calibrating on every batch of `loader` (PyTorch's

@@ -14,9 +14,10 @@ use burn::module::{Param, ParamId};
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::{Device, Tensor};
 
-use crate::convert::{PROGRAM_FORMAT_VERSION, QuantizedLayers, QuantizedModel, QuantizedProgram};
 use crate::graph::ValueShapes;
 use crate::nn::{QConv2d, QLinear, QWeights};
+use crate::program::{PROGRAM_FORMAT_VERSION, QuantizedLayers, QuantizedProgram};
+use crate::quantized::QuantizedModel;
 use crate::{Error, Result};
 
 /// Version of the record layout; bumped on every incompatible change.

@@ -9,11 +9,11 @@ use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation as act;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Tensor};
-use burn_quantize::convert::{QuantizedModel, Step, convert, convert_debug};
 use burn_quantize::kernels::QParams;
 use burn_quantize::models::ResNetConfig;
 use burn_quantize::prepare::{Int8Op, Placement, PreparedModel, prepare};
 use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
+use burn_quantize::quantized::{QuantizedModel, Step, convert, convert_debug};
 use burn_quantize::{Error, Forward, Graph};
 use common::{cosine, images_hw};
 

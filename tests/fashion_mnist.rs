@@ -250,7 +250,7 @@ fn the_trained_model_loads_is_accurate_and_quantizes() {
             .unwrap()
             .calibrate(|m| m.forward::<4, 2>(calib).map(|_| ()))
             .unwrap();
-    let qmodel = burn_quantize::convert::convert(&prepared).unwrap();
+    let qmodel = burn_quantize::quantized::convert(&prepared).unwrap();
     assert_eq!(qmodel.report().counts().1, 0, "{}", qmodel.report());
     let int8 = predictions(qmodel.forward(images).unwrap());
     let agree = int8.iter().zip(&float).filter(|(a, b)| a == b).count();

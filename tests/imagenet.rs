@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::tensor::{Device, Tensor};
-use burn_quantize::convert::QuantizedModel;
 use burn_quantize::data::imagenet::{
     Accuracy, Classes, ImageFolder, ImageNetBatch, Normalization, Preprocess,
 };
 use burn_quantize::models::ResNetConfig;
 use burn_quantize::models::efficientnet::EfficientNetConfig;
 use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
+use burn_quantize::quantized::QuantizedModel;
 use burn_quantize::{Error, Forward, quantize};
 use image::{ImageFormat, Rgb, RgbImage};
 

@@ -9,13 +9,13 @@ use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::InMemDataset;
 use burn::tensor::{Device, Tensor, TensorData};
-use burn_quantize::convert::{QuantizedModel, convert, convert_debug};
 use burn_quantize::exec::RunValue;
 use burn_quantize::graph::ValueId;
 use burn_quantize::models::{ResNet, ResNetConfig};
 use burn_quantize::numeric::Comparison;
 use burn_quantize::prepare::{Placement, PreparedModel, prepare};
 use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
+use burn_quantize::quantized::{QuantizedModel, convert, convert_debug};
 use burn_quantize::{Error, Graph, quantize};
 use common::cosine;
 
@@ -172,7 +172,7 @@ fn the_native_preset_uses_the_full_u8_range_and_is_closer_to_float_than_x86() {
         );
         let qmodel = convert(&prepared).unwrap();
         let input = qmodel.program().steps.iter().find_map(|s| match s {
-            burn_quantize::convert::Step::Quantize { output, .. } => Some(*output),
+            burn_quantize::quantized::Step::Quantize { output, .. } => Some(*output),
             _ => None,
         });
         let qp: QParams = qmodel.program().qparams(input.unwrap()).unwrap();
@@ -661,4 +661,69 @@ fn channels_with_tiny_weights_keep_their_bias() {
             }
         }
     }
+}
+
+/// The bytes of a model's output.
+fn output_bytes(qmodel: &QuantizedModel, x: Tensor<4>) -> Vec<f32> {
+    let y: Tensor<2> = qmodel.forward(x).unwrap();
+    y.into_data().try_to_vec().unwrap()
+}
+
+#[test]
+fn arena_runs_of_two_models_interleaved_from_threads_and_at_new_shapes_match_fresh_runs() {
+    use rayon::prelude::*;
+    let device = device();
+    let net = model(&device);
+    let x86 = QConfigMap::global(QConfig::preset(Engine::X86));
+    // The second model has a float region: dequantize and quantize steps around `layer2`.
+    let prepared = [
+        calibrated(&net, &x86, &device),
+        calibrated(&net, &x86.clone().module("layer2", None), &device),
+    ];
+    let inputs: Vec<Tensor<4>> = [(1, [32, 32]), (3, [32, 32]), (2, [40, 24]), (1, [16, 16])]
+        .into_iter()
+        .enumerate()
+        .map(|(seed, (n, hw))| common::images_hw(n, seed as u64, hw, &device))
+        .collect();
+    // Expected: each input on a freshly converted model (empty plan cache, new arena).
+    let fresh: Vec<Vec<Vec<f32>>> = (prepared.iter())
+        .map(|p| {
+            (inputs.iter())
+                .map(|x| output_bytes(&convert(p).unwrap(), x.clone()))
+                .collect()
+        })
+        .collect();
+    let models = [
+        convert(&prepared[0]).unwrap(),
+        convert(&prepared[1]).unwrap(),
+    ];
+    // Serial runs at changing sizes and batches, twice over, on the same models.
+    for _ in 0..2 {
+        for (k, x) in inputs.iter().enumerate().rev() {
+            for m in 0..2 {
+                assert_eq!(
+                    output_bytes(&models[m], x.clone()),
+                    fresh[m][k],
+                    "model {m} input {k}"
+                );
+            }
+        }
+    }
+    // Every (model, input) pair three times, from scoped threads and from rayon, interleaved.
+    let jobs: Vec<(usize, usize)> = (0..3 * 2 * inputs.len())
+        .map(|j| (j % 2, (j / 2) % inputs.len()))
+        .collect();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (models, inputs, fresh, jobs) = (&models, &inputs, &fresh, &jobs);
+            s.spawn(move || {
+                for &(m, k) in jobs.iter().skip(t).step_by(4) {
+                    assert_eq!(output_bytes(&models[m], inputs[k].clone()), fresh[m][k]);
+                }
+            });
+        }
+    });
+    jobs.par_iter().for_each(|&(m, k)| {
+        assert_eq!(output_bytes(&models[m], inputs[k].clone()), fresh[m][k]);
+    });
 }

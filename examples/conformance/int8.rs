@@ -7,9 +7,9 @@ use std::path::Path;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use burn_quantize::Graph;
-use burn_quantize::convert::{QuantizedModel, convert};
 use burn_quantize::prepare::prepare;
 use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
+use burn_quantize::quantized::{QuantizedModel, convert};
 
 use crate::goldens::{cosine, read_tensor};
 use crate::resnets::{self, GoldenResNet};

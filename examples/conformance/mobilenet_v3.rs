@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Tensor};
 use burn_quantize::Graph;
-use burn_quantize::convert::{DebugModel, QuantizedModel, Step, convert, convert_debug};
 use burn_quantize::graph::BinaryOp;
 use burn_quantize::models::mobilenet_v3::{MobileNetV3, MobileNetV3Config};
 use burn_quantize::prepare::prepare;
 use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
+use burn_quantize::quantized::{DebugModel, QuantizedModel, Step, convert, convert_debug};
 
 use crate::goldens::{cosine, read_json, read_tensor};
 

@@ -1,14 +1,10 @@
-//! Convert (PyTorch's `convert_fx`): a calibrated [`PreparedModel`] becomes a
-//! [`QuantizedModel`] whose int8 nodes are `QConv2d`/`QLinear` layers and int8 add/sub/mul, cat,
+//! Convert (PyTorch's `convert_fx`): a calibrated [`PreparedModel`] becomes an int8
+//! [`QuantizedProgram`] and its [`QuantizedLayers`] (what
+//! [`crate::quantized::QuantizedModel`] runs), whose int8 nodes are `QConv2d`/`QLinear` layers and int8 add/sub/mul, cat,
 //! pool, clamp, pad, reshape and table steps, with quantize/dequantize steps at the float
 //! boundaries. A pointwise function (hard-swish, sigmoid, GELU, ...) is a 256-entry table made
 //! here by running its float body on the 256 values its input can take; when it is the only
 //! reader of a conv or linear layer's output it is applied in that layer's requantization.
-
-mod debug;
-mod display;
-mod model;
-mod program;
 
 use std::collections::HashMap;
 
@@ -19,19 +15,18 @@ use crate::graph::{Activation, Graph, Node, Op, PadMode, ValueId, ValueInfo, Val
 use crate::kernels::{self, Conv2dGeometry, QParams, Table};
 use crate::nn::{QConv2d, QLayerSpec, QLinear, QWeights};
 use crate::observe::{self, QDType};
+use crate::ops::{float_values, pointwise};
 use crate::prepare::{Int8Op, Placement, PreparedModel};
+use crate::program::{
+    ConvLayer, Domain, LinearLayer, NodeReport, PROGRAM_FORMAT_VERSION, QuantizedLayers,
+    QuantizedProgram, Step,
+};
 use crate::qconfig::QConfig;
 use crate::{Error, Result};
 
-pub use debug::{DebugModel, convert_debug};
-pub use model::{QuantizedLayers, QuantizedModel, Report};
-pub use program::{
-    ConvLayer, Domain, LinearLayer, NodeReport, PROGRAM_FORMAT_VERSION, QuantizedProgram, Step,
-};
-
-/// Converts a calibrated model to int8 (PyTorch's `convert_fx`). Layer tensors are made on the
-/// CPU device Burn picks by default; the model runs on any device.
-pub fn convert(prepared: &PreparedModel) -> Result<QuantizedModel> {
+/// Converts a calibrated model to its int8 program and layers. Layer tensors are made on the
+/// CPU device Burn picks by default.
+pub fn to_program(prepared: &PreparedModel) -> Result<(QuantizedProgram, QuantizedLayers)> {
     prepared.check_calibrated()?;
     let graph = prepared.graph();
     let plan = prepared.plan();
@@ -90,7 +85,7 @@ pub fn convert(prepared: &PreparedModel) -> Result<QuantizedModel> {
     }
     let outputs = graph.outputs.iter().map(|&v| b.float_version(v)).collect();
     let program = QuantizedProgram {
-        version: program::PROGRAM_FORMAT_VERSION,
+        version: PROGRAM_FORMAT_VERSION,
         values: b.values,
         domains: b.domains,
         steps: b.steps,
@@ -102,7 +97,7 @@ pub fn convert(prepared: &PreparedModel) -> Result<QuantizedModel> {
         linears: b.linears,
         report,
     };
-    QuantizedModel::new(program, b.layers)
+    Ok((program, b.layers))
 }
 
 /// A readable name for a value: the node that makes it, or the model input.
@@ -231,29 +226,49 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// Adds the step of a node that runs in int8 (and its layer, for conv and linear nodes).
     fn int8_node(&mut self, node: &Node, op: Int8Op, qconfig: &QConfig) -> Result<()> {
         let output = node.outputs[0];
         let out_qp = self.qparams(output)?;
         self.domains[output.index()] = Domain::Int8(out_qp);
         let input = self.int8_version(node.inputs[0])?;
         let in_qp = self.qparams(node.inputs[0])?;
-        let mut spec = QLayerSpec {
-            input: in_qp,
-            output: out_qp,
-            activation: node.activation,
-            table: None,
-        };
-        let mut output = output;
-        if matches!(op, Int8Op::Conv2d | Int8Op::Linear)
-            && let Some((table, out)) = self.fusable_table(node)?
-        {
-            spec.table = Some(table);
-            output = out;
-        }
         let step = match (op, &node.op) {
+            (Int8Op::Conv2d | Int8Op::Linear, _) => {
+                let mut spec = QLayerSpec {
+                    input: in_qp,
+                    output: out_qp,
+                    activation: node.activation,
+                    table: None,
+                };
+                let mut output = output;
+                if let Some((table, out)) = self.fusable_table(node)? {
+                    spec.table = Some(table);
+                    output = out;
+                }
+                self.layer_step(node, op, spec, qconfig, [input, output])?
+            }
+            (Int8Op::Pad | Int8Op::Clamp, _) => self.constant_step(node, op, out_qp, input)?,
+            _ => self.value_step(node, op, [in_qp, out_qp], input)?,
+        };
+        self.steps.push(step);
+        Ok(())
+    }
+
+    /// The step and layer of a conv or linear node reading `input` and writing `output`.
+    fn layer_step(
+        &mut self,
+        node: &Node,
+        op: Int8Op,
+        spec: QLayerSpec,
+        qconfig: &QConfig,
+        [input, output]: [ValueId; 2],
+    ) -> Result<Step> {
+        let (weight, bias) = self.layer_data(node)?;
+        let shape = self.graph.tensors[&node.inputs[1]].shape().to_vec();
+        let x_scale = spec.input.scale;
+        match (op, &node.op) {
             (Int8Op::Conv2d, Op::Conv2d(a)) => {
-                let (weight, bias) = self.layer_data(node)?;
-                let shape = self.graph.tensors[&node.inputs[1]].shape().to_vec();
                 let geometry = Conv2dGeometry {
                     in_channels: shape[1] * a.groups,
                     out_channels: shape[0],
@@ -263,66 +278,126 @@ impl Builder<'_> {
                     dilation: a.dilation,
                     groups: a.groups,
                 };
-                let weights = quantize_weights(
+                let w = quantize_weights(
                     &weight,
                     &shape,
                     bias.as_deref(),
-                    in_qp.scale,
+                    x_scale,
                     qconfig,
                     &node.name,
                 )?;
-                self.layers.convs.push(QConv2d::new(
-                    geometry,
-                    weights,
-                    spec.clone(),
-                    &self.device,
-                )?);
+                let layer = QConv2d::new(geometry, w, spec.clone(), &self.device)?;
+                self.layers.convs.push(layer);
+                let name = node.name.clone();
                 self.convs.push(ConvLayer {
-                    name: node.name.clone(),
+                    name,
                     geometry,
                     spec,
                 });
-                Step::Conv2d {
-                    layer: self.layers.convs.len() - 1,
+                let layer = self.layers.convs.len() - 1;
+                Ok(Step::Conv2d {
+                    layer,
                     input,
                     output,
-                }
+                })
             }
             (Int8Op::Linear, Op::Linear) => {
-                let (weight, bias) = self.layer_data(node)?;
                 // Burn's linear weight is [in, out]; PyTorch's and the kernels' is [out, in].
-                let shape = self.graph.tensors[&node.inputs[1]].shape().to_vec();
                 let (inputs, outputs) = (shape[0], shape[1]);
                 let transposed: Vec<f32> = (0..outputs * inputs)
                     .map(|k| weight[(k % inputs) * outputs + k / inputs])
                     .collect();
-                let weights = quantize_weights(
+                let shape = [outputs, inputs];
+                let w = quantize_weights(
                     &transposed,
-                    &[outputs, inputs],
+                    &shape,
                     bias.as_deref(),
-                    in_qp.scale,
+                    x_scale,
                     qconfig,
                     &node.name,
                 )?;
-                self.layers.linears.push(QLinear::new(
-                    outputs,
-                    inputs,
-                    weights,
-                    spec.clone(),
-                    &self.device,
-                )?);
+                let layer = QLinear::new(outputs, inputs, w, spec.clone(), &self.device)?;
+                self.layers.linears.push(layer);
                 self.linears.push(LinearLayer {
                     name: node.name.clone(),
                     out_features: outputs,
                     in_features: inputs,
                     spec,
                 });
-                Step::Linear {
-                    layer: self.layers.linears.len() - 1,
+                let layer = self.layers.linears.len() - 1;
+                Ok(Step::Linear {
+                    layer,
                     input,
                     output,
-                }
+                })
             }
+            (op, other) => Err(mismatch(node, op, other)),
+        }
+    }
+
+    /// The step of a pad or clamp node, its constants quantized with `out_qp`.
+    fn constant_step(
+        &mut self,
+        node: &Node,
+        op: Int8Op,
+        out_qp: QParams,
+        input: ValueId,
+    ) -> Result<Step> {
+        let output = node.outputs[0];
+        let quantized = |values: &[f64]| -> Result<Vec<u8>> {
+            let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+            let mut q = vec![0u8; values.len()];
+            kernels::quantize(&values, out_qp, &mut q)?;
+            Ok(q)
+        };
+        match (op, &node.op) {
+            (
+                Int8Op::Pad,
+                Op::Pad {
+                    padding: p,
+                    mode: PadMode::Constant(v),
+                },
+            ) => Ok(Step::Pad {
+                padding: [p[2].0, p[3].0, p[2].1, p[3].1],
+                value: quantized(&[*v])?[0],
+                input,
+                output,
+            }),
+            (Int8Op::Clamp, Op::Relu) => Ok(Step::Clamp {
+                input,
+                output,
+                min: out_qp.zero_point,
+                max: 255,
+            }),
+            (
+                Int8Op::Clamp,
+                Op::Clamp {
+                    min: Some(lo),
+                    max: Some(hi),
+                },
+            ) => {
+                let q = quantized(&[*lo, *hi])?;
+                Ok(Step::Clamp {
+                    input,
+                    output,
+                    min: q[0],
+                    max: q[1],
+                })
+            }
+            (op, other) => Err(mismatch(node, op, other)),
+        }
+    }
+
+    /// The step of a binary, table, cat, pooling or reshape node.
+    fn value_step(
+        &mut self,
+        node: &Node,
+        op: Int8Op,
+        [in_qp, out_qp]: [QParams; 2],
+        input: ValueId,
+    ) -> Result<Step> {
+        let output = node.outputs[0];
+        Ok(match (op, &node.op) {
             (Int8Op::Binary(op), _) => {
                 let other = self.int8_version(node.inputs[1])?;
                 let relu = match node.activation {
@@ -349,26 +424,8 @@ impl Builder<'_> {
                 input,
                 output,
             },
-            (
-                Int8Op::Pad,
-                Op::Pad {
-                    padding: p,
-                    mode: PadMode::Constant(v),
-                },
-            ) => {
-                let mut value = [0u8];
-                kernels::quantize(&[*v as f32], out_qp, &mut value)?;
-                Step::Pad {
-                    padding: [p[2].0, p[3].0, p[2].1, p[3].1],
-                    value: value[0],
-                    input,
-                    output,
-                }
-            }
             (Int8Op::Cat, _) => {
-                let inputs = node
-                    .inputs
-                    .iter()
+                let inputs = (node.inputs.iter())
                     .map(|&v| self.int8_version(v))
                     .collect::<Result<_>>()?;
                 Step::Cat { inputs, output }
@@ -390,39 +447,9 @@ impl Builder<'_> {
                 output,
             },
             (Int8Op::GlobalAvgPool, _) => Step::GlobalAvgPool { input, output },
-            (Int8Op::Clamp, Op::Relu) => Step::Clamp {
-                input,
-                output,
-                min: out_qp.zero_point,
-                max: 255,
-            },
-            (
-                Int8Op::Clamp,
-                Op::Clamp {
-                    min: Some(lo),
-                    max: Some(hi),
-                },
-            ) => {
-                let mut q = [0u8; 2];
-                kernels::quantize(&[*lo as f32, *hi as f32], out_qp, &mut q)?;
-                Step::Clamp {
-                    input,
-                    output,
-                    min: q[0],
-                    max: q[1],
-                }
-            }
             (Int8Op::Reshape, _) => Step::Reshape { input, output },
-            (op, other) => {
-                return Err(Error::InvalidGraph(format!(
-                    "node `{}`: {op:?} planned for op {}",
-                    node.name,
-                    other.kind()
-                )));
-            }
-        };
-        self.steps.push(step);
-        Ok(())
+            (op, other) => return Err(mismatch(node, op, other)),
+        })
     }
 
     /// The table of the pointwise node that is the only reader of conv or linear `node`'s
@@ -463,9 +490,9 @@ impl Builder<'_> {
         let mut x = vec![0f32; 256];
         kernels::dequantize(&codes, in_qp, &mut x)?;
         let x = Tensor::<1>::from_data(TensorData::new(x, [256]), &self.device).into_dispatch();
-        let y = crate::exec::pointwise(body, input, x, 1, &self.device)?;
+        let y = pointwise(body, input, x, 1, &self.device)?;
         let mut table = vec![0u8; 256];
-        kernels::quantize(&crate::exec::float_values::<f32>(&y)?, out_qp, &mut table)?;
+        kernels::quantize(&float_values::<f32>(&y)?, out_qp, &mut table)?;
         Table::new(&table)
     }
 
@@ -482,6 +509,15 @@ impl Builder<'_> {
         })?;
         Ok((weight, data(2)))
     }
+}
+
+/// The error of a node whose plan does not fit its op.
+fn mismatch(node: &Node, op: Int8Op, other: &Op) -> Error {
+    Error::InvalidGraph(format!(
+        "node `{}`: {op:?} planned for op {}",
+        node.name,
+        other.kind()
+    ))
 }
 
 /// Quantizes a layer's float weights `[out, ...]` with its qconfig's weight observer (symmetric:

@@ -7,8 +7,8 @@ use burn::backend::ops::{BoolTensorOps, FloatTensorOps, IntTensorOps};
 use burn::backend::{Dispatch, DispatchTensor, TensorMetadata};
 use burn::tensor::{Device, Tensor};
 
-use super::float_ops;
 use crate::graph::{Graph, Node, RunShapes, ValueId, ValueKind};
+use crate::ops as float_ops;
 use crate::{Error, Result};
 
 /// Runs a [`Graph`] in float on one Burn device (NdArray, Flex, or any other; ops without a
@@ -65,7 +65,7 @@ impl<G: Borrow<Graph>> FloatExecutor<G> {
         input: Tensor<DI>,
     ) -> Result<Tensor<DO>> {
         let input = input.to_device(&self.device).into_dispatch();
-        super::single_output(self.run(vec![input])?)
+        crate::ops::single_output(self.run(vec![input])?)
     }
 
     /// Runs the graph on its inputs (on this executor's device) and returns its outputs.

@@ -1,19 +1,26 @@
 //! The quantized interpreter: runs a [`QuantizedProgram`] with the int8 kernels, and its float
 //! steps through Burn.
+//!
+//! What does not change between runs is computed once: the steps' float-value lifetimes here,
+//! and per input shape a [`ShapePlan`] (every value's shape, every `u8` value's place in an
+//! arena), cached. A run leases an arena (one byte buffer) from a pool, so several threads run
+//! the same model at once, each on its own arena, and a run of a shape seen before allocates no
+//! `u8` buffer: every int8 step writes into its output's planned bytes.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
 
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::{Dispatch, DispatchTensor, TensorMetadata};
 use burn::tensor::{Device, TensorData};
 
-use super::{float_ops, float_values, reference};
-use crate::convert::{QuantizedLayers, QuantizedProgram, Step};
-use crate::graph::{
-    BinaryOp, RunShapes, ValueId, ValueShapes, broadcast_all, cat_shape, reshape_target,
-};
+use super::plan::ShapePlan;
+use super::reference;
+use crate::graph::{BinaryOp, ValueId, ValueShapes};
 use crate::kernels::{self, CatInput, QBinaryOp, QParams, QTensorRef};
+use crate::ops::{self as float_ops, float_values};
+use crate::program::{Domain, QuantizedLayers, QuantizedProgram, Step};
 use crate::{Error, Result};
 
 /// A value while a quantized program runs.
@@ -35,64 +42,49 @@ pub(crate) enum Arithmetic {
     FloatReference,
 }
 
+/// What sees every value of a run as it is made (`u8` values copied out of the arena).
+pub(crate) type Tap<'t> = Option<&'t mut dyn FnMut(ValueId, &RunValue) -> Result<()>>;
+
+/// The float parameters of a program's float steps, as tensors on one device.
+type FloatParams = HashMap<ValueId, DispatchTensor>;
+
+/// Plans kept per executor; more distinct input shapes than this start the cache afresh.
+const MAX_PLANS: usize = 32;
+
 /// Runs quantized programs; holds what does not change between runs.
 pub(crate) struct QuantizedExecutor {
-    /// For each step, the values it reads for the last time.
+    /// For each step, the float values it reads for the last time.
     frees: Vec<Vec<ValueId>>,
     /// The float parameters uploaded to the device of the last run.
-    float_params: Mutex<Option<(Device, HashMap<ValueId, DispatchTensor>)>>,
+    float_params: Mutex<Option<(Device, Arc<FloatParams>)>>,
+    /// The plan of each input shape seen, by the inputs' shapes.
+    plans: Mutex<HashMap<Vec<Vec<usize>>, Arc<ShapePlan>>>,
+    /// Arenas not in use by a run.
+    arenas: Mutex<Vec<Vec<u8>>>,
 }
 
 impl QuantizedExecutor {
-    /// Checks that `program` and `layers` fit together.
+    /// Checks that `program` and `layers` fit together and finds the float values' lifetimes.
     pub(crate) fn new(program: &QuantizedProgram, layers: &QuantizedLayers) -> Result<Self> {
-        let bad = |what: String| Err(Error::InvalidGraph(what));
-        if program.domains.len() != program.values.len() {
-            return bad("the program's value and domain tables differ in length".into());
-        }
-        if program.float_params.len() != layers.floats.len() {
-            return bad(format!(
-                "the program reads {} float parameters, the model holds {}",
-                program.float_params.len(),
-                layers.floats.len()
-            ));
-        }
+        check(program, layers)?;
         let mut last = HashMap::new();
         for (i, step) in program.steps.iter().enumerate() {
-            match step {
-                Step::Conv2d { layer, .. } if *layer >= layers.convs.len() => {
-                    return bad(format!(
-                        "step {i} uses convolution {layer}, the model has {}",
-                        layers.convs.len()
-                    ));
-                }
-                Step::Linear { layer, .. } if *layer >= layers.linears.len() => {
-                    return bad(format!(
-                        "step {i} uses linear layer {layer}, the model has {}",
-                        layers.linears.len()
-                    ));
-                }
-                _ => {}
-            }
-            let (inputs, outputs) = step_values(step);
-            for id in inputs.iter().chain(&outputs) {
-                if id.index() >= program.values.len() {
-                    return bad(format!("step {i} refers to unknown value {id}"));
-                }
-            }
-            for id in inputs {
+            for &id in step_inputs(step) {
                 last.insert(id, i);
             }
         }
         let mut frees = vec![Vec::new(); program.steps.len()];
         for (id, i) in last {
-            if !program.outputs.contains(&id) && !program.float_params.contains(&id) {
+            let float = matches!(program.domains[id.index()], Domain::Float);
+            if float && !program.outputs.contains(&id) && !program.float_params.contains(&id) {
                 frees[i].push(id);
             }
         }
         Ok(QuantizedExecutor {
             frees,
             float_params: Mutex::new(None),
+            plans: Mutex::new(HashMap::new()),
+            arenas: Mutex::new(Vec::new()),
         })
     }
 
@@ -104,7 +96,7 @@ impl QuantizedExecutor {
         inputs: Vec<DispatchTensor>,
         device: &Device,
         arithmetic: Arithmetic,
-        tap: &mut dyn FnMut(ValueId, &RunValue) -> Result<()>,
+        mut tap: Tap,
     ) -> Result<Vec<DispatchTensor>> {
         if arithmetic == Arithmetic::FloatReference && kernels::active_isa() != kernels::Isa::Scalar
         {
@@ -112,52 +104,55 @@ impl QuantizedExecutor {
                 self.run(program, layers, inputs, device, arithmetic, tap)
             })?;
         }
-        let mut shapes =
-            RunShapes::new(program, inputs.iter().map(|t| t.shape().to_vec()).collect())?;
+        let plan = self.plan(program, layers, inputs.iter().map(|t| t.shape().to_vec()))?;
         let params = self.float_params(program, layers, device)?;
-        let mut live: HashMap<ValueId, RunValue> = program
-            .inputs
-            .iter()
-            .copied()
-            .zip(inputs.into_iter().map(RunValue::Float))
-            .collect();
+        let mut arena = Lease::take(&self.arenas, plan.size);
+        let mut floats: HashMap<ValueId, DispatchTensor> =
+            program.inputs.iter().copied().zip(inputs).collect();
         let run = Run {
             program,
             layers,
             device,
             arithmetic,
+            plan: &plan,
+            params: &params,
         };
-        for (i, (step, frees)) in program.steps.iter().zip(&self.frees).enumerate() {
-            run.infer(step, &mut shapes).map_err(|e| match e {
-                Error::Shape {
-                    context,
-                    expected,
-                    got,
-                } => Error::Shape {
-                    context: format!("step {i} ({}): {context}", step_kind(step)),
-                    expected,
-                    got,
-                },
-                other => other,
-            })?;
-            for (id, value) in run.step(step, &live, &params, &shapes)? {
-                tap(id, &value)?;
-                live.insert(id, value);
+        for (step, frees) in program.steps.iter().zip(&self.frees) {
+            run.step(step, &mut arena.bytes, &mut floats)?;
+            if let Some(tap) = tap.as_mut() {
+                run.show(step, &arena.bytes, &floats, &mut **tap)?;
             }
             for id in frees {
-                live.remove(id);
+                floats.remove(id);
             }
         }
-        program
-            .outputs
-            .iter()
-            .map(|id| match live.remove(id) {
-                Some(RunValue::Float(t)) => Ok(t),
-                _ => Err(Error::InvalidGraph(format!(
-                    "program output {id} is not a float value"
-                ))),
+        (program.outputs.iter())
+            .map(|id| {
+                floats.remove(id).ok_or_else(|| {
+                    Error::InvalidGraph(format!("program output {id} is not a float value"))
+                })
             })
             .collect()
+    }
+
+    /// The plan of runs whose inputs have `input_shapes`: cached, or made and cached.
+    fn plan(
+        &self,
+        program: &QuantizedProgram,
+        layers: &QuantizedLayers,
+        input_shapes: impl Iterator<Item = Vec<usize>>,
+    ) -> Result<Arc<ShapePlan>> {
+        let key: Vec<Vec<usize>> = input_shapes.collect();
+        if let Some(plan) = self.plans.lock().map_err(poisoned)?.get(&key) {
+            return Ok(Arc::clone(plan));
+        }
+        let plan = Arc::new(ShapePlan::new(program, layers, key.clone())?);
+        let mut plans = self.plans.lock().map_err(poisoned)?;
+        if plans.len() >= MAX_PLANS {
+            plans.clear();
+        }
+        plans.insert(key, Arc::clone(&plan));
+        Ok(plan)
     }
 
     fn float_params(
@@ -165,15 +160,12 @@ impl QuantizedExecutor {
         program: &QuantizedProgram,
         layers: &QuantizedLayers,
         device: &Device,
-    ) -> Result<HashMap<ValueId, DispatchTensor>> {
-        let mut cache = self
-            .float_params
-            .lock()
-            .map_err(|_| Error::InvalidGraph("a previous run panicked".into()))?;
+    ) -> Result<Arc<FloatParams>> {
+        let mut cache = self.float_params.lock().map_err(poisoned)?;
         if let Some((d, params)) = cache.as_ref()
             && d == device
         {
-            return Ok(params.clone());
+            return Ok(Arc::clone(params));
         }
         let params: HashMap<_, _> = program
             .float_params
@@ -186,40 +178,151 @@ impl QuantizedExecutor {
                 Ok((id, Dispatch::float_from_data(data, device.as_dispatch())))
             })
             .collect::<Result<_>>()?;
-        *cache = Some((device.clone(), params.clone()));
+        let params = Arc::new(params);
+        *cache = Some((device.clone(), Arc::clone(&params)));
         Ok(params)
     }
 }
 
-/// The values a step reads and makes.
-fn step_values(step: &Step) -> (Vec<ValueId>, Vec<ValueId>) {
-    match step {
-        Step::Quantize { input, output }
-        | Step::Dequantize { input, output }
-        | Step::Conv2d { input, output, .. }
-        | Step::Linear { input, output, .. }
-        | Step::MaxPool2d { input, output, .. }
-        | Step::AvgPool2d { input, output, .. }
-        | Step::GlobalAvgPool { input, output }
-        | Step::Clamp { input, output, .. }
-        | Step::Table { input, output, .. }
-        | Step::Pad { input, output, .. }
-        | Step::Reshape { input, output } => (vec![*input], vec![*output]),
-        Step::Binary { inputs, output, .. } => (inputs.to_vec(), vec![*output]),
-        Step::Cat { inputs, output } => (inputs.clone(), vec![*output]),
-        Step::Float(node) => (node.inputs.clone(), node.outputs.clone()),
+/// The error of a lock whose holder panicked.
+fn poisoned<T>(_: T) -> Error {
+    Error::InvalidGraph("a previous run panicked".into())
+}
+
+/// Checks that every step's layers and values exist.
+fn check(program: &QuantizedProgram, layers: &QuantizedLayers) -> Result<()> {
+    let bad = |what: String| Err(Error::InvalidGraph(what));
+    if program.domains.len() != program.values.len() {
+        return bad("the program's value and domain tables differ in length".into());
+    }
+    if program.float_params.len() != layers.floats.len() {
+        return bad(format!(
+            "the program reads {} float parameters, the model holds {}",
+            program.float_params.len(),
+            layers.floats.len()
+        ));
+    }
+    for (i, step) in program.steps.iter().enumerate() {
+        match step {
+            Step::Conv2d { layer, .. } if *layer >= layers.convs.len() => {
+                return bad(format!(
+                    "step {i} uses convolution {layer}, the model has {}",
+                    layers.convs.len()
+                ));
+            }
+            Step::Linear { layer, .. } if *layer >= layers.linears.len() => {
+                return bad(format!(
+                    "step {i} uses linear layer {layer}, the model has {}",
+                    layers.linears.len()
+                ));
+            }
+            _ => {}
+        }
+        let mut ids = step_inputs(step).iter().chain(step_outputs(step));
+        if let Some(id) = ids.find(|id| id.index() >= program.values.len()) {
+            return bad(format!("step {i} refers to unknown value {id}"));
+        }
+    }
+    Ok(())
+}
+
+/// An arena leased from a pool for one run; it goes back to the pool when dropped.
+struct Lease<'p> {
+    pool: &'p Mutex<Vec<Vec<u8>>>,
+    bytes: Vec<u8>,
+}
+
+impl<'p> Lease<'p> {
+    /// An arena of at least `size` bytes: one from the pool, grown if needed, or a new one.
+    fn take(pool: &'p Mutex<Vec<Vec<u8>>>, size: usize) -> Self {
+        let mut bytes = pool
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_default();
+        if bytes.len() < size {
+            bytes.resize(size, 0);
+        }
+        Lease { pool, bytes }
     }
 }
 
-/// A step's name in errors.
-fn step_kind(step: &Step) -> String {
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.push(std::mem::take(&mut self.bytes));
+        }
+    }
+}
+
+/// The values a step reads.
+pub(super) fn step_inputs(step: &Step) -> &[ValueId] {
     match step {
-        Step::Float(node) => format!("float node `{}`", node.name),
-        other => format!("{other:?}")
-            .split([' ', '{', '('])
-            .next()
-            .unwrap_or("")
-            .to_lowercase(),
+        Step::Quantize { input, .. }
+        | Step::Dequantize { input, .. }
+        | Step::Conv2d { input, .. }
+        | Step::Linear { input, .. }
+        | Step::MaxPool2d { input, .. }
+        | Step::AvgPool2d { input, .. }
+        | Step::GlobalAvgPool { input, .. }
+        | Step::Clamp { input, .. }
+        | Step::Table { input, .. }
+        | Step::Pad { input, .. }
+        | Step::Reshape { input, .. } => std::slice::from_ref(input),
+        Step::Binary { inputs, .. } => inputs,
+        Step::Cat { inputs, .. } => inputs,
+        Step::Float(node) => &node.inputs,
+    }
+}
+
+/// The values a step makes.
+pub(super) fn step_outputs(step: &Step) -> &[ValueId] {
+    match step {
+        Step::Quantize { output, .. }
+        | Step::Dequantize { output, .. }
+        | Step::Conv2d { output, .. }
+        | Step::Linear { output, .. }
+        | Step::MaxPool2d { output, .. }
+        | Step::AvgPool2d { output, .. }
+        | Step::GlobalAvgPool { output, .. }
+        | Step::Clamp { output, .. }
+        | Step::Table { output, .. }
+        | Step::Pad { output, .. }
+        | Step::Reshape { output, .. }
+        | Step::Binary { output, .. }
+        | Step::Cat { output, .. } => std::slice::from_ref(output),
+        Step::Float(node) => &node.outputs,
+    }
+}
+
+/// The arena around one step's output: the bytes before and after it, which hold the values
+/// the step reads (the plan never places a read value over the output).
+struct Around<'a> {
+    before: &'a [u8],
+    after: &'a [u8],
+    out: Range<usize>,
+}
+
+impl Around<'_> {
+    /// Splits `arena` into the output's bytes and the rest.
+    fn split(arena: &mut [u8], out: Range<usize>) -> (&mut [u8], Around<'_>) {
+        let (before, rest) = arena.split_at_mut(out.start);
+        let (output, after) = rest.split_at_mut(out.len());
+        (output, Around { before, after, out })
+    }
+
+    /// The bytes of `slot`, which must not overlap the output.
+    fn get(&self, slot: Range<usize>) -> Result<&[u8]> {
+        if slot.end <= self.out.start {
+            Ok(&self.before[slot])
+        } else if slot.start >= self.out.end {
+            Ok(&self.after[slot.start - self.out.end..slot.end - self.out.end])
+        } else {
+            Err(Error::InvalidGraph(format!(
+                "a step reads arena bytes {slot:?} over its output {:?}",
+                self.out
+            )))
+        }
     }
 }
 
@@ -229,366 +332,289 @@ struct Run<'a> {
     layers: &'a QuantizedLayers,
     device: &'a Device,
     arithmetic: Arithmetic,
+    plan: &'a ShapePlan,
+    params: &'a FloatParams,
 }
 
-type Shapes<'a> = RunShapes<'a, QuantizedProgram>;
-
 impl Run<'_> {
-    /// Infers and records the shape of what `step` makes in this run.
-    fn infer(&self, step: &Step, shapes: &mut Shapes) -> Result<()> {
-        let shape = |id: &ValueId| shapes.get(*id);
-        let bad = |got: String| Error::Shape {
-            context: "input".into(),
-            expected: "a shape the step accepts".into(),
-            got,
-        };
-        let image4 = |id: &ValueId| -> Result<[usize; 4]> {
-            let s = shape(id)?;
-            <[usize; 4]>::try_from(s.as_slice()).map_err(|_| bad(format!("{s:?}, not 4-D")))
-        };
-        let (output, out) = match step {
-            Step::Float(node) => return shapes.infer(node),
-            Step::Quantize { input, output }
-            | Step::Dequantize { input, output }
-            | Step::Clamp { input, output, .. }
-            | Step::Table { input, output, .. } => (*output, shape(input)?),
-            Step::Conv2d {
-                layer,
-                input,
-                output,
-            } => {
-                let [n, c, h, w] = image4(input)?;
-                let g = self.layers.convs[*layer].geometry;
-                if c != g.in_channels {
-                    return Err(bad(format!(
-                        "{c} channels into `{}`, which takes {}",
-                        self.program.convs[*layer].name, g.in_channels
-                    )));
-                }
-                let (oh, ow) = g.output_size(h, w)?;
-                (*output, vec![n, g.out_channels, oh, ow])
-            }
-            Step::Linear {
-                layer,
-                input,
-                output,
-            } => {
-                let x = shape(input)?;
-                let l = &self.program.linears[*layer];
-                if x.len() != 2 || x[1] != l.in_features {
-                    return Err(bad(format!(
-                        "{x:?} into `{}`, which takes {} features",
-                        l.name, l.in_features
-                    )));
-                }
-                (*output, vec![x[0], l.out_features])
-            }
-            Step::Binary { inputs, output, .. } => {
-                let both = vec![shape(&inputs[0])?, shape(&inputs[1])?];
-                (*output, broadcast_all(&both).map_err(bad)?)
-            }
-            Step::Cat { inputs, output } => {
-                let all = inputs.iter().map(shape).collect::<Result<Vec<_>>>()?;
-                (*output, cat_shape(&all, 1).map_err(bad)?)
-            }
-            Step::MaxPool2d {
-                pool,
-                input,
-                output,
-            } => {
-                let [n, c, h, w] = image4(input)?;
-                let (oh, ow) = kernels::max_pool_output_size(h, w, pool)?;
-                (*output, vec![n, c, oh, ow])
-            }
-            Step::AvgPool2d {
-                pool,
-                input,
-                output,
-            } => {
-                let [n, c, h, w] = image4(input)?;
-                let (oh, ow) = kernels::avg_pool_output_size(h, w, pool)?;
-                (*output, vec![n, c, oh, ow])
-            }
-            Step::GlobalAvgPool { input, output } => {
-                let [n, c, _, _] = image4(input)?;
-                (*output, vec![n, c, 1, 1])
-            }
-            Step::Pad {
-                padding: [t, l, b, r],
-                input,
-                output,
-                ..
-            } => {
-                let [n, c, h, w] = image4(input)?;
-                (*output, vec![n, c, h + t + b, w + l + r])
-            }
-            Step::Reshape { input, output } => {
-                let (rec_in, rec_out) = (shapes.recorded(*input)?, shapes.recorded(*output)?);
-                (
-                    *output,
-                    reshape_target(&rec_in, &rec_out, &shape(input)?).map_err(bad)?,
-                )
-            }
-        };
-        shapes.set(output, out);
-        Ok(())
-    }
-
     fn qparams(&self, id: ValueId) -> Result<QParams> {
         self.program
             .qparams(id)
             .ok_or_else(|| Error::InvalidGraph(format!("value {id} is read as int8 but is float")))
     }
 
+    /// `[n, c, h, w]` of a 4-D value.
+    fn image(&self, id: ValueId) -> Result<[usize; 4]> {
+        let shape = self.plan.shape(id)?;
+        <[usize; 4]>::try_from(shape).map_err(|_| Error::Shape {
+            context: format!("value {id}"),
+            expected: "a 4-D image tensor".into(),
+            got: format!("{shape:?}"),
+        })
+    }
+
+    /// The float value `id`: a live value or a float parameter.
+    fn float(
+        &self,
+        floats: &HashMap<ValueId, DispatchTensor>,
+        id: ValueId,
+    ) -> Result<DispatchTensor> {
+        (floats.get(&id).or_else(|| self.params.get(&id)).cloned())
+            .ok_or_else(|| Error::InvalidGraph(format!("value {id} is not a float value here")))
+    }
+
+    /// Runs one step: `u8` outputs into their arena bytes, float outputs into `floats`.
     fn step(
         &self,
         step: &Step,
-        live: &HashMap<ValueId, RunValue>,
-        params: &HashMap<ValueId, DispatchTensor>,
-        shapes: &Shapes,
-    ) -> Result<Vec<(ValueId, RunValue)>> {
-        let shape = |id: ValueId| shapes.get(id);
-        let image_shape = |id: ValueId| image_shape(shapes, id);
-        let len = |id: ValueId| Ok::<_, Error>(shapes.get(id)?.iter().product::<usize>());
-        let int8 = |id: &ValueId| match live.get(id) {
-            Some(RunValue::Int8(q)) => Ok(q.as_slice()),
-            _ => Err(Error::InvalidGraph(format!(
-                "value {id} is not an int8 value here"
-            ))),
-        };
-        let float = |id: &ValueId| match live.get(id) {
-            Some(RunValue::Float(t)) => Ok(t.clone()),
-            _ => params.get(id).cloned().ok_or_else(|| {
-                Error::InvalidGraph(format!("value {id} is not a float value here"))
-            }),
-        };
-        let out = |output: &ValueId, q: Vec<u8>| Ok(vec![(*output, RunValue::Int8(q))]);
+        arena: &mut [u8],
+        floats: &mut HashMap<ValueId, DispatchTensor>,
+    ) -> Result<()> {
         match step {
-            Step::Quantize { input, output } => {
-                let (x, shape, qp) = (
-                    float_values::<f32>(&float(input)?)?,
-                    shape(*input)?,
-                    self.qparams(*output)?,
-                );
-                let mut q = vec![0u8; x.len()];
-                match shape[..] {
-                    [n, c, h, w] => kernels::quantize_nchw_to_nhwc(&x, n, c, h, w, qp, &mut q)?,
-                    _ => kernels::quantize(&x, qp, &mut q)?,
-                }
-                out(output, q)
+            Step::Float(node) => {
+                let args = (node.inputs.iter())
+                    .map(|&id| self.float(floats, id))
+                    .collect::<Result<Vec<_>>>()?;
+                let shape_of = |id: ValueId| self.plan.shape(id).map(<[usize]>::to_vec);
+                let outputs =
+                    float_ops::run_node(node, args, &shape_of, self.plan.batch, self.device)?;
+                floats.extend(node.outputs.iter().copied().zip(outputs));
+                Ok(())
             }
             Step::Dequantize { input, output } => {
-                let (q, shape, qp) = (int8(input)?, shape(*input)?, self.qparams(*input)?);
-                let mut x = vec![0f32; q.len()];
-                match shape[..] {
-                    [n, c, h, w] => kernels::dequantize_nhwc_to_nchw(q, n, h, w, c, qp, &mut x)?,
-                    _ => kernels::dequantize(q, qp, &mut x)?,
-                }
-                let tensor =
-                    Dispatch::float_from_data(TensorData::new(x, shape), self.device.as_dispatch());
-                Ok(vec![(*output, RunValue::Float(tensor))])
+                let x = arena.get(self.plan.slot(*input)?).ok_or_else(|| {
+                    Error::InvalidGraph(format!("value {input} is out of the arena"))
+                })?;
+                let tensor = self.dequantize(*input, x)?;
+                floats.insert(*output, tensor);
+                Ok(())
             }
-            Step::Conv2d {
-                layer,
-                input,
-                output,
-            } => {
-                let layer = &self.layers.convs[*layer];
-                let shape = image_shape(*input)?;
-                if self.arithmetic == Arithmetic::FloatReference {
-                    return out(
-                        output,
-                        reference::conv2d(layer, int8(input)?, shape, self.device)?,
-                    );
+            Step::Reshape { input, output } if self.plan.moves_no_bytes(*input, *output) => Ok(()),
+            _ => {
+                let output = step_outputs(step)[0];
+                let (out, around) = Around::split(arena, self.plan.slot(output)?);
+                match step {
+                    Step::Quantize { input, output } => {
+                        self.quantize(&self.float(floats, *input)?, *output, out)
+                    }
+                    Step::Conv2d { .. } | Step::Linear { .. } => self.layer(step, &around, out),
+                    _ => self.int8(step, &around, out),
+                }
+            }
+        }
+    }
+
+    /// Shows what `step` made to `tap`.
+    fn show(
+        &self,
+        step: &Step,
+        arena: &[u8],
+        floats: &HashMap<ValueId, DispatchTensor>,
+        tap: &mut dyn FnMut(ValueId, &RunValue) -> Result<()>,
+    ) -> Result<()> {
+        for &id in step_outputs(step) {
+            let value = match self.program.domains[id.index()] {
+                Domain::Int8(_) => RunValue::Int8(arena[self.plan.slot(id)?].to_vec()),
+                Domain::Float => RunValue::Float(self.float(floats, id)?),
+            };
+            tap(id, &value)?;
+        }
+        Ok(())
+    }
+
+    /// The bytes of `u8` value `id`.
+    fn bytes<'b>(&self, around: &'b Around<'b>, id: ValueId) -> Result<&'b [u8]> {
+        around.get(self.plan.slot(id)?)
+    }
+
+    /// Float to `u8` in one pass (NCHW float to NHWC `u8` for images).
+    fn quantize(&self, x: &DispatchTensor, output: ValueId, out: &mut [u8]) -> Result<()> {
+        let (x, qp) = (float_values::<f32>(x)?, self.qparams(output)?);
+        match *self.plan.shape(output)? {
+            [n, c, h, w] => kernels::quantize_nchw_to_nhwc(&x, n, c, h, w, qp, out),
+            _ => kernels::quantize(&x, qp, out),
+        }
+    }
+
+    /// `u8` to a float tensor (NHWC `u8` to NCHW float for images).
+    fn dequantize(&self, input: ValueId, q: &[u8]) -> Result<DispatchTensor> {
+        let (shape, qp) = (self.plan.shape(input)?, self.qparams(input)?);
+        let mut x = vec![0f32; q.len()];
+        match *shape {
+            [n, c, h, w] => kernels::dequantize_nhwc_to_nchw(q, n, h, w, c, qp, &mut x)?,
+            _ => kernels::dequantize(q, qp, &mut x)?,
+        }
+        let data = TensorData::new(x, shape.to_vec());
+        Ok(Dispatch::float_from_data(data, self.device.as_dispatch()))
+    }
+
+    /// A convolution or linear layer, on the kernels or (debug model) in float.
+    fn layer(&self, step: &Step, around: &Around, out: &mut [u8]) -> Result<()> {
+        let reference = self.arithmetic == Arithmetic::FloatReference;
+        match step {
+            Step::Conv2d { layer, input, .. } => {
+                let (layer, x) = (&self.layers.convs[*layer], self.bytes(around, *input)?);
+                let [n, c, h, w] = self.image(*input)?;
+                if reference {
+                    let q = reference::conv2d(layer, x, [n, c, h, w], self.device)?;
+                    return copy_into(&q, out);
                 }
                 let (packed, requant) = layer.packed()?;
-                let [n, _, h, w] = shape;
-                let mut q = vec![0u8; len(*output)?];
-                kernels::qconv2d(int8(input)?, n, h, w, packed, requant, &mut q)?;
-                out(output, q)
+                kernels::qconv2d(x, n, h, w, packed, requant, out)
             }
-            Step::Linear {
-                layer,
-                input,
-                output,
-            } => {
-                let layer = &self.layers.linears[*layer];
-                let rows = shape(*input)?[0];
-                if self.arithmetic == Arithmetic::FloatReference {
-                    return out(
-                        output,
-                        reference::linear(layer, int8(input)?, rows, self.device)?,
-                    );
+            Step::Linear { layer, input, .. } => {
+                let (layer, x) = (&self.layers.linears[*layer], self.bytes(around, *input)?);
+                let rows = self.plan.shape(*input)?[0];
+                if reference {
+                    return copy_into(&reference::linear(layer, x, rows, self.device)?, out);
                 }
                 let (packed, requant) = layer.packed()?;
-                let mut q = vec![0u8; len(*output)?];
-                kernels::qlinear(int8(input)?, rows, packed, requant, &mut q)?;
-                out(output, q)
+                kernels::qlinear(x, rows, packed, requant, out)
             }
+            other => Err(Error::InvalidGraph(format!(
+                "{other:?} is not a layer step"
+            ))),
+        }
+    }
+
+    /// The element-wise int8 steps: binary ops, tables, clamps, concatenation, reshape.
+    fn int8(&self, step: &Step, around: &Around, out: &mut [u8]) -> Result<()> {
+        match step {
             Step::Binary {
                 op,
                 inputs: [a, b],
                 output,
                 relu,
             } => {
-                let mut q = vec![0u8; len(*output)?];
                 let kind = match op {
                     BinaryOp::Add => QBinaryOp::Add,
                     BinaryOp::Sub => QBinaryOp::Sub,
                     BinaryOp::Mul => QBinaryOp::Mul,
                     BinaryOp::Div => return Err(Error::InvalidGraph("int8 division".into())),
                 };
-                let (sa, sb) = (physical(&shape(*a)?), physical(&shape(*b)?));
-                let qa = QTensorRef::new(int8(a)?, &sa, self.qparams(*a)?);
-                let qb = QTensorRef::new(int8(b)?, &sb, self.qparams(*b)?);
-                let (so, qo) = (physical(&shape(*output)?), self.qparams(*output)?);
-                kernels::qbinary(kind, qa, qb, &so, qo, *relu, &mut q)?;
-                out(output, q)
+                let operand = |id: ValueId| -> Result<QTensorRef> {
+                    let (bytes, shape) = (self.bytes(around, id)?, self.plan.physical(id)?);
+                    Ok(QTensorRef::new(bytes, shape, self.qparams(id)?))
+                };
+                let (so, qo) = (self.plan.physical(*output)?, self.qparams(*output)?);
+                kernels::qbinary(kind, operand(*a)?, operand(*b)?, so, qo, *relu, out)
             }
-            Step::Table {
-                table,
-                input,
-                output,
-                ..
+            Step::Table { table, input, .. } => {
+                kernels::lookup(self.bytes(around, *input)?, table, out)
+            }
+            Step::Clamp {
+                input, min, max, ..
             } => {
-                let mut q = vec![0u8; len(*output)?];
-                kernels::lookup(int8(input)?, table, &mut q)?;
-                out(output, q)
+                let x = self.bytes(around, *input)?;
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = v.clamp(*min, *max);
+                }
+                Ok(())
             }
+            Step::Cat { inputs, output } => {
+                let shape = self.plan.shape(*output)?;
+                let pixels = shape.iter().product::<usize>() / shape[1];
+                let parts = (inputs.iter())
+                    .map(|&id| {
+                        Ok(CatInput {
+                            data: self.bytes(around, id)?,
+                            channels: self.plan.shape(id)?[1],
+                            qparams: self.qparams(id)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                kernels::qcat(&parts, pixels, self.qparams(*output)?, out)
+            }
+            Step::Reshape { input, output } => {
+                let (from, to) = (self.plan.shape(*input)?, self.plan.shape(*output)?);
+                reshape_copy(self.bytes(around, *input)?, from, to, out);
+                Ok(())
+            }
+            _ => self.image_op(step, around, out),
+        }
+    }
+
+    /// The int8 steps over images: pad and pools.
+    fn image_op(&self, step: &Step, around: &Around, out: &mut [u8]) -> Result<()> {
+        match step {
             Step::Pad {
                 padding,
                 value,
                 input,
-                output,
+                ..
             } => {
-                let [n, c, h, w] = image_shape(*input)?;
-                let mut q = vec![0u8; len(*output)?];
-                kernels::qpad_nhwc(int8(input)?, n, h, w, c, *padding, *value, &mut q)?;
-                out(output, q)
+                let [n, c, h, w] = self.image(*input)?;
+                let x = self.bytes(around, *input)?;
+                kernels::qpad_nhwc(x, n, h, w, c, *padding, *value, out)
             }
-            Step::Cat { inputs, output } => {
-                let out_shape = shape(*output)?;
-                let pixels = out_shape.iter().product::<usize>() / out_shape[1];
-                let parts = inputs
-                    .iter()
-                    .map(|id| {
-                        Ok(CatInput {
-                            data: int8(id)?,
-                            channels: shape(*id)?[1],
-                            qparams: self.qparams(*id)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let mut q = vec![0u8; len(*output)?];
-                kernels::qcat(&parts, pixels, self.qparams(*output)?, &mut q)?;
-                out(output, q)
-            }
-            Step::MaxPool2d {
-                pool,
-                input,
-                output,
-            } => {
-                let [n, c, h, w] = image_shape(*input)?;
-                let mut q = vec![0u8; len(*output)?];
-                kernels::qmax_pool2d(int8(input)?, n, h, w, c, pool, &mut q)?;
-                out(output, q)
+            Step::MaxPool2d { pool, input, .. } => {
+                let [n, c, h, w] = self.image(*input)?;
+                kernels::qmax_pool2d(self.bytes(around, *input)?, n, h, w, c, pool, out)
             }
             Step::AvgPool2d {
                 pool,
                 input,
                 output,
             } => {
-                let [n, c, h, w] = image_shape(*input)?;
-                let mut q = vec![0u8; len(*output)?];
+                let [n, c, h, w] = self.image(*input)?;
                 let (from, to) = (self.qparams(*input)?, self.qparams(*output)?);
-                kernels::qavg_pool2d(int8(input)?, n, h, w, c, pool, from, to, &mut q)?;
-                out(output, q)
+                let x = self.bytes(around, *input)?;
+                kernels::qavg_pool2d(x, n, h, w, c, pool, from, to, out)
             }
             Step::GlobalAvgPool { input, output } => {
-                let [n, c, h, w] = image_shape(*input)?;
-                let mut q = vec![0u8; n * c];
+                let [n, c, h, w] = self.image(*input)?;
                 let (from, to) = (self.qparams(*input)?, self.qparams(*output)?);
-                kernels::qglobal_avg_pool(int8(input)?, n, h, w, c, from, to, &mut q)?;
-                out(output, q)
+                let x = self.bytes(around, *input)?;
+                kernels::qglobal_avg_pool(x, n, h, w, c, from, to, out)
             }
-            Step::Clamp {
-                input,
-                output,
-                min,
-                max,
-            } => out(
-                output,
-                int8(input)?.iter().map(|&v| v.clamp(*min, *max)).collect(),
-            ),
-            Step::Reshape { input, output } => {
-                let nchw = to_nchw_order(int8(input)?, &shape(*input)?);
-                out(output, from_nchw_order(nchw, &shape(*output)?))
-            }
-            Step::Float(node) => {
-                let args = node.inputs.iter().map(float).collect::<Result<Vec<_>>>()?;
-                let n = shapes.batch();
-                let outputs = float_ops::run_node(node, args, &shape, n, self.device)?;
-                Ok(node
-                    .outputs
-                    .iter()
-                    .copied()
-                    .zip(outputs.into_iter().map(RunValue::Float))
-                    .collect())
-            }
+            other => Err(Error::InvalidGraph(format!(
+                "{other:?} is not an int8 step the executor knows"
+            ))),
         }
     }
 }
 
-/// `[n, c, h, w]` of a 4-D value.
-fn image_shape(shapes: &Shapes, id: ValueId) -> Result<[usize; 4]> {
-    let shape = shapes.get(id)?;
-    <[usize; 4]>::try_from(shape.as_slice()).map_err(|_| Error::Shape {
-        context: format!("value {id}"),
-        expected: "a 4-D image tensor".into(),
-        got: format!("{shape:?}"),
-    })
+/// Copies `q` into `out`, which must have its length.
+fn copy_into(q: &[u8], out: &mut [u8]) -> Result<()> {
+    if q.len() != out.len() {
+        return Err(Error::Shape {
+            context: "reference layer output".into(),
+            expected: format!("{} elements", out.len()),
+            got: format!("{} elements", q.len()),
+        });
+    }
+    out.copy_from_slice(q);
+    Ok(())
 }
 
-/// The shape of a value's buffer: NHWC for a 4-D (NCHW) value, the shape itself otherwise.
-fn physical(shape: &[usize]) -> Vec<usize> {
-    match *shape {
-        [n, c, h, w] => vec![n, h, w, c],
-        _ => shape.to_vec(),
+/// Copies the bytes of a value of shape `from` to those of a value of shape `to` holding the
+/// same elements in NCHW order (4-D values are held NHWC): one pass, no NCHW copy in between.
+fn reshape_copy(input: &[u8], from: &[usize], to: &[usize], out: &mut [u8]) {
+    for e in 0..out.len().min(input.len()) {
+        out[held_at(to, e)] = input[held_at(from, e)];
     }
 }
 
-/// `u8` values in NCHW element order (4-D values are held NHWC).
-fn to_nchw_order(q: &[u8], shape: &[usize]) -> Vec<u8> {
+/// Where element `e` (in NCHW order) of a value of `shape` is held (NHWC for 4-D values).
+fn held_at(shape: &[usize], e: usize) -> usize {
     match *shape {
-        [n, c, h, w] if h * w > 1 && c > 1 => {
-            let mut out = vec![0u8; q.len()];
-            for b in 0..n {
-                for p in 0..h * w {
-                    for ch in 0..c {
-                        out[(b * c + ch) * h * w + p] = q[(b * h * w + p) * c + ch];
-                    }
-                }
-            }
-            out
+        [_, c, h, w] => {
+            let hw = h * w;
+            let (b, rest) = (e / (c * hw), e % (c * hw));
+            (b * hw + rest % hw) * c + rest / hw
         }
-        _ => q.to_vec(),
+        _ => e,
     }
 }
 
-/// `u8` values in NCHW element order laid out for a value of `shape` (NHWC for 4-D).
-fn from_nchw_order(q: Vec<u8>, shape: &[usize]) -> Vec<u8> {
-    match *shape {
-        [n, c, h, w] if h * w > 1 && c > 1 => {
-            let mut out = vec![0u8; q.len()];
-            for b in 0..n {
-                for ch in 0..c {
-                    for p in 0..h * w {
-                        out[(b * h * w + p) * c + ch] = q[(b * c + ch) * h * w + p];
-                    }
-                }
-            }
-            out
-        }
-        _ => q,
+#[cfg(test)]
+impl QuantizedExecutor {
+    /// How many plans are cached, and the address and length of every pooled arena.
+    pub(crate) fn pooled(&self) -> (usize, Vec<(usize, usize)>) {
+        let plans = self.plans.lock().map_or(0, |p| p.len());
+        let arenas = self.arenas.lock().map_or(Vec::new(), |a| {
+            a.iter().map(|b| (b.as_ptr() as usize, b.len())).collect()
+        });
+        (plans, arenas)
     }
 }

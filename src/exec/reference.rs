@@ -12,9 +12,9 @@ use burn::backend::{Dispatch, DispatchTensor};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Device, Shape, TensorData};
 
-use super::float_values;
 use crate::kernels::{self, Requant};
 use crate::nn::{QConv2d, QLinear};
+use crate::ops::float_values;
 use crate::{Error, Result};
 
 type B = Dispatch;

@@ -3,7 +3,7 @@
 //!
 //! ```no_run
 //! # use burn::prelude::*;
-//! # use burn_quantize::{convert::QuantizedModel, prepare::PreparedModel};
+//! # use burn_quantize::{quantized::QuantizedModel, prepare::PreparedModel};
 //! # fn run(prepared: &PreparedModel, qmodel: &QuantizedModel, images: Tensor<4>) -> burn_quantize::Result<()> {
 //! use burn_quantize::numeric;
 //! let layers = numeric::compare_activations::<4, 2>(prepared, qmodel, images)?;
@@ -20,11 +20,12 @@ use std::fmt;
 use burn::tensor::Tensor;
 
 use crate::Result;
-use crate::convert::QuantizedModel;
-use crate::exec::{FloatExecutor, RunValue, float_values};
+use crate::exec::{FloatExecutor, RunValue};
 use crate::graph::{ValueId, ValueShapes};
 use crate::kernels;
+use crate::ops::float_values;
 use crate::prepare::PreparedModel;
+use crate::quantized::QuantizedModel;
 
 /// How far one quantized tensor is from its float counterpart.
 #[derive(Clone, Debug, PartialEq)]

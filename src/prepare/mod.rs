@@ -21,8 +21,9 @@ use crate::observe::Observer;
 use crate::qconfig::{QConfig, QConfigMap};
 use crate::{Error, Result};
 
+pub use crate::program::{Int8Op, Placement};
 pub use calibrate::CalibrationInput;
-pub use plan::{Int8Op, OP_COVERAGE, ObservedValue, Placement, Plan, op_coverage_table};
+pub use plan::{OP_COVERAGE, ObservedValue, Plan, op_coverage_table};
 
 /// A graph ready for calibration: folded, fused, with observers in place.
 pub struct PreparedModel {
@@ -126,7 +127,7 @@ impl PreparedModel {
                     return Ok(());
                 };
                 let shape = burn::backend::TensorMetadata::shape(tensor).to_vec();
-                let values = crate::exec::float_values::<f32>(tensor)?;
+                let values = crate::ops::float_values::<f32>(tensor)?;
                 observers[k].observe(&values, &shape).map_err(|e| match e {
                     Error::NonFinite { context } => Error::NonFinite {
                         context: format!("{name} ({context})"),
@@ -144,7 +145,7 @@ impl PreparedModel {
             Ok(())
         })?;
         self.batches += 1;
-        crate::exec::single_output(outputs)
+        crate::ops::single_output(outputs)
     }
 
     /// Runs `calibrate` on the prepared model (the tutorial's `calibrate(model, data_loader)`),

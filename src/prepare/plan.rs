@@ -19,59 +19,8 @@ use std::collections::HashMap;
 
 use crate::graph::{BinaryOp, Graph, Node, Op, PadMode, ReduceOp, ValueId};
 use crate::observe::ObserverConfig;
+use crate::program::{Int8Op, Placement};
 use crate::qconfig::QConfig;
-
-/// The int8 operation a node becomes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Int8Op {
-    /// `QConv2d`.
-    Conv2d,
-    /// `QLinear`.
-    Linear,
-    /// Quantized add, sub or mul of two values with broadcasting (two input scales to one
-    /// output scale).
-    Binary(BinaryOp),
-    /// A pointwise function as a 256-entry table.
-    Table,
-    /// Constant padding of height and width.
-    Pad,
-    /// Quantized concatenation along channels.
-    Cat,
-    /// Quantized max pooling.
-    MaxPool2d,
-    /// Quantized average pooling.
-    AvgPool2d,
-    /// Quantized global average pooling (a 1x1 adaptive average pool).
-    GlobalAvgPool,
-    /// ReLU or clamp on quantized values.
-    Clamp,
-    /// Reshape of quantized values.
-    Reshape,
-}
-
-impl Int8Op {
-    /// Whether its output keeps its input's quantization parameters.
-    pub fn shares_qparams(self) -> bool {
-        matches!(
-            self,
-            Int8Op::MaxPool2d
-                | Int8Op::AvgPool2d
-                | Int8Op::GlobalAvgPool
-                | Int8Op::Clamp
-                | Int8Op::Reshape
-                | Int8Op::Pad
-        )
-    }
-}
-
-/// Where a node runs.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub enum Placement {
-    /// On an int8 kernel.
-    Int8(Int8Op),
-    /// In float, and why.
-    Float(String),
-}
 
 /// One activation observer of the plan.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,13 +1,17 @@
-//! The program of a quantized model: a list of steps over values that are either float tensors
-//! or `u8` tensors with their quantization parameters. Plain serde data, saved in the model's
-//! record.
+//! The int8 program of a quantized model: a list of steps over values that are either float
+//! tensors or `u8` tensors with their quantization parameters, the layers that hold its
+//! tensors, and what became of every node (the report). Plain data: written by `convert`, run
+//! by `exec`, saved by `record`; below all three, so none of them imports another for it.
 
+mod display;
+
+use burn::module::{Module, Param};
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::graph::{BatchMode, BinaryOp, Node, ValueId, ValueInfo, ValueShapes};
 use crate::kernels::{AvgPool2d, Conv2dGeometry, MaxPool2d, QParams, Table};
-use crate::nn::QLayerSpec;
-use crate::prepare::Placement;
+use crate::nn::{QConv2d, QLayerSpec, QLinear};
 
 /// Version of the serialized [`QuantizedProgram`]; bumped on every incompatible change.
 pub const PROGRAM_FORMAT_VERSION: u32 = 2;
@@ -168,6 +172,58 @@ pub struct LinearLayer {
     pub spec: QLayerSpec,
 }
 
+/// The int8 operation a node becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Int8Op {
+    /// `QConv2d`.
+    Conv2d,
+    /// `QLinear`.
+    Linear,
+    /// Quantized add, sub or mul of two values with broadcasting (two input scales to one
+    /// output scale).
+    Binary(BinaryOp),
+    /// A pointwise function as a 256-entry table.
+    Table,
+    /// Constant padding of height and width.
+    Pad,
+    /// Quantized concatenation along channels.
+    Cat,
+    /// Quantized max pooling.
+    MaxPool2d,
+    /// Quantized average pooling.
+    AvgPool2d,
+    /// Quantized global average pooling (a 1x1 adaptive average pool).
+    GlobalAvgPool,
+    /// ReLU or clamp on quantized values.
+    Clamp,
+    /// Reshape of quantized values.
+    Reshape,
+}
+
+impl Int8Op {
+    /// Whether its output keeps its input's quantization parameters.
+    pub fn shares_qparams(self) -> bool {
+        matches!(
+            self,
+            Int8Op::MaxPool2d
+                | Int8Op::AvgPool2d
+                | Int8Op::GlobalAvgPool
+                | Int8Op::Clamp
+                | Int8Op::Reshape
+                | Int8Op::Pad
+        )
+    }
+}
+
+/// Where a node runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Placement {
+    /// On an int8 kernel.
+    Int8(Int8Op),
+    /// In float, and why.
+    Float(String),
+}
+
 /// What became of one node of the prepared graph (the conversion report).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeReport {
@@ -229,4 +285,16 @@ impl QuantizedProgram {
             _ => None,
         }
     }
+}
+
+/// The layers of a quantized model that hold tensors, as one Burn module (what its record
+/// stores): `QConv2d` and `QLinear` layers, and the float parameters of nodes kept in float.
+#[derive(Module, Debug)]
+pub struct QuantizedLayers {
+    /// The quantized convolutions, in program order.
+    pub convs: Vec<QConv2d>,
+    /// The quantized linear layers, in program order.
+    pub linears: Vec<QLinear>,
+    /// Parameters of float nodes, flattened (their shapes are in the program).
+    pub floats: Vec<Param<Tensor<1>>>,
 }

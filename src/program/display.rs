@@ -1,6 +1,6 @@
-//! A readable listing of a quantized model's program, one step per line (PyTorch's
-//! `print(quantized_model)`): every value's domain (`u8` with its scale and zero point, or
-//! `f32`), shape, and the layer each step runs.
+//! The text of a program's values and steps, for the quantized model's listing (PyTorch's
+//! `print(quantized_model)`, one step per line): every value's domain (`u8` with its scale and
+//! zero point, or `f32`), shape, and the layer each step runs.
 //!
 //! ```text
 //! quantized(%0: f32[N, 1, 28, 28]) -> (%52: f32[N, 10])
@@ -8,38 +8,9 @@
 //!   %54: u8[N, 32, 28, 28] (scale=0.03104 zp=0) = QConv2d+relu[1->32 3x3 stride=1x1 pad=1,1,1,1](%53)  # stem.conv
 //! ```
 
-use std::fmt;
-
-use super::model::QuantizedModel;
-use super::program::{Domain, QuantizedProgram, Step};
+use super::{Domain, QuantizedProgram, Step};
 use crate::graph::{Activation, ValueId, ValueShapes};
 use crate::kernels::Conv2dGeometry;
-
-impl fmt::Display for QuantizedModel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let program = self.program();
-        let typed = |ids: &[ValueId]| -> String {
-            let items: Vec<String> = ids.iter().map(|&id| program.typed(id)).collect();
-            items.join(", ")
-        };
-        writeln!(
-            f,
-            "quantized({}) -> ({})",
-            typed(&program.inputs),
-            typed(&program.outputs)
-        )?;
-        for step in &program.steps {
-            let (outputs, call, name) = program.describe(step);
-            writeln!(
-                f,
-                "  {} = {call}{}",
-                typed(&outputs),
-                name.map(|n| format!("  # {n}")).unwrap_or_default()
-            )?;
-        }
-        Ok(())
-    }
-}
 
 /// `3->32 3x3 stride=2x2 pad=0,0,1,1` (and `dilation`, `groups` when not 1).
 fn geometry(g: &Conv2dGeometry) -> String {
@@ -75,7 +46,7 @@ fn window(kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> String
 
 impl QuantizedProgram {
     /// `%3: u8[N, 64, 56, 56] (scale=0.01234 zp=0)` or `%3: f32[N, 1000]`.
-    fn typed(&self, id: ValueId) -> String {
+    pub(crate) fn typed(&self, id: ValueId) -> String {
         match self.domains[id.index()] {
             Domain::Int8(q) => format!(
                 "{id}: u8{} (scale={:.5} zp={})",
@@ -88,7 +59,10 @@ impl QuantizedProgram {
     }
 
     /// A step's outputs, its call text (`QConv2d+relu[...](%3)`) and the name of its layer or node.
-    fn describe<'a>(&'a self, step: &'a Step) -> (Vec<ValueId>, String, Option<&'a str>) {
+    pub(crate) fn describe<'a>(
+        &'a self,
+        step: &'a Step,
+    ) -> (Vec<ValueId>, String, Option<&'a str>) {
         let ids = |ids: &[ValueId]| -> String {
             ids.iter()
                 .map(ValueId::to_string)

@@ -1,12 +1,16 @@
-//! The float arithmetic of each lowered [`Op`], as the same Burn backend ops that the eager
-//! forward calls, so the interpreter gives what the eager model gives.
+//! Float ops of single nodes on Burn tensors: the float arithmetic of each lowered [`Op`], as
+//! the same Burn backend ops that the eager forward calls (so the interpreters give what the
+//! eager model gives), ops we do not lower through Burn's own interpreter (`fallback`), and
+//! reading tensors back. Below the interpreters (`exec`) and `convert` (which evaluates
+//! pointwise bodies into tables), so neither needs the other.
+
+mod fallback;
 
 use burn::backend::ops::{ActivationOps, FloatTensorOps, ModuleOps};
 use burn::backend::{Dispatch, DispatchTensor, TensorMetadata};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Device, Scalar, Shape, Slice};
+use burn::tensor::{Device, Scalar, Shape, Slice, Tensor};
 
-use super::fallback;
 use crate::graph::{Activation, BinaryOp, Dim, Node, Op, PadMode, ReduceOp, ValueId};
 use crate::{Error, Result};
 
@@ -236,4 +240,32 @@ fn resolve(dims: &[Dim], n: usize) -> Result<Vec<usize>> {
             })
         })
         .collect()
+}
+
+/// The values of a float tensor, row-major, converted to `E`.
+pub(crate) fn float_values<E: burn::tensor::Element>(tensor: &DispatchTensor) -> Result<Vec<E>> {
+    let n = tensor.shape().num_elements();
+    let flat = Dispatch::float_reshape(tensor.clone(), Shape::new([n]));
+    let data = Tensor::<1>::from_dispatch(flat)
+        .try_into_data()
+        .map_err(|e| Error::Unsupported(format!("reading a tensor back: {e:?}")))?;
+    Ok(data.iter::<E>().collect())
+}
+
+/// The one output of a model as a tensor of rank `D`, or a shape error.
+pub(crate) fn single_output<const D: usize>(outputs: Vec<DispatchTensor>) -> Result<Tensor<D>> {
+    let [tensor] = <[_; 1]>::try_from(outputs).map_err(|o| Error::Shape {
+        context: "model outputs".into(),
+        expected: "one output".into(),
+        got: format!("{}", o.len()),
+    })?;
+    let shape = tensor.shape().to_vec();
+    if shape.len() != D {
+        return Err(Error::Shape {
+            context: "model output".into(),
+            expected: format!("rank {D}"),
+            got: format!("rank {} {shape:?}", shape.len()),
+        });
+    }
+    Ok(Tensor::from_dispatch(tensor))
 }

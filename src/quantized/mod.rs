@@ -1,27 +1,33 @@
-//! [`QuantizedModel`]: a converted model, run with the int8 kernels.
+//! [`QuantizedModel`]: a converted model, run with the int8 kernels; [`convert`] (PyTorch's
+//! `convert_fx`) makes one from a calibrated model, [`convert_debug`] its debug model.
+//!
+//! Above both `convert` (which writes the [`program`](crate::program)) and `exec` (which runs
+//! it): the model is the program, its layers, and the executor planned for them.
+
+mod debug;
 
 use std::fmt;
 
-use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 
-use super::program::QuantizedProgram;
 use crate::Result;
-use crate::exec::{Arithmetic, QuantizedExecutor, RunValue};
+use crate::exec::{Arithmetic, QuantizedExecutor, RunValue, Tap};
 use crate::graph::ValueId;
 use crate::nn::{QConv2d, QLinear};
-use crate::prepare::Placement;
+use crate::prepare::{Placement, PreparedModel};
 
-/// The layers of a quantized model that hold tensors, as one Burn module (what its record
-/// stores): `QConv2d` and `QLinear` layers, and the float parameters of nodes kept in float.
-#[derive(Module, Debug)]
-pub struct QuantizedLayers {
-    /// The quantized convolutions, in program order.
-    pub convs: Vec<QConv2d>,
-    /// The quantized linear layers, in program order.
-    pub linears: Vec<QLinear>,
-    /// Parameters of float nodes, flattened (their shapes are in the program).
-    pub floats: Vec<Param<Tensor<1>>>,
+pub use crate::program::{
+    ConvLayer, Domain, LinearLayer, NodeReport, PROGRAM_FORMAT_VERSION, QuantizedLayers,
+    QuantizedProgram, Step,
+};
+pub use debug::{DebugModel, convert_debug};
+
+/// Converts a calibrated model to int8 (PyTorch's `convert_fx`): its program and layers (see
+/// [`crate::convert`]), checked and planned for running. Layer tensors are made on the CPU
+/// device Burn picks by default; the model runs on any device.
+pub fn convert(prepared: &PreparedModel) -> Result<QuantizedModel> {
+    let (program, layers) = crate::convert::to_program(prepared)?;
+    QuantizedModel::new(program, layers)
 }
 
 /// A quantized model: its program and layers. `forward` takes and returns ordinary Burn
@@ -30,7 +36,7 @@ pub struct QuantizedLayers {
 ///
 /// ```no_run
 /// # use burn::prelude::*;
-/// # use burn_quantize::convert::QuantizedModel;
+/// # use burn_quantize::quantized::QuantizedModel;
 /// # fn run(qmodel: &QuantizedModel, images: Tensor<4>) -> burn_quantize::Result<()> {
 /// let logits: Tensor<2> = qmodel.forward(images)?;
 /// println!("{}", qmodel.report());          // every node: int8 or float, and why
@@ -68,7 +74,7 @@ impl QuantizedModel {
         &self,
         input: Tensor<DI>,
     ) -> Result<Tensor<DO>> {
-        self.run_with(input, Arithmetic::Kernels, &mut |_, _| Ok(()))
+        self.run_with(input, Arithmetic::Kernels, None)
     }
 
     /// Runs the model and shows every value of the program to `tap` as it is made (`u8`
@@ -79,15 +85,15 @@ impl QuantizedModel {
         input: Tensor<DI>,
         tap: &mut dyn FnMut(ValueId, &RunValue) -> Result<()>,
     ) -> Result<Tensor<DO>> {
-        self.run_with(input, Arithmetic::Kernels, tap)
+        self.run_with(input, Arithmetic::Kernels, Some(tap))
     }
 
-    /// Runs the model with the given arithmetic, showing every value to `tap`.
+    /// Runs the model with the given arithmetic, showing every value to `tap` if given.
     pub(crate) fn run_with<const DI: usize, const DO: usize>(
         &self,
         input: Tensor<DI>,
         arithmetic: Arithmetic,
-        tap: &mut dyn FnMut(ValueId, &RunValue) -> Result<()>,
+        tap: Tap,
     ) -> Result<Tensor<DO>> {
         let device = input.device();
         let outputs = self.executor.run(
@@ -98,7 +104,7 @@ impl QuantizedModel {
             arithmetic,
             tap,
         )?;
-        crate::exec::single_output(outputs)
+        crate::ops::single_output(outputs)
     }
 
     /// The program it runs.
@@ -157,5 +163,74 @@ impl fmt::Display for Report<'_> {
             }
         }
         Ok(())
+    }
+}
+
+impl fmt::Display for QuantizedModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let program = self.program();
+        let typed = |ids: &[ValueId]| -> String {
+            let items: Vec<String> = ids.iter().map(|&id| program.typed(id)).collect();
+            items.join(", ")
+        };
+        writeln!(
+            f,
+            "quantized({}) -> ({})",
+            typed(&program.inputs),
+            typed(&program.outputs)
+        )?;
+        for step in &program.steps {
+            let (outputs, call, name) = program.describe(step);
+            writeln!(
+                f,
+                "  {} = {call}{}",
+                typed(&outputs),
+                name.map(|n| format!("  # {n}")).unwrap_or_default()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Distribution, Tensor};
+
+    use super::convert;
+    use crate::Graph;
+    use crate::models::ResNetConfig;
+    use crate::prepare::prepare;
+    use crate::qconfig::{Engine, QConfig, QConfigMap};
+
+    #[test]
+    fn runs_of_a_seen_shape_reuse_the_pooled_arena_and_the_cached_plan() {
+        let device = Device::flex();
+        let net = ResNetConfig::resnet18(10).narrowed(8).init(&device);
+        let x =
+            |n, hw| Tensor::<4>::random([n, 3, hw, hw], Distribution::Uniform(-2.0, 2.0), &device);
+        let graph = Graph::capture(&net, &x(2, 32)).unwrap();
+        let qmodel = convert(
+            &prepare(&graph, &QConfigMap::global(QConfig::preset(Engine::X86)))
+                .unwrap()
+                .calibrate(|m| m.forward::<4, 2>(x(4, 32)).map(|_| ()))
+                .unwrap(),
+        )
+        .unwrap();
+        qmodel.forward::<4, 2>(x(2, 32)).unwrap();
+        let first = qmodel.executor.pooled();
+        assert_eq!((first.0, first.1.len()), (1, 1));
+        for _ in 0..3 {
+            qmodel.forward::<4, 2>(x(2, 32)).unwrap();
+            assert_eq!(qmodel.executor.pooled(), first);
+        }
+        // A smaller input: a new plan, the same arena (large enough already).
+        qmodel.forward::<4, 2>(x(1, 24)).unwrap();
+        assert_eq!(qmodel.executor.pooled(), (2, first.1.clone()));
+        // A larger one grows the arena once; then it is reused again.
+        qmodel.forward::<4, 2>(x(3, 32)).unwrap();
+        let grown = qmodel.executor.pooled();
+        assert_eq!((grown.0, grown.1.len()), (3, 1));
+        qmodel.forward::<4, 2>(x(2, 32)).unwrap();
+        assert_eq!(qmodel.executor.pooled(), grown);
     }
 }

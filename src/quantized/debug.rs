@@ -78,8 +78,7 @@ impl DebugModel {
         &self,
         input: Tensor<DI>,
     ) -> Result<Tensor<DO>> {
-        self.model
-            .run_with(input, Arithmetic::FloatReference, &mut |_, _| Ok(()))
+        self.model.run_with(input, Arithmetic::FloatReference, None)
     }
 
     /// Runs the model and shows every value to `tap`, as
@@ -89,6 +88,7 @@ impl DebugModel {
         input: Tensor<DI>,
         tap: &mut dyn FnMut(ValueId, &RunValue) -> Result<()>,
     ) -> Result<Tensor<DO>> {
-        self.model.run_with(input, Arithmetic::FloatReference, tap)
+        self.model
+            .run_with(input, Arithmetic::FloatReference, Some(tap))
     }
 }
