@@ -3,7 +3,7 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
-use burn_quantize::convert::convert;
+use burn_quantize::quantized::convert;
 use burn_quantize::models::mobilenet_v2::MobileNetV2;
 use burn_quantize::prepare::prepare;
 use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
