@@ -3,10 +3,10 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
-use burn_quantize::quantized::convert;
 use burn_quantize::models::mobilenet_v2::MobileNetV2;
 use burn_quantize::prepare::prepare;
 use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
+use burn_quantize::quantized::convert;
 use burn_quantize::{Forward, Graph};
 
 mod common;

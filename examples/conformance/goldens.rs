@@ -58,8 +58,3 @@ pub fn read_json(path: &Path) -> Result<serde_json::Value, Box<dyn std::error::E
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(serde_json::from_str(&text)?)
 }
-
-/// The cosine similarity of two equally long vectors (as the numeric suite computes it).
-pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    burn_quantize::numeric::Comparison::new(String::new(), String::new(), a, b).cosine
-}

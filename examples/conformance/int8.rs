@@ -11,7 +11,8 @@ use burn_quantize::prepare::prepare;
 use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
 use burn_quantize::quantized::{QuantizedModel, convert};
 
-use crate::goldens::{cosine, read_tensor};
+use crate::cosine;
+use crate::goldens::read_tensor;
 use crate::resnets::{self, GoldenResNet};
 
 /// Bars from the issue: PyTorch's own int8 reaches 0.9994 against its float on this golden.

@@ -71,6 +71,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// The cosine similarity of two equally long vectors (as the numeric suite computes it), for
+/// the int8 and MobileNetV3 checks.
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    burn_quantize::numeric::Comparison::new(String::new(), String::new(), a, b).cosine
+}
+
 fn usage(problem: &str) -> ExitCode {
     let names: Vec<_> = CHECKS.iter().map(|(n, _)| *n).collect();
     eprintln!(

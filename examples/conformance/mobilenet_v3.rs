@@ -14,7 +14,8 @@ use burn_quantize::prepare::prepare;
 use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
 use burn_quantize::quantized::{DebugModel, QuantizedModel, Step, convert, convert_debug};
 
-use crate::goldens::{cosine, read_json, read_tensor};
+use crate::cosine;
+use crate::goldens::{read_json, read_tensor};
 
 /// The golden model's folder name under the goldens directory.
 pub const NAME: &str = "mobilenet_v3_large";
