@@ -173,6 +173,10 @@ pub(crate) struct CheckProblem {
     pub(crate) bias: Vec<i32>,
     pub(crate) zero_point: u8,
     pub(crate) requant: Requant,
+    /// Bytes between output rows (`>= n`).
+    pub(crate) ldc: usize,
+    /// Whether the driver spreads tasks over the current rayon pool.
+    pub(crate) parallel: bool,
 }
 
 impl CheckProblem {
@@ -205,10 +209,13 @@ impl CheckProblem {
             bias,
             zero_point: 91,
             requant,
+            ldc: n,
+            parallel: false,
         }
     }
 
-    /// The `m × n` output of `isa`'s kernel, single-threaded.
+    /// The output of `isa`'s kernel: `m` rows of `n` bytes, `ldc` bytes apart (the bytes
+    /// between rows keep the value 0xEE the buffer starts with).
     pub(crate) fn run(&self, isa: Isa) -> Vec<u8> {
         let packed = PackedB::new(
             1,
@@ -219,7 +226,7 @@ impl CheckProblem {
             |_, c, kk| self.w[c * self.k + kk],
         );
         let epilogue = Epilogue::new(&self.requant, packed.columns());
-        let mut out = vec![0; self.m * self.n];
+        let mut out = vec![0xEE; self.m * self.ldc];
         let rows = DenseRows::new(&self.a, self.k);
         let gemm = driver::Gemm {
             rows: &rows,
@@ -227,7 +234,7 @@ impl CheckProblem {
             b: &packed,
             epilogue: &epilogue,
         };
-        gemm.run(kernel(isa), &mut out, self.n, false);
+        gemm.run(kernel(isa), &mut out, self.ldc, self.parallel);
         out
     }
 }
