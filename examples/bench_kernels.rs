@@ -218,7 +218,11 @@ fn main() {
     pool.install(|| {
         for &batch in &batches {
             for s in &RESNET18 {
-                let flex = flex_time(s, batch, &mut rng).as_secs_f64();
+                let flex = if std::env::args().any(|a| a == "--no-flex") {
+                    f64::NAN
+                } else {
+                    flex_time(s, batch, &mut rng).as_secs_f64()
+                };
                 for &(isa, peak) in &peaks {
                     let t = with_isa(isa, || int8_time(s, batch, &mut rng))
                         .expect("path")

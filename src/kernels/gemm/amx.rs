@@ -2,12 +2,12 @@
 //!
 //! One call computes a whole driver task (a block of packed A rows × a range of panels): the
 //! tile configuration is loaded once and released at the end. Tiles: `tmm0..3` accumulate a
-//! 2×2 block of 16×16 `i32` tiles of C (32 rows × 32 columns) over the whole reduction,
-//! `tmm4/5` hold 16 rows × 64 `u8` of A (rows 0-15 and 16-31), `tmm6/7` hold 16 `k`-groups ×
-//! 16 columns × 4 `i8` of B (columns 0-15 and 16-31): exactly 16 consecutive groups of a
-//! packed panel, rows `GROUP_STRIDE` bytes apart. A is packed by the driver (uniform stride,
-//! `K` padded to 64, rows padded to 32). Each C block is stored once to a small buffer and
-//! requantized there with its bias by the unit's 16-lane store (AVX-512 on the real unit).
+//! 2×2 block of 16×16 `i32` tiles of C (32 rows × 32 columns) over the reduction (or over
+//! chunks of a long one, see [`run`]), `tmm4/5` hold 16 rows × 64 `u8` of A (rows 0-15 and
+//! 16-31), `tmm6/7` hold 16 `k`-groups × 16 columns × 4 `i8` of B (columns 0-15 and 16-31):
+//! exactly 16 consecutive groups of a packed panel, rows `GROUP_STRIDE` bytes apart. A is packed by the driver (uniform stride,
+//! `K` padded to 64, rows padded to 32). Each finished C block is stored once to a small buffer
+//! and requantized there with its bias by the unit's 16-lane store (AVX-512 on the real unit).
 //! Rows and columns past the problem are computed on padding and not stored.
 
 use super::tile_emulator::Emulated;
@@ -74,6 +74,14 @@ unsafe fn block_emulated(blk: &Block) {
 
 /// The whole task on `unit`: configure, every 32×32 block of C, release.
 ///
+/// A reduction longer than [`KC_ALL`] steps is cut into equal chunks of at most [`KC`] steps
+/// so that the B chunk of a column pair (32 columns × 512 `k`, 16 KiB) stays in L1 while
+/// every row pair of the task passes over it; between chunks the C tiles of each row pair
+/// wait in an `i32` buffer. Software-
+/// pipelined: while the tiles accumulate one block, the previous finished block (stored to
+/// an L1 buffer) is requantized a few rows per reduction step, so the AVX-512 epilogue runs
+/// in the shadow of `tdpbusd`.
+///
 /// # Safety
 /// The [`Block`] contract with `rows[0..]` `lda` bytes apart from `rows[0]`, padded to a
 /// multiple of 32 rows, and `k_groups % 16 == 0`; `unit` can execute.
@@ -81,6 +89,12 @@ unsafe fn block_emulated(blk: &Block) {
 unsafe fn run<U: TileUnit>(unit: &mut U, blk: &Block) {
     let t = &blk.tile;
     debug_assert!(t.k_groups.is_multiple_of(KB / KR));
+    let steps = t.k_groups / TR;
+    let kc = chunk_steps(steps);
+    let rows_per_step = MR.div_ceil(kc);
+    let mut drained = Drained::new();
+    let chunked = if steps > kc { t.m.div_ceil(MR) } else { 0 };
+    let mut partial: Vec<CBlock> = (0..chunked).map(|_| CBlock::new()).collect();
     // SAFETY: the block contract: `rows[0]` starts `ceil(m / 32)·32` rows of `lda` bytes; the
     // B panels hold `k_groups` groups of `PANEL` columns, `panel_len` bytes apart.
     unsafe {
@@ -89,38 +103,84 @@ unsafe fn run<U: TileUnit>(unit: &mut U, blk: &Block) {
         for p in 0..blk.panels {
             for c0 in (0..PANEL).step_by(NR).take_while(|c0| p * PANEL + c0 < t.n) {
                 let b = t.b.add(p * blk.panel_len + c0 * KR).cast::<u8>();
-                for i0 in (0..t.m).step_by(MR) {
-                    accumulate(unit, a.add(i0 * t.lda), t.lda, b, t.k_groups / TR);
-                    drain(unit, t, i0, p * PANEL + c0);
+                for k0 in (0..steps).step_by(kc) {
+                    let chunk = k0..(k0 + kc).min(steps);
+                    for i0 in (0..t.m).step_by(MR) {
+                        if k0 == 0 {
+                            zero_c(unit);
+                        } else {
+                            partial[i0 / MR].load_tiles(unit);
+                        }
+                        let a = a.add(i0 * t.lda);
+                        accumulate(unit, a, t.lda, b, chunk.clone(), |unit, s| {
+                            drained.requant(unit, t, (s - k0 + 1) * rows_per_step)
+                        });
+                        if chunk.end < steps {
+                            partial[i0 / MR].store_tiles(unit);
+                        } else {
+                            drained.requant(unit, t, MR);
+                            drained.store(unit, t, i0, p * PANEL + c0);
+                        }
+                    }
                 }
             }
+            drained.requant(unit, t, MR);
             (blk.finish)(p);
         }
         unit.release();
     }
 }
 
-/// `tmm0..3` = the 32×32 block of `A[rows a..a+32] · B[columns b..b+32]` over `steps`
-/// reductions of 64.
+/// Reduction steps of 64 per chunk: B chunks of 32 columns × 512 bytes.
+const KC: usize = 8;
+
+/// A reduction of at most this many steps is not chunked (its B slice, 32 columns × 768
+/// bytes, fits L1 whole).
+const KC_ALL: usize = 12;
+
+/// Steps per reduction chunk for a reduction of `steps`: all of them up to [`KC_ALL`], else
+/// equal chunks of at most [`KC`].
+fn chunk_steps(steps: usize) -> usize {
+    if steps <= KC_ALL {
+        steps.max(1)
+    } else {
+        steps.div_ceil(steps.div_ceil(KC))
+    }
+}
+
+/// `tilezero` on `tmm0..3`.
 ///
 /// # Safety
-/// 32 rows of `steps·64` bytes at `a`, `lda` apart; `steps·16` groups of 32 columns at `b`,
-/// `GROUP_STRIDE` apart; the configuration is loaded.
+/// The configuration is loaded.
+#[inline(always)]
+unsafe fn zero_c<U: TileUnit>(unit: &mut U) {
+    // SAFETY: tiles 0-3 are configured.
+    unsafe {
+        unit.zero::<0>();
+        unit.zero::<1>();
+        unit.zero::<2>();
+        unit.zero::<3>();
+    }
+}
+
+/// `tmm0..3` += the 32×32 block of `A[rows a..a+32] · B[columns b..b+32]` over the reduction
+/// steps `steps` (64 `k` each); `between(unit, s)` runs after the tile instructions of step `s`.
+///
+/// # Safety
+/// 32 rows of `steps.end·64` bytes at `a`, `lda` apart; `steps.end·16` groups of 32 columns
+/// at `b`, `GROUP_STRIDE` apart; the configuration is loaded.
 #[inline(always)]
 unsafe fn accumulate<U: TileUnit>(
     unit: &mut U,
     a: *const u8,
     lda: usize,
     b: *const u8,
-    steps: usize,
+    steps: std::ops::Range<usize>,
+    mut between: impl FnMut(&U, usize),
 ) {
     // SAFETY: every tile load reads 16 rows of 64 bytes inside the operands above.
     unsafe {
-        unit.zero::<0>();
-        unit.zero::<1>();
-        unit.zero::<2>();
-        unit.zero::<3>();
-        for s in 0..steps {
+        for s in steps {
             let (a, b) = (a.add(s * KB), b.add(s * TR * GROUP_STRIDE));
             unit.load::<4>(a, lda);
             unit.load::<5>(a.add(TR * lda), lda);
@@ -130,38 +190,126 @@ unsafe fn accumulate<U: TileUnit>(
             unit.dpbusd::<1, 4, 7>();
             unit.dpbusd::<2, 5, 6>();
             unit.dpbusd::<3, 5, 7>();
+            between(unit, s);
         }
     }
 }
 
-/// Stores `tmm0..3` once and writes rows `i0..` (at most 32), columns `col..` (at most 32)
-/// of the output: bias, then the unit's requantizing store.
-///
-/// # Safety
-/// The [`Tile`] contract of `t` for rows `i0..` and columns `col..` of the block.
-#[inline(always)]
-unsafe fn drain<U: TileUnit>(unit: &mut U, t: &Tile, i0: usize, col: usize) {
-    #[repr(C, align(64))]
-    struct Acc([[i32; NR]; MR]);
-    let mut c = Acc([[0; NR]; MR]);
-    let stride = NR * 4;
-    // SAFETY: each tile store writes 16 rows of 64 bytes at a 128-byte stride inside `c`;
-    // the bias, multipliers and output rows are the tile contract's.
-    unsafe {
-        let base = c.0.as_mut_ptr().cast::<u8>();
-        unit.store::<0>(base, stride);
-        unit.store::<1>(base.add(TR * 4), stride);
-        unit.store::<2>(base.add(TR * stride), stride);
-        unit.store::<3>(base.add(TR * stride + TR * 4), stride);
-        for (i, row) in c.0.iter().enumerate().take(t.m - i0) {
+/// A 32×32 `i32` block of C in memory, laid out as `tmm0..3` are stored: 128-byte rows.
+#[repr(C, align(64))]
+struct CBlock([[i32; NR]; MR]);
+
+impl CBlock {
+    /// A zeroed block.
+    fn new() -> Self {
+        CBlock([[0; NR]; MR])
+    }
+
+    /// Where tile `q` of `tmm0..3` starts in a block at `base` (rows `16·(q / 2)..`, columns
+    /// `16·(q % 2)..`).
+    fn quarter(base: *mut u8, q: usize) -> *mut u8 {
+        base.wrapping_add(TR * (q / 2) * NR * 4 + TR * (q % 2) * 4)
+    }
+
+    /// `tilestored` of `tmm0..3` into the block.
+    ///
+    /// # Safety
+    /// The configuration is loaded.
+    #[inline(always)]
+    unsafe fn store_tiles<U: TileUnit>(&mut self, unit: &mut U) {
+        let base = self.0.as_mut_ptr().cast::<u8>();
+        let stride = NR * 4;
+        // SAFETY: each tile store writes 16 rows of 64 bytes at a 128-byte stride inside the
+        // block, which `&mut self` owns.
+        unsafe {
+            unit.store::<0>(Self::quarter(base, 0), stride);
+            unit.store::<1>(Self::quarter(base, 1), stride);
+            unit.store::<2>(Self::quarter(base, 2), stride);
+            unit.store::<3>(Self::quarter(base, 3), stride);
+        }
+    }
+
+    /// `tileloadd` of `tmm0..3` from the block.
+    ///
+    /// # Safety
+    /// The configuration is loaded.
+    #[inline(always)]
+    unsafe fn load_tiles<U: TileUnit>(&self, unit: &mut U) {
+        let base = self.0.as_ptr().cast::<u8>().cast_mut();
+        let stride = NR * 4;
+        // SAFETY: each tile load reads 16 rows of 64 bytes at a 128-byte stride inside the
+        // block.
+        unsafe {
+            unit.load::<0>(Self::quarter(base, 0), stride);
+            unit.load::<1>(Self::quarter(base, 1), stride);
+            unit.load::<2>(Self::quarter(base, 2), stride);
+            unit.load::<3>(Self::quarter(base, 3), stride);
+        }
+    }
+}
+
+/// A finished 32×32 block of C stored from `tmm0..3`, requantized into the output a few rows
+/// at a time.
+struct Drained {
+    c: CBlock,
+    /// Output row of `c[0]` and column of `c[i][0]` (relative to the task's tile).
+    i0: usize,
+    col: usize,
+    /// Rows already written, rows to write.
+    done: usize,
+    rows: usize,
+}
+
+impl Drained {
+    /// A buffer with nothing to write.
+    fn new() -> Self {
+        Drained {
+            c: CBlock::new(),
+            i0: 0,
+            col: 0,
+            done: 0,
+            rows: 0,
+        }
+    }
+
+    /// Stores `tmm0..3`, the block at rows `i0..`, columns `col..` of `t` (everything
+    /// before must be written: [`Drained::requant`] up to `MR`).
+    ///
+    /// # Safety
+    /// The configuration is loaded.
+    #[inline(always)]
+    unsafe fn store<U: TileUnit>(&mut self, unit: &mut U, t: &Tile, i0: usize, col: usize) {
+        debug_assert_eq!(self.done, self.rows);
+        // SAFETY: forwarded.
+        unsafe { self.c.store_tiles(unit) };
+        (self.i0, self.col, self.done, self.rows) = (i0, col, 0, (t.m - i0).min(MR));
+    }
+
+    /// Writes the stored rows below `upto` not written yet: bias, then the unit's
+    /// requantizing store.
+    ///
+    /// # Safety
+    /// The [`Tile`] contract of `t` for the stored block's rows and columns.
+    #[inline(always)]
+    unsafe fn requant<U: TileUnit>(&mut self, unit: &U, t: &Tile, upto: usize) {
+        let end = upto.min(self.rows);
+        for i in self.done..end {
             for v in 0..NR / TR {
-                let (j, n) = (col + TR * v, (t.n - col).saturating_sub(TR * v).min(TR));
+                let j = self.col + TR * v;
+                let n = (t.n - self.col).saturating_sub(TR * v).min(TR);
                 if n == 0 {
                     break;
                 }
-                let acc = std::array::from_fn(|l| row[TR * v + l].wrapping_add(*t.bias.add(j + l)));
-                unit.requant_store(&acc, t, j, t.out.add((i0 + i) * t.ldc + j), n);
+                let row = &self.c.0[i][TR * v..][..TR];
+                // SAFETY: column `j < t.n`, so its bias and multipliers exist and output row
+                // `i0 + i < t.m` is writable for `n` bytes from column `j`.
+                unsafe {
+                    let acc = std::array::from_fn(|l| row[l].wrapping_add(*t.bias.add(j + l)));
+                    let out = t.out.add((self.i0 + i) * t.ldc + j);
+                    unit.requant_store(&acc, t, j, out, n);
+                }
             }
         }
+        self.done = self.done.max(end);
     }
 }
