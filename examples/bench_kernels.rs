@@ -2,13 +2,15 @@
 //!
 //! ```text
 //! cargo run --release --example bench_kernels [-- --batches 1,32] [--paths amx,avx512vnni]
+//!     [--no-flex]
 //! ```
 //!
 //! Everything runs on one thread (a 1-thread rayon pool, which both our kernels and Flex use).
 //! For each distinct conv shape, batch and available path (all but the emulated ones, or those
-//! named by `--paths`) it prints the median time, GMAC/s,
-//! the percentage of that path's measured instruction peak and the speedup over Flex on the
-//! same shape; the last line sums the 20 convolutions at batch 1 on the best path.
+//! named by `--paths`) it prints the median time, GMAC/s, the percentage of that path's
+//! measured instruction peak and the speedup over Flex on the same shape (`--no-flex` skips
+//! Flex: its columns print NaN); the last line sums the 20 convolutions at batch 1 on the best
+//! path.
 
 use std::time::{Duration, Instant};
 
