@@ -74,13 +74,13 @@ unsafe fn block_emulated(blk: &Block) {
 
 /// The whole task on `unit`: configure, every 32×32 block of C, release.
 ///
-/// A reduction longer than [`KC_ALL`] steps is cut into equal chunks of at most [`KC`] steps
-/// so that the B chunk of a column pair (32 columns × 512 `k`, 16 KiB) stays in L1 while
-/// every row pair of the task passes over it; between chunks the C tiles of each row pair
-/// wait in an `i32` buffer. Software-
-/// pipelined: while the tiles accumulate one block, the previous finished block (stored to
-/// an L1 buffer) is requantized a few rows per reduction step, so the AVX-512 epilogue runs
-/// in the shadow of `tdpbusd`.
+/// A reduction longer than [`KC_ALL`] steps over at least [`KC_MIN_PAIRS`] row pairs is cut
+/// into equal chunks of at most [`KC`] steps so that the B chunk of a column pair (32
+/// columns × 512 `k`, 16 KiB) stays in L1 while every row pair of the task passes over it;
+/// between chunks the C tiles of each row pair wait in an `i32` buffer. Software-pipelined:
+/// while the tiles accumulate one block, the previous finished block (stored to an L1
+/// buffer) is requantized a few rows per reduction step, so the AVX-512 epilogue runs in the
+/// shadow of `tdpbusd`.
 ///
 /// # Safety
 /// The [`Block`] contract with `rows[0..]` `lda` bytes apart from `rows[0]`, padded to a
@@ -90,7 +90,7 @@ unsafe fn run<U: TileUnit>(unit: &mut U, blk: &Block) {
     let t = &blk.tile;
     debug_assert!(t.k_groups.is_multiple_of(KB / KR));
     let steps = t.k_groups / TR;
-    let kc = chunk_steps(steps);
+    let kc = chunk_steps(steps, t.m.div_ceil(MR));
     let rows_per_step = MR.div_ceil(kc);
     let mut drained = Drained::new();
     let chunked = if steps > kc { t.m.div_ceil(MR) } else { 0 };
@@ -138,10 +138,15 @@ const KC: usize = 8;
 /// bytes, fits L1 whole).
 const KC_ALL: usize = 12;
 
-/// Steps per reduction chunk for a reduction of `steps`: all of them up to [`KC_ALL`], else
-/// equal chunks of at most [`KC`].
-fn chunk_steps(steps: usize) -> usize {
-    if steps <= KC_ALL {
+/// Fewer row pairs than this per task do not chunk the reduction: too little reuse of a B
+/// chunk to pay for spilling C.
+const KC_MIN_PAIRS: usize = 4;
+
+/// Steps per reduction chunk for a reduction of `steps` over `pairs` row pairs: all of them
+/// up to [`KC_ALL`] steps or below [`KC_MIN_PAIRS`] pairs, else equal chunks of at most
+/// [`KC`].
+fn chunk_steps(steps: usize, pairs: usize) -> usize {
+    if steps <= KC_ALL || pairs < KC_MIN_PAIRS {
         steps.max(1)
     } else {
         steps.div_ceil(steps.div_ceil(KC))
