@@ -200,6 +200,18 @@ unsafe fn accumulate<U: TileUnit>(
     }
 }
 
+/// `$unit.$op::<q>(tile q's place in the C block at $base, 128)` for the four C tiles `q`
+/// (one call per tile: tile numbers are immediates).
+macro_rules! each_c_tile {
+    ($unit:ident . $op:ident, $base:expr) => {{
+        let base: *mut u8 = $base;
+        $unit.$op::<0>(CBlock::quarter(base, 0), NR * 4);
+        $unit.$op::<1>(CBlock::quarter(base, 1), NR * 4);
+        $unit.$op::<2>(CBlock::quarter(base, 2), NR * 4);
+        $unit.$op::<3>(CBlock::quarter(base, 3), NR * 4);
+    }};
+}
+
 /// A 32×32 `i32` block of C in memory, laid out as `tmm0..3` are stored: 128-byte rows.
 #[repr(C, align(64))]
 struct CBlock([[i32; NR]; MR]);
@@ -222,16 +234,9 @@ impl CBlock {
     /// The configuration is loaded.
     #[inline(always)]
     unsafe fn store_tiles<U: TileUnit>(&mut self, unit: &mut U) {
-        let base = self.0.as_mut_ptr().cast::<u8>();
-        let stride = NR * 4;
         // SAFETY: each tile store writes 16 rows of 64 bytes at a 128-byte stride inside the
         // block, which `&mut self` owns.
-        unsafe {
-            unit.store::<0>(Self::quarter(base, 0), stride);
-            unit.store::<1>(Self::quarter(base, 1), stride);
-            unit.store::<2>(Self::quarter(base, 2), stride);
-            unit.store::<3>(Self::quarter(base, 3), stride);
-        }
+        unsafe { each_c_tile!(unit.store, self.0.as_mut_ptr().cast()) }
     }
 
     /// `tileloadd` of `tmm0..3` from the block.
@@ -240,16 +245,9 @@ impl CBlock {
     /// The configuration is loaded.
     #[inline(always)]
     unsafe fn load_tiles<U: TileUnit>(&self, unit: &mut U) {
-        let base = self.0.as_ptr().cast::<u8>().cast_mut();
-        let stride = NR * 4;
         // SAFETY: each tile load reads 16 rows of 64 bytes at a 128-byte stride inside the
         // block.
-        unsafe {
-            unit.load::<0>(Self::quarter(base, 0), stride);
-            unit.load::<1>(Self::quarter(base, 1), stride);
-            unit.load::<2>(Self::quarter(base, 2), stride);
-            unit.load::<3>(Self::quarter(base, 3), stride);
-        }
+        unsafe { each_c_tile!(unit.load, self.0.as_ptr().cast::<u8>().cast_mut()) }
     }
 }
 
