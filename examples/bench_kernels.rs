@@ -1,13 +1,16 @@
 //! Int8 conv speed on ResNet-18's convolutions, per kernel path, against Burn's Flex f32 conv.
 //!
 //! ```text
-//! cargo run --release --example bench_kernels [-- --batches 1,32]
+//! cargo run --release --example bench_kernels [-- --batches 1,32] [--paths amx,avx512vnni]
+//!     [--no-flex]
 //! ```
 //!
 //! Everything runs on one thread (a 1-thread rayon pool, which both our kernels and Flex use).
-//! For each distinct conv shape, batch and available path it prints the median time, GMAC/s,
-//! the percentage of that path's measured instruction peak and the speedup over Flex on the
-//! same shape; the last line sums the 20 convolutions at batch 1 on the best path.
+//! For each distinct conv shape, batch and available path (all but the emulated ones, or those
+//! named by `--paths`) it prints the median time, GMAC/s, the percentage of that path's
+//! measured instruction peak and the speedup over Flex on the same shape (`--no-flex` skips
+//! Flex: its columns print NaN); the last line sums the 20 convolutions at batch 1 on the best
+//! path.
 
 use std::time::{Duration, Instant};
 
@@ -163,21 +166,35 @@ fn flex_time(s: &Shape, batch: usize, rng: &mut Lcg) -> Duration {
     })
 }
 
+/// The comma-separated values after `flag` on the command line, if it is there.
+fn list_arg(flag: &str) -> Option<Vec<String>> {
+    let list = std::env::args().skip_while(|a| a != flag).nth(1)?;
+    Some(list.split(',').map(str::to_string).collect())
+}
+
 fn main() {
-    let batches: Vec<usize> = std::env::args()
-        .skip_while(|a| a != "--batches")
-        .nth(1)
-        .map(|list| {
-            list.split(',')
+    let batches: Vec<usize> = list_arg("--batches").map_or_else(
+        || vec![1, 32],
+        |list| {
+            list.iter()
                 .map(|b| b.parse().expect("batch size"))
                 .collect()
-        })
-        .unwrap_or_else(|| vec![1, 32]);
+        },
+    );
+    let wanted = list_arg("--paths").map(|names| {
+        let paths = names
+            .iter()
+            .map(|name| Isa::from_name(name).expect("path name"));
+        paths.collect::<Vec<_>>()
+    });
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
         .expect("1-thread pool");
-    let paths = available_isas();
+    let paths: Vec<Isa> = available_isas()
+        .into_iter()
+        .filter(|isa| wanted.as_ref().map_or(!isa.emulated(), |w| w.contains(isa)))
+        .collect();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "paths: {paths:?}; best: {}; load average: {}",
@@ -203,7 +220,11 @@ fn main() {
     pool.install(|| {
         for &batch in &batches {
             for s in &RESNET18 {
-                let flex = flex_time(s, batch, &mut rng).as_secs_f64();
+                let flex = if std::env::args().any(|a| a == "--no-flex") {
+                    f64::NAN
+                } else {
+                    flex_time(s, batch, &mut rng).as_secs_f64()
+                };
                 for &(isa, peak) in &peaks {
                     let t = with_isa(isa, || int8_time(s, batch, &mut rng))
                         .expect("path")

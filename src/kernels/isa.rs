@@ -9,7 +9,8 @@ use crate::{Error, Result};
 
 /// An instruction-set path of the kernels.
 ///
-/// Ordered from the most portable to the fastest; [`active_isa`] picks the last available one.
+/// Ordered from the most portable to the fastest, then the test paths; [`active_isa`] picks
+/// the last available one that is not [`Isa::emulated`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Isa {
     /// Portable Rust; the fallback and the test oracle.
@@ -22,16 +23,20 @@ pub enum Isa {
     Avx512Vnni,
     /// AMX-INT8 tiles (`tdpbusd`), with AVX-512 for the epilogue.
     Amx,
+    /// The AMX kernel on a scalar model of the tile unit: runs anywhere, slowly, so the AMX
+    /// code is tested on every CPU. Never picked automatically.
+    AmxEmulated,
 }
 
 impl Isa {
     /// Every path, in order.
-    pub const ALL: [Isa; 5] = [
+    pub const ALL: [Isa; 6] = [
         Isa::Scalar,
         Isa::Avx2,
         Isa::AvxVnni,
         Isa::Avx512Vnni,
         Isa::Amx,
+        Isa::AmxEmulated,
     ];
 
     /// The lower-case name used by `BURN_QUANTIZE_ISA` and in reports.
@@ -42,7 +47,13 @@ impl Isa {
             Isa::AvxVnni => "avxvnni",
             Isa::Avx512Vnni => "avx512vnni",
             Isa::Amx => "amx",
+            Isa::AmxEmulated => "amx-emulated",
         }
+    }
+
+    /// Whether this path models hardware in software (for tests, never for speed).
+    pub fn emulated(self) -> bool {
+        self == Isa::AmxEmulated
     }
 
     /// Parses a name as written by [`Isa::name`] (case-insensitive).
@@ -116,7 +127,11 @@ thread_local! {
 }
 
 fn best_isa() -> Isa {
-    available_isas().into_iter().max().unwrap_or(Isa::Scalar)
+    available_isas()
+        .into_iter()
+        .filter(|isa| !isa.emulated())
+        .max()
+        .unwrap_or(Isa::Scalar)
 }
 
 /// `BURN_QUANTIZE_ISA`, read once; an unknown or unavailable name is reported and ignored.
@@ -152,14 +167,15 @@ fn cpu_supports(isa: Isa) -> bool {
         Isa::AvxVnni => avx2 && is_x86_feature_detected!("avxvnni"),
         Isa::Avx512Vnni => avx512 && is_x86_feature_detected!("avx512vnni"),
         Isa::Amx => avx512 && super::gemm::amx_usable(),
+        Isa::AmxEmulated => true,
     }
 }
 
-/// Whether the CPU and OS support `isa`: only the scalar path exists off x86-64 for now
+/// Whether the CPU and OS support `isa`: only the portable paths exist off x86-64 for now
 /// (an aarch64 NEON kernel would be detected here and registered in `gemm`).
 #[cfg(not(target_arch = "x86_64"))]
 fn cpu_supports(isa: Isa) -> bool {
-    isa == Isa::Scalar
+    matches!(isa, Isa::Scalar | Isa::AmxEmulated)
 }
 
 #[cfg(test)]

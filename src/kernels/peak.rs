@@ -4,8 +4,8 @@
 //! Each measurement runs the path's core instruction on 12 independent register accumulators
 //! (no loads) for about 20 ms and counts `u8×i8` multiply-accumulates: `vpdpbusd zmm` = 64,
 //! VEX `vpdpbusd ymm` = 32, `vpmaddwd ymm` = 16 (the AVX2 kernel also needs one `vpaddd` per
-//! `vpmaddwd`, on other ports), `tdpbusd` = 16·16·64. The scalar path has no such instruction
-//! and reports `None`.
+//! `vpmaddwd`, on other ports), `tdpbusd` = 16·16·64. The scalar and emulated paths have no such
+//! instruction and report `None`.
 
 use std::time::Instant;
 
@@ -37,7 +37,7 @@ pub fn measure_peak_gmacs(isa: Isa) -> Result<Option<f64>> {
 #[cfg(target_arch = "x86_64")]
 fn loop_of(isa: Isa) -> Option<(u64, fn(u64))> {
     match isa {
-        Isa::Scalar => None,
+        Isa::Scalar | Isa::AmxEmulated => None,
         Isa::Avx2 => Some((12 * 16, x86::avx2)),
         Isa::AvxVnni => Some((12 * 32, x86::avxvnni)),
         Isa::Avx512Vnni => Some((12 * 64, x86::avx512vnni)),

@@ -24,7 +24,7 @@ impl Tier {
     /// the features of its tier (see `isa::cpu_supports`).
     pub(crate) fn of(isa: Isa) -> Tier {
         match isa {
-            Isa::Scalar => Tier::Base,
+            Isa::Scalar | Isa::AmxEmulated => Tier::Base,
             Isa::Avx2 | Isa::AvxVnni => Tier::Avx2,
             Isa::Avx512Vnni | Isa::Amx => Tier::Avx512,
         }

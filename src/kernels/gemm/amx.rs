@@ -1,152 +1,318 @@
-//! AMX-INT8 microkernel: 32 rows × 32 columns with `tdpbusd`, through `asm!`.
+//! AMX-INT8 GEMM, written once over a [`TileUnit`]: the real tiles or the scalar emulator.
 //!
-//! Tiles: `tmm0..3` accumulate the four 16×16 `i32` quarters of C, `tmm4/5` hold 16 rows × 64
-//! `u8` of A (rows 0-15 and 16-31), `tmm6/7` hold 16 `k`-groups × 16 columns × 4 `i8` of B
-//! (columns 0-15 and 16-31) — exactly 16 consecutive groups of a packed panel, rows
-//! `GROUP_STRIDE` bytes apart. A is packed by the driver (uniform stride, `K` padded to 64,
-//! rows padded to 32). C goes to memory, gets the bias, and is requantized by the AVX-512
-//! epilogue. No AMX machine is available to test this here: dispatch checks it bit for bit
-//! against the scalar kernel before first use and drops it if it disagrees.
+//! One call computes a whole driver task (a block of packed A rows × a range of panels): the
+//! tile configuration is loaded once and released at the end. Tiles: `tmm0..3` accumulate a
+//! 2×2 block of 16×16 `i32` tiles of C (32 rows × 32 columns) over the reduction (or over
+//! chunks of a long one, see [`run`]), `tmm4/5` hold 16 rows × 64 `u8` of A (rows 0-15 and
+//! 16-31), `tmm6/7` hold 16 `k`-groups × 16 columns × 4 `i8` of B (columns 0-15 and 16-31):
+//! exactly 16 consecutive groups of a packed panel, rows `GROUP_STRIDE` bytes apart. A is packed by the driver (uniform stride,
+//! `K` padded to 64, rows padded to 32). Each finished C block is stored once to a small buffer
+//! and requantized there with its bias by the unit's 16-lane store (AVX-512 on the real unit).
+//! Rows and columns past the problem are computed on padding and not stored.
 
-use std::arch::asm;
-use std::arch::x86_64::*;
-
-use super::avx512vnni::requant_store;
-use super::{Kernel, Tile};
+use super::tile_emulator::Emulated;
+#[cfg(target_arch = "x86_64")]
+use super::tile_unit::Amx;
+use super::tile_unit::{TileConfig, TileUnit};
+use super::{Block, Entry, Kernel, Tile};
 use crate::kernels::Isa;
-use crate::kernels::pack::{GROUP_STRIDE, K_ALIGN, KR};
+use crate::kernels::pack::{GROUP_STRIDE, K_ALIGN, KR, PANEL};
 
+/// Rows of a C block (two tiles).
 const MR: usize = 32;
+/// Columns of a C block (two tiles).
 const NR: usize = 32;
+/// Rows (and `k` groups) of one tile.
+const TR: usize = 16;
+/// Bytes of `k` per A tile row (`K_ALIGN`).
+const KB: usize = 64;
 
 /// Registry entry of the AMX kernel.
+#[cfg(target_arch = "x86_64")]
 pub(super) static KERNEL: Kernel = Kernel {
     isa: Isa::Amx,
     mr: MR,
     nr: NR,
     k_align: K_ALIGN,
     packed_a: true,
-    tile,
+    entry: Entry::Block(block_amx),
+};
+
+/// Registry entry of the same kernel on the tile emulator (a test path, any CPU).
+pub(super) static EMULATED: Kernel = Kernel {
+    isa: Isa::AmxEmulated,
+    mr: MR,
+    nr: NR,
+    k_align: K_ALIGN,
+    packed_a: true,
+    entry: Entry::Block(block_emulated),
 };
 
 /// Palette 1; tiles 0-7 all 16 rows × 64 bytes.
-#[repr(C, align(64))]
-struct TileConfig {
-    palette: u8,
-    start_row: u8,
-    reserved: [u8; 14],
-    colsb: [u16; 16],
-    rows: [u8; 16],
-}
+static CONFIG: TileConfig = TileConfig::uniform(TR as u8, KB as u16);
 
-static CONFIG: TileConfig = TileConfig {
-    palette: 1,
-    start_row: 0,
-    reserved: [0; 14],
-    colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
-    rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
-};
-
-/// Whether the CPU has AMX-TILE and AMX-INT8, the OS enabled the tile state, and Linux granted
-/// this process tile data (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`).
-pub(crate) fn usable() -> bool {
-    const AMX_TILE: u32 = 1 << 24;
-    const AMX_INT8: u32 = 1 << 25;
-    const OSXSAVE: u32 = 1 << 27;
-    const XTILE_STATE: u64 = (1 << 17) | (1 << 18);
-    let (leaf1, leaf7) = (__cpuid(1), __cpuid_count(7, 0));
-    if leaf7.edx & (AMX_TILE | AMX_INT8) != AMX_TILE | AMX_INT8 || leaf1.ecx & OSXSAVE == 0 {
-        return false;
-    }
-    let (lo, hi): (u32, u32);
-    // SAFETY: OSXSAVE is set, so `xgetbv` with ECX = 0 is allowed; it only reads XCR0.
-    unsafe { asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
-    let xcr0 = u64::from(hi) << 32 | u64::from(lo);
-    xcr0 & XTILE_STATE == XTILE_STATE && request_tile_data()
-}
-
-#[cfg(target_os = "linux")]
-fn request_tile_data() -> bool {
-    const SYS_ARCH_PRCTL: i64 = 158;
-    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
-    const XFEATURE_XTILEDATA: i64 = 18;
-    let ret: i64;
-    // SAFETY: the arch_prctl system call only updates this process's permitted XSAVE
-    // features; `syscall` clobbers rcx and r11, declared below.
-    unsafe {
-        asm!("syscall", inlateout("rax") SYS_ARCH_PRCTL => ret, in("rdi") ARCH_REQ_XCOMP_PERM,
-             in("rsi") XFEATURE_XTILEDATA, lateout("rcx") _, lateout("r11") _, options(nostack));
-    }
-    ret == 0
-}
-
-#[cfg(not(target_os = "linux"))]
-fn request_tile_data() -> bool {
-    false
-}
-
+/// The real tile unit's entry point.
+///
 /// # Safety
-/// The [`Tile`] contract with `rows[0..32]` `lda` bytes apart and `k_groups % 16 == 0`, on a
-/// CPU and process where [`usable`] returned true.
+/// The [`Block`] contract, on a CPU and process where [`super::amx_usable`] returned true.
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn tile(t: &Tile) {
-    #[repr(C, align(64))]
-    struct Acc([[i32; NR]; MR]);
-    let mut c = Acc([[0; NR]; MR]);
-    debug_assert!(t.k_groups.is_multiple_of(K_ALIGN / KR));
-    // SAFETY: rows 0..32 are readable for `k_groups·4` bytes, `lda` apart (tile contract), so
-    // every A tile load stays inside them; the panel holds `k_groups` groups of at least 32
-    // columns, so every B tile row (64 bytes at a 256-byte stride) is inside it; `c` is 32 rows
-    // of 128 bytes. Tile registers are not used by compiled code; `tilerelease` frees them.
+unsafe fn block_amx(blk: &Block) {
+    // SAFETY: the kernel is only registered as available once `amx_usable` held; forwarded
+    // contract.
+    unsafe { run(&mut Amx::new(), blk) }
+}
+
+/// The emulated tile unit's entry point.
+///
+/// # Safety
+/// The [`Block`] contract.
+unsafe fn block_emulated(blk: &Block) {
+    // SAFETY: forwarded contract.
+    unsafe { run(&mut Emulated::new(), blk) }
+}
+
+/// The whole task on `unit`: configure, every 32×32 block of C, release.
+///
+/// A reduction longer than [`KC_ALL`] steps over at least [`KC_MIN_PAIRS`] row pairs is cut
+/// into equal chunks of at most [`KC`] steps so that the B chunk of a column pair (32
+/// columns × 512 `k`, 16 KiB) stays in L1 while every row pair of the task passes over it;
+/// between chunks the C tiles of each row pair wait in an `i32` buffer. Software-pipelined:
+/// while the tiles accumulate one block, the previous finished block (stored to an L1
+/// buffer) is requantized a few rows per reduction step, so the AVX-512 epilogue runs in the
+/// shadow of `tdpbusd`.
+///
+/// # Safety
+/// The [`Block`] contract with `rows[0..]` `lda` bytes apart from `rows[0]`, padded to a
+/// multiple of 32 rows, and `k_groups % 16 == 0`; `unit` can execute.
+#[inline(always)]
+unsafe fn run<U: TileUnit>(unit: &mut U, blk: &Block) {
+    let t = &blk.tile;
+    debug_assert!(t.k_groups.is_multiple_of(KB / KR));
+    let steps = t.k_groups / TR;
+    let kc = chunk_steps(steps, t.m.div_ceil(MR));
+    let rows_per_step = MR.div_ceil(kc);
+    let mut drained = Drained::new();
+    let chunked = if steps > kc { t.m.div_ceil(MR) } else { 0 };
+    let mut partial: Vec<CBlock> = (0..chunked).map(|_| CBlock::new()).collect();
+    // SAFETY: the block contract: `rows[0]` starts `ceil(m / 32)·32` rows of `lda` bytes; the
+    // B panels hold `k_groups` groups of `PANEL` columns, `panel_len` bytes apart.
     unsafe {
-        let a0 = *t.rows;
-        asm!(
-            "ldtilecfg [{cfg}]",
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            "2:",
-            "tileloadd tmm4, [{a0} + {lda}*1]",
-            "tileloadd tmm5, [{a16} + {lda}*1]",
-            "tileloadd tmm6, [{b} + {bs}*1]",
-            "tileloadd tmm7, [{b} + {bs}*1 + 64]",
-            "tdpbusd tmm0, tmm4, tmm6",
-            "tdpbusd tmm1, tmm4, tmm7",
-            "tdpbusd tmm2, tmm5, tmm6",
-            "tdpbusd tmm3, tmm5, tmm7",
-            "add {a0}, 64",
-            "add {a16}, 64",
-            "add {b}, {bstep}",
-            "dec {chunks}",
-            "jnz 2b",
-            "tilestored [{c} + {cs}*1], tmm0",
-            "tilestored [{c} + {cs}*1 + 64], tmm1",
-            "add {c}, {half}",
-            "tilestored [{c} + {cs}*1], tmm2",
-            "tilestored [{c} + {cs}*1 + 64], tmm3",
-            "tilerelease",
-            cfg = in(reg) &CONFIG,
-            a0 = inout(reg) a0 => _,
-            a16 = inout(reg) a0.add(16 * t.lda) => _,
-            lda = in(reg) t.lda,
-            b = inout(reg) t.b => _,
-            bs = in(reg) GROUP_STRIDE,
-            bstep = const 16 * GROUP_STRIDE,
-            chunks = inout(reg) t.k_groups / 16 => _,
-            c = inout(reg) c.0.as_mut_ptr() => _,
-            cs = in(reg) NR * 4,
-            half = const 16 * NR * 4,
-            options(nostack),
-        );
-        let bias: [__m512i; 2] =
-            std::array::from_fn(|v| _mm512_loadu_si512(t.bias.add(16 * v).cast()));
-        for (i, row) in c.0.iter().enumerate().take(t.m) {
-            for (v, &bias) in bias.iter().enumerate() {
-                let acc = _mm512_add_epi32(_mm512_loadu_si512(row[16 * v..].as_ptr().cast()), bias);
-                let n = t.n.saturating_sub(16 * v).min(16);
-                requant_store(acc, t, 16 * v, t.out.add(i * t.ldc + 16 * v), n);
+        let a = *t.rows;
+        unit.load_config(&CONFIG);
+        for p in 0..blk.panels {
+            for c0 in (0..PANEL).step_by(NR).take_while(|c0| p * PANEL + c0 < t.n) {
+                let b = t.b.add(p * blk.panel_len + c0 * KR).cast::<u8>();
+                for k0 in (0..steps).step_by(kc) {
+                    let chunk = k0..(k0 + kc).min(steps);
+                    for i0 in (0..t.m).step_by(MR) {
+                        if k0 == 0 {
+                            zero_c(unit);
+                        } else {
+                            partial[i0 / MR].load_tiles(unit);
+                        }
+                        let a = a.add(i0 * t.lda);
+                        accumulate(unit, a, t.lda, b, chunk.clone(), |unit, s| {
+                            drained.requant(unit, t, (s - k0 + 1) * rows_per_step)
+                        });
+                        if chunk.end < steps {
+                            partial[i0 / MR].store_tiles(unit);
+                        } else {
+                            drained.requant(unit, t, MR);
+                            drained.store(unit, t, i0, p * PANEL + c0);
+                        }
+                    }
+                }
+            }
+            drained.requant(unit, t, MR);
+            (blk.finish)(p);
+        }
+        unit.release();
+    }
+}
+
+/// Reduction steps of 64 per chunk: B chunks of 32 columns × 512 bytes.
+const KC: usize = 8;
+
+/// A reduction of at most this many steps is not chunked (its B slice, 32 columns × 768
+/// bytes, fits L1 whole).
+const KC_ALL: usize = 12;
+
+/// Fewer row pairs than this per task do not chunk the reduction: too little reuse of a B
+/// chunk to pay for spilling C.
+const KC_MIN_PAIRS: usize = 4;
+
+/// Steps per reduction chunk for a reduction of `steps` over `pairs` row pairs: all of them
+/// up to [`KC_ALL`] steps or below [`KC_MIN_PAIRS`] pairs, else equal chunks of at most
+/// [`KC`].
+fn chunk_steps(steps: usize, pairs: usize) -> usize {
+    if steps <= KC_ALL || pairs < KC_MIN_PAIRS {
+        steps.max(1)
+    } else {
+        steps.div_ceil(steps.div_ceil(KC))
+    }
+}
+
+/// `tilezero` on `tmm0..3`.
+///
+/// # Safety
+/// The configuration is loaded.
+#[inline(always)]
+unsafe fn zero_c<U: TileUnit>(unit: &mut U) {
+    // SAFETY: tiles 0-3 are configured.
+    unsafe {
+        unit.zero::<0>();
+        unit.zero::<1>();
+        unit.zero::<2>();
+        unit.zero::<3>();
+    }
+}
+
+/// `tmm0..3` += the 32×32 block of `A[rows a..a+32] · B[columns b..b+32]` over the reduction
+/// steps `steps` (64 `k` each); `between(unit, s)` runs after the tile instructions of step `s`.
+///
+/// # Safety
+/// 32 rows of `steps.end·64` bytes at `a`, `lda` apart; `steps.end·16` groups of 32 columns
+/// at `b`, `GROUP_STRIDE` apart; the configuration is loaded.
+#[inline(always)]
+unsafe fn accumulate<U: TileUnit>(
+    unit: &mut U,
+    a: *const u8,
+    lda: usize,
+    b: *const u8,
+    steps: std::ops::Range<usize>,
+    mut between: impl FnMut(&U, usize),
+) {
+    // SAFETY: every tile load reads 16 rows of 64 bytes inside the operands above.
+    unsafe {
+        for s in steps {
+            let (a, b) = (a.add(s * KB), b.add(s * TR * GROUP_STRIDE));
+            unit.load::<4>(a, lda);
+            unit.load::<5>(a.add(TR * lda), lda);
+            unit.load::<6>(b, GROUP_STRIDE);
+            unit.load::<7>(b.add(TR * KR), GROUP_STRIDE);
+            unit.dpbusd::<0, 4, 6>();
+            unit.dpbusd::<1, 4, 7>();
+            unit.dpbusd::<2, 5, 6>();
+            unit.dpbusd::<3, 5, 7>();
+            between(unit, s);
+        }
+    }
+}
+
+/// `$unit.$op::<q>(tile q's place in the C block at $base, 128)` for the four C tiles `q`
+/// (one call per tile: tile numbers are immediates).
+macro_rules! each_c_tile {
+    ($unit:ident . $op:ident, $base:expr) => {{
+        let base: *mut u8 = $base;
+        $unit.$op::<0>(CBlock::quarter(base, 0), NR * 4);
+        $unit.$op::<1>(CBlock::quarter(base, 1), NR * 4);
+        $unit.$op::<2>(CBlock::quarter(base, 2), NR * 4);
+        $unit.$op::<3>(CBlock::quarter(base, 3), NR * 4);
+    }};
+}
+
+/// A 32×32 `i32` block of C in memory, laid out as `tmm0..3` are stored: 128-byte rows.
+#[repr(C, align(64))]
+struct CBlock([[i32; NR]; MR]);
+
+impl CBlock {
+    /// A zeroed block.
+    fn new() -> Self {
+        CBlock([[0; NR]; MR])
+    }
+
+    /// Where tile `q` of `tmm0..3` starts in a block at `base` (rows `16·(q / 2)..`, columns
+    /// `16·(q % 2)..`).
+    fn quarter(base: *mut u8, q: usize) -> *mut u8 {
+        base.wrapping_add(TR * (q / 2) * NR * 4 + TR * (q % 2) * 4)
+    }
+
+    /// `tilestored` of `tmm0..3` into the block.
+    ///
+    /// # Safety
+    /// The configuration is loaded.
+    #[inline(always)]
+    unsafe fn store_tiles<U: TileUnit>(&mut self, unit: &mut U) {
+        // SAFETY: each tile store writes 16 rows of 64 bytes at a 128-byte stride inside the
+        // block, which `&mut self` owns.
+        unsafe { each_c_tile!(unit.store, self.0.as_mut_ptr().cast()) }
+    }
+
+    /// `tileloadd` of `tmm0..3` from the block.
+    ///
+    /// # Safety
+    /// The configuration is loaded.
+    #[inline(always)]
+    unsafe fn load_tiles<U: TileUnit>(&self, unit: &mut U) {
+        // SAFETY: each tile load reads 16 rows of 64 bytes at a 128-byte stride inside the
+        // block.
+        unsafe { each_c_tile!(unit.load, self.0.as_ptr().cast::<u8>().cast_mut()) }
+    }
+}
+
+/// A finished 32×32 block of C stored from `tmm0..3`, requantized into the output a few rows
+/// at a time.
+struct Drained {
+    c: CBlock,
+    /// Output row of `c[0]` and column of `c[i][0]` (relative to the task's tile).
+    i0: usize,
+    col: usize,
+    /// Rows already written, rows to write.
+    done: usize,
+    rows: usize,
+}
+
+impl Drained {
+    /// A buffer with nothing to write.
+    fn new() -> Self {
+        Drained {
+            c: CBlock::new(),
+            i0: 0,
+            col: 0,
+            done: 0,
+            rows: 0,
+        }
+    }
+
+    /// Stores `tmm0..3`, the block at rows `i0..`, columns `col..` of `t` (everything
+    /// before must be written: [`Drained::requant`] up to `MR`).
+    ///
+    /// # Safety
+    /// The configuration is loaded.
+    #[inline(always)]
+    unsafe fn store<U: TileUnit>(&mut self, unit: &mut U, t: &Tile, i0: usize, col: usize) {
+        debug_assert_eq!(self.done, self.rows);
+        // SAFETY: forwarded.
+        unsafe { self.c.store_tiles(unit) };
+        (self.i0, self.col, self.done, self.rows) = (i0, col, 0, (t.m - i0).min(MR));
+    }
+
+    /// Writes the stored rows below `upto` not written yet: bias, then the unit's
+    /// requantizing store.
+    ///
+    /// # Safety
+    /// The [`Tile`] contract of `t` for the stored block's rows and columns.
+    #[inline(always)]
+    unsafe fn requant<U: TileUnit>(&mut self, unit: &U, t: &Tile, upto: usize) {
+        let end = upto.min(self.rows);
+        for i in self.done..end {
+            for v in 0..NR / TR {
+                let j = self.col + TR * v;
+                let n = (t.n - self.col).saturating_sub(TR * v).min(TR);
+                if n == 0 {
+                    break;
+                }
+                let row = &self.c.0[i][TR * v..][..TR];
+                // SAFETY: column `j < t.n`, so its bias and multipliers exist and output row
+                // `i0 + i < t.m` is writable for `n` bytes from column `j`.
+                unsafe {
+                    let acc = std::array::from_fn(|l| row[l].wrapping_add(*t.bias.add(j + l)));
+                    let out = t.out.add((self.i0 + i) * t.ldc + j);
+                    unit.requant_store(&acc, t, j, out, n);
+                }
             }
         }
+        self.done = self.done.max(end);
     }
 }

@@ -8,7 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Kernel, Tile, by_rows};
+use super::{Entry, Kernel, Tile, by_rows};
 use crate::kernels::Isa;
 use crate::kernels::pack::{GROUP_STRIDE, KR};
 
@@ -23,7 +23,7 @@ pub(super) static KERNEL: Kernel = Kernel {
     nr: NR,
     k_align: KR,
     packed_a: false,
-    tile,
+    entry: Entry::Tile(tile),
 };
 
 /// # Safety

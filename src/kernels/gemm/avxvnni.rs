@@ -9,7 +9,7 @@
 use std::arch::x86_64::*;
 
 use super::avx2::requant_store8;
-use super::{Kernel, Tile, by_rows};
+use super::{Entry, Kernel, Tile, by_rows};
 use crate::kernels::Isa;
 use crate::kernels::pack::{GROUP_STRIDE, KR};
 
@@ -24,7 +24,7 @@ pub(super) static KERNEL: Kernel = Kernel {
     nr: NV * 8,
     k_align: KR,
     packed_a: false,
-    tile,
+    entry: Entry::Tile(tile),
 };
 
 /// # Safety

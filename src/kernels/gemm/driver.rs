@@ -17,7 +17,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::{Kernel, Tile};
+use super::{Block, Entry, Kernel, Tile};
 use crate::kernels::pack::{KR, PANEL, PackedB};
 use crate::kernels::params::Epilogue;
 use crate::kernels::simd::Tier;
@@ -177,7 +177,7 @@ impl Gemm<'_> {
     }
 
     fn run_task(&self, kernel: &Kernel, task: &Task, out: SharedOut, ldc: usize, s: &mut Scratch) {
-        let (g, k, n) = (task.group, self.b.k(), self.b.n());
+        let (g, k) = (task.group, self.b.k());
         let lda = k.div_ceil(kernel.k_align) * kernel.k_align;
         s.rows.clear();
         if self.rows.direct() && !kernel.packed_a {
@@ -193,51 +193,96 @@ impl Gemm<'_> {
             s.rows
                 .extend((0..padded_rows).map(|i| unsafe { base.add(i * lda) }));
         }
-        let ep = self.epilogue;
-        for p in task.panels.clone() {
-            let (panel, bias) = (self.b.panel(g, p), self.b.panel_bias(g, p));
-            let multipliers = &ep.multipliers[self.b.column_offset(g, p)..][..PANEL];
-            for c0 in (0..PANEL)
-                .step_by(kernel.nr)
-                .take_while(|c0| p * PANEL + c0 < n)
-            {
-                let col = p * PANEL + c0;
-                for i0 in (0..task.mc).step_by(kernel.mr) {
-                    let row = task.m0 + i0;
-                    let tile = Tile {
-                        rows: s.rows[i0..].as_ptr(),
-                        lda,
-                        m: (task.mc - i0).min(kernel.mr),
-                        n: (n - col).min(kernel.nr),
-                        k_groups: lda / KR,
-                        b: panel[c0 * KR..].as_ptr(),
-                        bias: bias[c0..].as_ptr(),
-                        multipliers: multipliers[c0..].as_ptr(),
-                        zero_point: ep.zero_point,
-                        lo: ep.lo,
-                        hi: ep.hi,
-                        // SAFETY: `row < m` and `g·n + col < columns <= ldc`, so the offset is
-                        // inside `out` (checked in `run`).
-                        out: unsafe { out.0.add(row * ldc + g * n + col) },
-                        ldc,
-                    };
-                    // SAFETY: the rows hold `lda = k_groups·KR` readable bytes (in place only
-                    // when `K % KR == 0` and the kernel takes row pointers; else the padded
-                    // panel, with `mr`-padded rows for kernels that need them); the panel holds
-                    // `K_ALIGN >= k_align`-padded groups of `PANEL >= c0 + nr` columns; `bias`
-                    // and `multipliers` hold `PANEL − c0 >= nr` values; output rows `row..row+m`
-                    // are inside `out`, and this task is the only one writing this tile.
-                    unsafe { (kernel.tile)(&tile) };
+        let finish = |p: usize| self.finish_panel(kernel, task, p, out, ldc);
+        match kernel.entry {
+            Entry::Tile(tile) => {
+                for p in task.panels.clone() {
+                    for c0 in (0..PANEL)
+                        .step_by(kernel.nr)
+                        .take_while(|c0| p * PANEL + c0 < self.b.n())
+                    {
+                        for i0 in (0..task.mc).step_by(kernel.mr) {
+                            let t = self.tile(kernel, task, &s.rows[i0..], p, c0, i0, out, ldc);
+                            // SAFETY: see `Gemm::tile`; this task is the only one writing
+                            // this tile.
+                            unsafe { tile(&t) };
+                        }
+                    }
+                    finish(p);
                 }
             }
-            if let Some(table) = &ep.table {
-                let (col, tier) = (p * PANEL, Tier::of(kernel.isa));
-                // SAFETY: rows `m0..m0+mc`, columns `g·n + col..` (at most `n − col`) of `out`:
-                // the tiles this task has just written, which no other task touches.
-                unsafe {
-                    let block = out.0.add(task.m0 * ldc + g * n + col);
-                    table.map_rows(tier, block, block, task.mc, (n - col).min(PANEL), ldc);
-                }
+            Entry::Block(block) => {
+                let first = task.panels.start;
+                let tile = self.tile(kernel, task, &s.rows, first, 0, 0, out, ldc);
+                let block_args = Block {
+                    tile: Tile {
+                        m: task.mc,
+                        n: (self.b.n() - first * PANEL).min(task.panels.len() * PANEL),
+                        ..tile
+                    },
+                    panels: task.panels.len(),
+                    panel_len: self.b.panel(g, first).len(),
+                    finish: &|p| finish(first + p),
+                };
+                // SAFETY: as for `Gemm::tile`, over the task's rows and panels: the panels of
+                // group `g` are consecutive in `b`, and so are their biases and multipliers.
+                unsafe { block(&block_args) };
+            }
+        }
+    }
+
+    /// The arguments of the microkernel call for rows `i0..` of `task` (whose pointers start
+    /// `rows`) and columns `c0..` of panel `p`.
+    ///
+    /// The tile keeps the [`Tile`] contract: the rows hold `lda = k_groups·KR` readable bytes
+    /// (in place only when `K % KR == 0` and the kernel takes row pointers; else the padded
+    /// panel, with `mr`-padded rows for kernels that need them); the panel holds
+    /// `K_ALIGN >= k_align`-padded groups of `PANEL >= c0 + nr` columns; `bias` and
+    /// `multipliers` hold `PANEL − c0 >= nr` values; output rows `row..row+m` are inside `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn tile(
+        &self,
+        kernel: &Kernel,
+        task: &Task,
+        rows: &[*const u8],
+        p: usize,
+        c0: usize,
+        i0: usize,
+        out: SharedOut,
+        ldc: usize,
+    ) -> Tile {
+        let (g, n, ep) = (task.group, self.b.n(), self.epilogue);
+        let lda = self.b.k().div_ceil(kernel.k_align) * kernel.k_align;
+        let (col, row) = (p * PANEL + c0, task.m0 + i0);
+        Tile {
+            rows: rows.as_ptr(),
+            lda,
+            m: (task.mc - i0).min(kernel.mr),
+            n: (n - col).min(kernel.nr),
+            k_groups: lda / KR,
+            b: self.b.panel(g, p)[c0 * KR..].as_ptr(),
+            bias: self.b.panel_bias(g, p)[c0..].as_ptr(),
+            multipliers: ep.multipliers[self.b.column_offset(g, p) + c0..].as_ptr(),
+            zero_point: ep.zero_point,
+            lo: ep.lo,
+            hi: ep.hi,
+            // SAFETY: `row < m` and `g·n + col < columns <= ldc`, so the offset is inside
+            // `out` (checked in `run`).
+            out: unsafe { out.0.add(row * ldc + g * n + col) },
+            ldc,
+        }
+    }
+
+    /// Maps the task's rows of panel `p` through the fused lookup table, if any.
+    fn finish_panel(&self, kernel: &Kernel, task: &Task, p: usize, out: SharedOut, ldc: usize) {
+        let (g, n) = (task.group, self.b.n());
+        if let Some(table) = &self.epilogue.table {
+            let (col, tier) = (p * PANEL, Tier::of(kernel.isa));
+            // SAFETY: rows `m0..m0+mc`, columns `g·n + col..` (at most `n − col`) of `out`:
+            // the tiles this task has just written, which no other task touches.
+            unsafe {
+                let block = out.0.add(task.m0 * ldc + g * n + col);
+                table.map_rows(tier, block, block, task.mc, (n - col).min(PANEL), ldc);
             }
         }
     }

@@ -6,13 +6,14 @@
 //! `acc[i][j] = packed_bias[j] + Σ_k a[i][k]·b[k][j]` with wrapping `i32` arithmetic and then
 //! [`crate::kernels::requantize`] per element; the scalar kernel is the fallback and the oracle.
 
+mod amx;
 pub(crate) mod driver;
 mod scalar;
 #[cfg(test)]
 mod tests;
+mod tile_emulator;
+mod tile_unit;
 
-#[cfg(target_arch = "x86_64")]
-mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -26,7 +27,7 @@ use super::params::{Epilogue, Requant};
 use driver::DenseRows;
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use amx::usable as amx_usable;
+pub(crate) use tile_unit::usable as amx_usable;
 
 /// `$f::<M>($t)` for `M = $t.m` in `1..=5`, `$f::<6>($t)` otherwise: the edge-row
 /// instantiations of a 6-row microkernel.
@@ -93,8 +94,34 @@ pub(crate) struct Kernel {
     pub(crate) k_align: usize,
     /// Whether A must be packed: `mr` rows (zero-padded) with a uniform stride.
     pub(crate) packed_a: bool,
-    /// The entry point; see [`Tile`] for its safety contract.
-    pub(crate) tile: unsafe fn(&Tile),
+    /// The entry point.
+    pub(crate) entry: Entry,
+}
+
+/// How the driver calls a microkernel.
+#[derive(Clone, Copy)]
+pub(crate) enum Entry {
+    /// Once per `mr × nr` tile; see [`Tile`] for the safety contract.
+    Tile(unsafe fn(&Tile)),
+    /// Once per driver task, for kernels with state to set up per task (AMX's tile
+    /// configuration); see [`Block`] for the safety contract.
+    Block(unsafe fn(&Block)),
+}
+
+/// One call of a [`Entry::Block`] kernel: a task's rows of A against consecutive panels.
+///
+/// Safety contract, kept by the driver: `tile` keeps the [`Tile`] contract for all its `m`
+/// rows (padded to `mr`) and its `n` columns, with the columns running on over `panels`
+/// panels of `B` that are `panel_len` bytes apart (biases and multipliers contiguous).
+pub(crate) struct Block<'a> {
+    /// Rows `0..m`, columns `0..n` (`n <= panels·PANEL`) from the first panel on.
+    pub(crate) tile: Tile,
+    /// Panels to compute.
+    pub(crate) panels: usize,
+    /// Bytes between the packed B panels.
+    pub(crate) panel_len: usize,
+    /// Called with each panel index `0..panels` once its output is written.
+    pub(crate) finish: &'a dyn Fn(usize),
 }
 
 /// Every microkernel compiled into this build.
@@ -108,6 +135,7 @@ pub(crate) static KERNELS: &[&Kernel] = &[
     &avx512vnni::KERNEL,
     #[cfg(target_arch = "x86_64")]
     &amx::KERNEL,
+    &amx::EMULATED,
 ];
 
 /// The microkernel of `isa` (the scalar one for a path this build has none for).
@@ -145,6 +173,10 @@ pub(crate) struct CheckProblem {
     pub(crate) bias: Vec<i32>,
     pub(crate) zero_point: u8,
     pub(crate) requant: Requant,
+    /// Bytes between output rows (`>= n`).
+    pub(crate) ldc: usize,
+    /// Whether the driver spreads tasks over the current rayon pool.
+    pub(crate) parallel: bool,
 }
 
 impl CheckProblem {
@@ -177,10 +209,13 @@ impl CheckProblem {
             bias,
             zero_point: 91,
             requant,
+            ldc: n,
+            parallel: false,
         }
     }
 
-    /// The `m × n` output of `isa`'s kernel, single-threaded.
+    /// The output of `isa`'s kernel: `m` rows of `n` bytes, `ldc` bytes apart (the bytes
+    /// between rows keep the value 0xEE the buffer starts with).
     pub(crate) fn run(&self, isa: Isa) -> Vec<u8> {
         let packed = PackedB::new(
             1,
@@ -191,7 +226,7 @@ impl CheckProblem {
             |_, c, kk| self.w[c * self.k + kk],
         );
         let epilogue = Epilogue::new(&self.requant, packed.columns());
-        let mut out = vec![0; self.m * self.n];
+        let mut out = vec![0xEE; self.m * self.ldc];
         let rows = DenseRows::new(&self.a, self.k);
         let gemm = driver::Gemm {
             rows: &rows,
@@ -199,7 +234,7 @@ impl CheckProblem {
             b: &packed,
             epilogue: &epilogue,
         };
-        gemm.run(kernel(isa), &mut out, self.n, false);
+        gemm.run(kernel(isa), &mut out, self.ldc, self.parallel);
         out
     }
 }

@@ -1,7 +1,7 @@
 //! The portable microkernel: the fallback path and the oracle the SIMD kernels are checked
 //! against.
 
-use super::{Kernel, Tile};
+use super::{Entry, Kernel, Tile};
 use crate::kernels::Isa;
 use crate::kernels::pack::{GROUP_STRIDE, KR};
 use crate::kernels::params::requantize_parts;
@@ -16,7 +16,7 @@ pub(super) static KERNEL: Kernel = Kernel {
     nr: NR,
     k_align: KR,
     packed_a: false,
-    tile,
+    entry: Entry::Tile(tile),
 };
 
 /// `acc = bias + Σ a·b` in wrapping `i32`, then [`requantize_parts`] per element.

@@ -1,9 +1,14 @@
 //! Every registered microkernel against a naive `i64` GEMM: edge tiles (`m = 1..=mr+1`,
 //! `n = 1..=nr+1` and past a panel), `K` around the 4- and 64-byte alignments, zero points and
-//! clamps. Kernels this CPU cannot run are listed, never silently passed.
+//! clamps. Then the AMX kernel, on the tile emulator and (where the CPU has it) on the real
+//! tiles, against the scalar kernel over random shapes (up to 5 row pairs, `K` past the
+//! reduction chunks), output strides, zero points, clamps, lookup tables and threads. Kernels
+//! this CPU cannot run are listed, never silently passed.
+
+use proptest::prelude::*;
 
 use super::{CheckProblem, KERNELS};
-use crate::kernels::{available_isas, requantize};
+use crate::kernels::{Isa, Table, available_isas, requantize};
 
 /// The naive result: `acc = bias + Σ (a − z)·w` in `i64`, then the requantization definition.
 fn naive(p: &CheckProblem) -> Vec<u8> {
@@ -73,5 +78,46 @@ fn every_kernel_matches_the_naive_gemm_on_edge_tiles() {
 fn self_check_accepts_every_available_kernel() {
     for isa in available_isas() {
         assert_eq!(super::self_check(isa), Ok(()), "{isa}");
+    }
+}
+
+/// `K` around the AMX tile depth: any `1..=300`, or a multiple of 64 up to 1280 (past the
+/// 512-byte reduction chunks), ± 1.
+fn amx_k() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        1usize..=300,
+        (1usize..=20, 0usize..=2).prop_map(|(tiles, offset)| 64 * tiles + offset - 1),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(192))]
+
+    #[test]
+    fn amx_kernel_matches_scalar_on_random_shapes(
+        m in 1usize..=140,
+        n in 1usize..=140,
+        k in amx_k(),
+        zero_point in any::<u8>(),
+        (qmin, qmax) in (0u8..=120, 130u8..=255),
+        ldc_pad in 0usize..=3,
+        table_seed in proptest::option::of(any::<u8>()),
+        parallel in any::<bool>(),
+    ) {
+        let mut p = CheckProblem::new(m, k, n);
+        (p.zero_point, p.requant.qmin, p.requant.qmax) = (zero_point, qmin, qmax);
+        p.requant.table = table_seed.map(|s| {
+            Table::from_array(std::array::from_fn(|q| (q as u8).wrapping_mul(7) ^ s))
+        });
+        (p.ldc, p.parallel) = (n + ldc_pad, parallel);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
+        let expected = pool.install(|| p.run(Isa::Scalar));
+        for isa in [Isa::AmxEmulated, Isa::Amx] {
+            if !available_isas().contains(&isa) {
+                eprintln!("SKIPPED: the {isa} kernel cannot run on this CPU");
+                continue;
+            }
+            prop_assert_eq!(pool.install(|| p.run(isa)), expected.clone(), "{}", isa);
+        }
     }
 }
