@@ -144,7 +144,7 @@ unsafe fn block<const P: usize, const SAT: bool, const FULL: bool>(
 /// `requantize_parts` lane by lane: `clamp(acc·m)`, rounded half to even, plus `z_y`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 #[inline]
-fn requantize(acc: __m512i, m: __m512, epilogue: &Epilogue) -> __m128i {
+pub(super) fn requantize(acc: __m512i, m: __m512, epilogue: &Epilogue) -> __m128i {
     let (lo, hi) = (_mm512_set1_ps(epilogue.lo), _mm512_set1_ps(epilogue.hi));
     let v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), m);
     // `if v > lo { v } else { lo }`, then `if v < hi { v } else { hi }`.

@@ -36,6 +36,8 @@ mod scalar;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512vnni;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -65,6 +67,13 @@ pub(super) struct PackedDepthwise {
     /// taps `(w[t0][c], w[t1][c])` in the low and high half (`0` for a lone last tap).
     #[serde(skip)]
     pairs: Vec<i32>,
+    /// Derived (not saved), for the VNNI kernel: `[tap][C.div_ceil(64)][4][64]`, vector `j`
+    /// of a 64-channel block holding `w[t][64b + 4k + j]` at byte `4k + j`, zeros elsewhere.
+    #[serde(skip)]
+    quads: Vec<i8>,
+    /// Derived (not saved): `bias` in [`quad_order`].
+    #[serde(skip)]
+    quad_bias: Vec<i32>,
 }
 
 /// The saved fields of [`PackedDepthwise`].
@@ -78,8 +87,22 @@ struct StoredDepthwise {
 
 impl From<StoredDepthwise> for PackedDepthwise {
     fn from(s: StoredDepthwise) -> Self {
+        let channels = s.bias.len();
+        let quads = s
+            .weights
+            .chunks_exact(channels.max(1))
+            .flat_map(|w| {
+                quad_order(w, 0).into_iter().enumerate().flat_map(|(i, w)| {
+                    // Lane `k` of vector `j` in block `b` (`i = (b·4 + j)·16 + k`).
+                    let j = i / 16 % 4;
+                    (0..4).map(move |byte| if byte == j { w } else { 0 })
+                })
+            })
+            .collect();
         PackedDepthwise {
-            pairs: interleave_pairs(&s.weights, s.bias.len()),
+            quads,
+            quad_bias: quad_order(&s.bias, 0),
+            pairs: interleave_pairs(&s.weights, channels),
             weights: s.weights,
             bias: s.bias,
             saturate_pairs: s.saturate_pairs,
@@ -101,6 +124,18 @@ fn interleave_pairs(weights: &[i8], channels: usize) -> Vec<i32> {
     };
     (0..taps.div_ceil(2))
         .flat_map(|p| (0..channels).map(move |c| half(2 * p, c) | (half(2 * p + 1, c) << 16)))
+        .collect()
+}
+
+/// Per-channel values in the VNNI kernel's order, `[C.div_ceil(64)][4][16]`: entry
+/// `(b, j, k)` is channel `64b + 4k + j` (`pad` past the last channel).
+fn quad_order<T: Copy>(values: &[T], pad: T) -> Vec<T> {
+    let blocks = values.len().div_ceil(64);
+    (0..blocks * 64)
+        .map(|i| {
+            let (b, j, k) = (i / 64, i / 16 % 4, i % 16);
+            values.get(64 * b + 4 * k + j).copied().unwrap_or(pad)
+        })
         .collect()
 }
 
@@ -150,12 +185,22 @@ impl PackedDepthwise {
         let g = rows.geometry();
         let ([_, in_w], [_, ow]) = rows.sizes();
         let zero_row = vec![rows.zero_point(); in_w * g.in_channels];
+        // The VNNI kernel takes exact depthwise layers without a multiplier on the AVX-512
+        // tier (every ISA of that tier has VNNI on the CPUs that exist; checked anyway).
+        #[cfg(target_arch = "x86_64")]
+        let vnni = (tier == Tier::Avx512
+            && !self.saturate_pairs
+            && g.in_channels == g.out_channels
+            && std::arch::is_x86_feature_detected!("avx512vnni"))
+        .then(|| quad_order(&epilogue.multipliers[..g.out_channels], 0.0));
         let job = Job {
             packed: self,
             rows,
             epilogue,
             zero_row: &zero_row,
             tier,
+            #[cfg(target_arch = "x86_64")]
+            vnni_multipliers: vnni.as_deref(),
         };
         out.par_chunks_mut(ow * g.out_channels)
             .enumerate()
@@ -189,6 +234,9 @@ struct Job<'a> {
     /// `z_x` for a whole input row.
     zero_row: &'a [u8],
     tier: Tier,
+    /// The multipliers in [`quad_order`] if the VNNI kernel runs.
+    #[cfg(target_arch = "x86_64")]
+    vnni_multipliers: Option<&'a [f32]>,
 }
 
 /// A run of output pixels along one output row: the `j`-th reads tap `t` at
@@ -212,6 +260,8 @@ impl Window<'_, '_> {
             self.taps.iter().all(|t| t.len() >= last)
                 && packed.fits(channels, taps)
                 && packed.pairs.len() == taps.div_ceil(2) * channels
+                && packed.quad_bias.len() == channels.div_ceil(64) * 64
+                && packed.quads.len() == taps * packed.quad_bias.len() * 4
                 && epilogue.multipliers.len() >= channels
                 && out.len() == pixels * channels,
             "depthwise operands hold every pixel and channel"
@@ -272,6 +322,13 @@ impl<'a> Job<'a> {
         #[cfg(target_arch = "x86_64")]
         if g.in_channels == g.out_channels {
             let (sat, ep) = (packed.saturate_pairs, self.epilogue);
+            if let Some(m) = self.vnni_multipliers {
+                assert_eq!(m.len(), packed.quad_bias.len(), "multipliers in quad order");
+                // SAFETY: `run` sets the multipliers only on the AVX-512 tier (F/BW/VL) with
+                // VNNI detected, for exact layers without a multiplier; the assertions are the
+                // kernel's length contract.
+                return unsafe { avx512vnni::pixels(packed, window, ep, m, out) };
+            }
             match self.tier {
                 // SAFETY: the tier comes from an available ISA, which implies AVX-512 F/BW/VL;
                 // the assertion above is the kernel's length contract.
