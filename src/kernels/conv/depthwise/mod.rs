@@ -18,11 +18,14 @@
 //! horizontally (vertical padding reads a row of `z_x`) run as one *window*: per tap, a slice
 //! of the input row at the tap's column, read at `offset + j·step` for the row's `j`-th pixel.
 //! Each border pixel runs as a window of its own (padding taps read `z_x`). A window is computed
-//! by one of three kernels, all giving the same bytes:
+//! by one of four kernels, all giving the same bytes:
 //! * [`scalar`]: the portable loops, compiled per tier ([`multiversion`](crate::kernels::simd));
 //!   every tier's only kernel for a channel multiplier, and the oracle the others are tested
 //!   against;
-//! * [`avx512`] (AVX-512 tier): 16 channels × 4 pixels per step with the accumulators in
+//! * [`avx512vnni`] (AVX-512 tier with VNNI, exact layers without a multiplier — every depthwise
+//!   layer of MobileNet- and EfficientNet-style models): 64 channels × 4 pixels per step,
+//!   `vpdpbusd` straight on the input bytes;
+//! * [`avx512`] (AVX-512 tier, fbgemm's mode): 16 channels × 4 pixels per step with the accumulators in
 //!   registers through every tap pair: the two taps' bytes widened and interleaved into `i16`
 //!   pairs, `vpmaddwd` with weights interleaved the same way at pack time (so each product is
 //!   the exact `i32` pair sum, then saturated to `i16` in fbgemm's mode); a masked step for the
@@ -54,6 +57,30 @@ const PIXELS: usize = 4;
 /// `round_half_even`'s constant, `1.5·2^23` (the SIMD kernels' requantization).
 #[cfg(target_arch = "x86_64")]
 const MAGIC: f32 = 12_582_912.0;
+
+/// The register blocks of a SIMD kernel over `pixels` output pixels and channels
+/// `0..channels`, `width` channels each (fewer in the last): `f(first, full, c, n)` for
+/// [`PIXELS`] pixels from `first` if `full`, else that one pixel, and `n` channels from `c`.
+/// Channel blocks are outer, so that a block's weights stay in L1 across the pixels.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn for_blocks(
+    pixels: usize,
+    channels: usize,
+    width: usize,
+    mut f: impl FnMut(usize, bool, usize, usize),
+) {
+    let whole = pixels / PIXELS * PIXELS;
+    for c in (0..channels).step_by(width) {
+        let n = (channels - c).min(width);
+        for first in (0..whole).step_by(PIXELS) {
+            f(first, true, c, n);
+        }
+        for first in whole..pixels {
+            f(first, false, c, n);
+        }
+    }
+}
 
 /// Depthwise weights as `[tap][C_out]` with the zero point folded into the biases.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
