@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{MAGIC, PIXELS, PackedDepthwise, Window, for_blocks};
+use super::{MAGIC, PIXELS, PackedDepthwise, Window};
 use crate::kernels::params::Epilogue;
 
 /// Channels `0..C / 8 · 8` of the output pixels of `window` into `out` (`[pixels, C]`);
@@ -23,16 +23,21 @@ pub(super) unsafe fn pixels<const SAT: bool>(
 ) -> usize {
     let channels = packed.bias.len();
     let (pixels, whole) = (out.len() / channels, channels / 8 * 8);
-    for_blocks(pixels, whole, 8, |first, full, c, _| {
-        // SAFETY: the caller's contract; `c + 8 <= C`, `first + PIXELS <= pixels` if `full`.
-        unsafe {
-            if full {
-                block::<PIXELS, SAT>(packed, window, epilogue, [first, c], out);
-            } else {
-                block::<1, SAT>(packed, window, epilogue, [first, c], out);
+    for first in (0..pixels).step_by(PIXELS) {
+        for c in (0..whole).step_by(8) {
+            // SAFETY: the caller's contract; `c + 8 <= C`, `first + PIXELS <= pixels` for the
+            // full block.
+            unsafe {
+                if first + PIXELS <= pixels {
+                    block::<PIXELS, SAT>(packed, window, epilogue, [first, c], out);
+                } else {
+                    for first in first..pixels {
+                        block::<1, SAT>(packed, window, epilogue, [first, c], out);
+                    }
+                }
             }
         }
-    });
+    }
     whole
 }
 

@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{MAGIC, PIXELS, PackedDepthwise, Window, for_blocks};
+use super::{MAGIC, PIXELS, PackedDepthwise, Window};
 use crate::kernels::params::Epilogue;
 
 /// Every channel of the output pixels of `window` into `out` (`[pixels, C]`).
@@ -21,20 +21,51 @@ pub(super) unsafe fn pixels<const SAT: bool>(
     out: &mut [u8],
 ) {
     let channels = packed.bias.len();
-    for_blocks(out.len() / channels, channels, 16, |first, full, c, n| {
-        let mask: __mmask16 = if n == 16 { u16::MAX } else { (1 << n) - 1 };
-        let at = Step { first, c, mask };
-        // SAFETY: the caller's contract; `first + PIXELS <= pixels` if `full`, and
-        // `c + 16 <= C` if `n == 16`.
-        unsafe {
-            match (full, n == 16) {
-                (true, true) => block::<PIXELS, SAT, true>(packed, window, epilogue, at, out),
-                (true, false) => block::<PIXELS, SAT, false>(packed, window, epilogue, at, out),
-                (false, true) => block::<1, SAT, true>(packed, window, epilogue, at, out),
-                (false, false) => block::<1, SAT, false>(packed, window, epilogue, at, out),
+    let pixels = out.len() / channels;
+    for first in (0..pixels).step_by(PIXELS) {
+        let count = (pixels - first).min(PIXELS);
+        for c in (0..channels).step_by(16) {
+            let n = (channels - c).min(16);
+            let mask: __mmask16 = if n == 16 { u16::MAX } else { (1 << n) - 1 };
+            let at = Step { first, c, mask };
+            // SAFETY: the caller's contract; `first + count <= pixels`, and `c + 16 <= C`
+            // where the block is full.
+            unsafe {
+                if n == 16 {
+                    pixel_block::<SAT, true>(packed, window, epilogue, at, count, out);
+                } else {
+                    pixel_block::<SAT, false>(packed, window, epilogue, at, count, out);
+                }
             }
         }
-    });
+    }
+}
+
+/// `count` (at most [`PIXELS`]) output pixels from `at`: one register block if there are
+/// [`PIXELS`], else one pixel at a time. `FULL`: all 16 lanes of `at.mask` are set.
+///
+/// # Safety
+/// As for [`block`], with `count` pixels.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+unsafe fn pixel_block<const SAT: bool, const FULL: bool>(
+    packed: &PackedDepthwise,
+    window: &Window<'_, '_>,
+    epilogue: &Epilogue,
+    at: Step,
+    count: usize,
+    out: &mut [u8],
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if count == PIXELS {
+            block::<PIXELS, SAT, FULL>(packed, window, epilogue, at, out);
+        } else {
+            for first in at.first..at.first + count {
+                block::<1, SAT, FULL>(packed, window, epilogue, Step { first, ..at }, out);
+            }
+        }
+    }
 }
 
 /// 16 bytes at `x` (the lanes of `mask`; all 16 if `FULL`), zero-extended to `i32`.

@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 
 use super::avx512::requantize;
-use super::{PIXELS, PackedDepthwise, Window, for_blocks};
+use super::{PIXELS, PackedDepthwise, Window};
 use crate::kernels::params::Epilogue;
 
 /// Every channel of the output pixels of `window` into `out` (`[pixels, C]`); `multipliers`
@@ -29,24 +29,31 @@ pub(super) unsafe fn pixels(
     out: &mut [u8],
 ) {
     let channels = packed.bias.len();
-    let quad = Quad {
-        packed,
-        window,
-        epilogue,
-        multipliers,
-    };
-    for_blocks(out.len() / channels, channels, 64, |first, full, c, n| {
-        let mask: __mmask64 = if n == 64 { u64::MAX } else { (1 << n) - 1 };
-        let at = Step { first, c, mask };
-        // SAFETY: the caller's contract; `first + PIXELS <= pixels` if `full`.
-        unsafe {
-            if full {
-                block::<PIXELS>(&quad, at, out);
-            } else {
-                block::<1>(&quad, at, out);
+    let pixels = out.len() / channels;
+    for first in (0..pixels).step_by(PIXELS) {
+        let count = (pixels - first).min(PIXELS);
+        for c in (0..channels).step_by(64) {
+            let n = (channels - c).min(64);
+            let mask: __mmask64 = if n == 64 { u64::MAX } else { (1 << n) - 1 };
+            let at = Step { first, c, mask };
+            let quad = Quad {
+                packed,
+                window,
+                epilogue,
+                multipliers,
+            };
+            // SAFETY: the caller's contract; `first + count <= pixels`.
+            unsafe {
+                if count == PIXELS {
+                    block::<PIXELS>(&quad, at, out);
+                } else {
+                    for first in first..pixels {
+                        block::<1>(&quad, Step { first, ..at }, out);
+                    }
+                }
             }
         }
-    });
+    }
 }
 
 /// The operands of [`pixels`].

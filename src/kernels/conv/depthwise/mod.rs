@@ -58,30 +58,6 @@ const PIXELS: usize = 4;
 #[cfg(target_arch = "x86_64")]
 const MAGIC: f32 = 12_582_912.0;
 
-/// The register blocks of a SIMD kernel over `pixels` output pixels and channels
-/// `0..channels`, `width` channels each (fewer in the last): `f(first, full, c, n)` for
-/// [`PIXELS`] pixels from `first` if `full`, else that one pixel, and `n` channels from `c`.
-/// Channel blocks are outer, so that a block's weights stay in L1 across the pixels.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn for_blocks(
-    pixels: usize,
-    channels: usize,
-    width: usize,
-    mut f: impl FnMut(usize, bool, usize, usize),
-) {
-    let whole = pixels / PIXELS * PIXELS;
-    for c in (0..channels).step_by(width) {
-        let n = (channels - c).min(width);
-        for first in (0..whole).step_by(PIXELS) {
-            f(first, true, c, n);
-        }
-        for first in whole..pixels {
-            f(first, false, c, n);
-        }
-    }
-}
-
 /// Depthwise weights as `[tap][C_out]` with the zero point folded into the biases.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(from = "StoredDepthwise")]
