@@ -11,6 +11,9 @@
 //! measured instruction peak and the speedup over Flex on the same shape (`--no-flex` skips
 //! Flex: its columns print NaN); the last line sums the 20 convolutions at batch 1 on the best
 //! path.
+//!
+//! With `--depthwise` it times the depthwise convolutions of MobileNetV2, MobileNetV3-Large
+//! and EfficientNet-Lite0 instead (see [`depthwise`]).
 
 use std::time::{Duration, Instant};
 
@@ -191,6 +194,9 @@ fn main() {
         .num_threads(1)
         .build()
         .expect("1-thread pool");
+    if std::env::args().any(|a| a == "--depthwise") {
+        return pool.install(|| depthwise::run(&batches));
+    }
     let paths: Vec<Isa> = available_isas()
         .into_iter()
         .filter(|isa| wanted.as_ref().map_or(!isa.emulated(), |w| w.contains(isa)))
@@ -254,5 +260,81 @@ fn main() {
             flex_sum * 1e3,
             flex_sum / int8_sum
         );
+    }
+}
+
+/// Depthwise layers: GMAC/s per layer, path, batch and arithmetic (exact or fbgemm's).
+mod depthwise {
+    use burn_quantize::kernels::{
+        Conv2dGeometry, PackedConv2d, Requant, available_isas, qconv2d, with_isa,
+    };
+
+    use super::{Lcg, median};
+
+    /// `(model, channels, kernel, stride, input size)`: the distinct depthwise shapes.
+    const LAYERS: [(&str, usize, usize, usize, usize); 14] = [
+        ("v2", 32, 3, 1, 112),
+        ("v2", 96, 3, 2, 112),
+        ("v2", 144, 3, 1, 56),
+        ("v2", 192, 3, 1, 28),
+        ("v2", 384, 3, 1, 14),
+        ("v2", 576, 3, 2, 14),
+        ("v2", 960, 3, 1, 7),
+        ("v3", 72, 5, 2, 56),
+        ("v3", 120, 5, 1, 28),
+        ("v3", 200, 3, 1, 14),
+        ("v3", 960, 5, 1, 7),
+        ("lite0", 144, 5, 2, 56),
+        ("lite0", 480, 5, 1, 14),
+        ("lite0", 1152, 3, 1, 7),
+    ];
+
+    /// Prints one line per layer, batch, path and arithmetic.
+    pub(super) fn run(batches: &[usize]) {
+        println!(
+            "{:<24} {:>5} {:<11} {:<7} {:>9} {:>7}",
+            "depthwise", "batch", "path", "mode", "ms", "GMAC/s"
+        );
+        let mut rng = Lcg(11);
+        for &batch in batches {
+            for (model, c, k, stride, hw) in LAYERS {
+                let g = Conv2dGeometry {
+                    in_channels: c,
+                    out_channels: c,
+                    kernel: [k, k],
+                    stride: [stride; 2],
+                    padding: [k / 2; 4],
+                    dilation: [1, 1],
+                    groups: c,
+                };
+                let weights: Vec<i8> = (0..c * k * k).map(|_| rng.next() as i8).collect();
+                let exact = PackedConv2d::new(g, &weights, &vec![100; c], 128).expect("dw");
+                let fbgemm = exact.clone().emulate_fbgemm_depthwise();
+                let requant = Requant::new(vec![1e-3; c], 0).with_relu();
+                let input: Vec<u8> = (0..batch * hw * hw * c).map(|_| rng.next() as u8).collect();
+                let (oh, ow) = exact.output_size(hw, hw).expect("size");
+                let mut out = vec![0u8; batch * oh * ow * c];
+                let gmacs = (batch * oh * ow * c * k * k) as f64 / 1e9;
+                let name = format!("{model} {c}ch {k}x{k}/{stride} {hw}");
+                for isa in available_isas().into_iter().filter(|isa| !isa.emulated()) {
+                    for (mode, packed) in [("exact", &exact), ("fbgemm", &fbgemm)] {
+                        let t = with_isa(isa, || {
+                            median(|| {
+                                qconv2d(&input, batch, hw, hw, packed, &requant, &mut out)
+                                    .expect("conv")
+                            })
+                        })
+                        .expect("path")
+                        .as_secs_f64();
+                        println!(
+                            "{name:<24} {batch:>5} {:<11} {mode:<7} {:>9.3} {:>7.1}",
+                            isa.name(),
+                            t * 1e3,
+                            gmacs / t
+                        );
+                    }
+                }
+            }
+        }
     }
 }

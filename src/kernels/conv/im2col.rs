@@ -50,6 +50,18 @@ impl<'a> ConvRows<'a> {
         self.geometry
     }
 
+    /// Input and output height and width.
+    pub(super) fn sizes(&self) -> ([usize; 2], [usize; 2]) {
+        (self.in_hw, self.out_hw)
+    }
+
+    /// Row `iy` of image `n`: its `w·C_in` bytes (`None` where it is padding).
+    pub(super) fn input_row(&self, n: usize, iy: isize) -> Option<&'a [u8]> {
+        let ([h, w], c) = (self.in_hw, self.geometry.in_channels);
+        let iy = usize::try_from(iy).ok().filter(|&iy| iy < h)?;
+        Some(&self.input[(n * h + iy) * w * c..][..w * c])
+    }
+
     /// Output pixels `first..`, as `[n, oy, ox]` in row order.
     pub(super) fn pixels_from(&self, first: usize) -> impl Iterator<Item = [usize; 3]> + use<> {
         let [oh, ow] = self.out_hw;
