@@ -72,7 +72,7 @@ def parse_args():
     p.add_argument("--threads", type=csv(int), default=[1, 2])
     p.add_argument("--batch", type=csv(int), default=[1, 32])
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    p.add_argument("--inner", type=int, default=3, help="timed runs per round and config")
+    p.add_argument("--inner", type=int, default=10, help="timed runs per round and config")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     if args.quick:
