@@ -10,7 +10,6 @@
 
 use std::ops::Range;
 
-use super::quantized::{step_inputs, step_outputs};
 use crate::graph::{RunShapes, ValueId, broadcast_all, cat_shape, reshape_target};
 use crate::kernels;
 use crate::program::{Domain, QuantizedLayers, QuantizedProgram, Step};
@@ -106,12 +105,12 @@ impl ShapePlan {
         let mut owner: Vec<usize> = (0..n).collect();
         let mut life: Vec<Option<(usize, usize)>> = vec![None; n];
         for (i, step) in program.steps.iter().enumerate() {
-            for id in step_inputs(step) {
+            for id in step.inputs() {
                 if let Some((_, end)) = &mut life[owner[id.index()]] {
                     *end = i;
                 }
             }
-            for &id in step_outputs(step) {
+            for &id in step.outputs() {
                 if !matches!(program.domains[id.index()], Domain::Int8(_)) {
                     continue;
                 }

@@ -69,7 +69,7 @@ impl QuantizedExecutor {
         check(program, layers)?;
         let mut last = HashMap::new();
         for (i, step) in program.steps.iter().enumerate() {
-            for &id in step_inputs(step) {
+            for &id in step.inputs() {
                 last.insert(id, i);
             }
         }
@@ -218,7 +218,7 @@ fn check(program: &QuantizedProgram, layers: &QuantizedLayers) -> Result<()> {
             }
             _ => {}
         }
-        let mut ids = step_inputs(step).iter().chain(step_outputs(step));
+        let mut ids = step.inputs().iter().chain(step.outputs());
         if let Some(id) = ids.find(|id| id.index() >= program.values.len()) {
             return bad(format!("step {i} refers to unknown value {id}"));
         }
@@ -252,46 +252,6 @@ impl Drop for Lease<'_> {
         if let Ok(mut pool) = self.pool.lock() {
             pool.push(std::mem::take(&mut self.bytes));
         }
-    }
-}
-
-/// The values a step reads.
-pub(super) fn step_inputs(step: &Step) -> &[ValueId] {
-    match step {
-        Step::Quantize { input, .. }
-        | Step::Dequantize { input, .. }
-        | Step::Conv2d { input, .. }
-        | Step::Linear { input, .. }
-        | Step::MaxPool2d { input, .. }
-        | Step::AvgPool2d { input, .. }
-        | Step::GlobalAvgPool { input, .. }
-        | Step::Clamp { input, .. }
-        | Step::Table { input, .. }
-        | Step::Pad { input, .. }
-        | Step::Reshape { input, .. } => std::slice::from_ref(input),
-        Step::Binary { inputs, .. } => inputs,
-        Step::Cat { inputs, .. } => inputs,
-        Step::Float(node) => &node.inputs,
-    }
-}
-
-/// The values a step makes.
-pub(super) fn step_outputs(step: &Step) -> &[ValueId] {
-    match step {
-        Step::Quantize { output, .. }
-        | Step::Dequantize { output, .. }
-        | Step::Conv2d { output, .. }
-        | Step::Linear { output, .. }
-        | Step::MaxPool2d { output, .. }
-        | Step::AvgPool2d { output, .. }
-        | Step::GlobalAvgPool { output, .. }
-        | Step::Clamp { output, .. }
-        | Step::Table { output, .. }
-        | Step::Pad { output, .. }
-        | Step::Reshape { output, .. }
-        | Step::Binary { output, .. }
-        | Step::Cat { output, .. } => std::slice::from_ref(output),
-        Step::Float(node) => &node.outputs,
     }
 }
 
@@ -391,7 +351,7 @@ impl Run<'_> {
             }
             Step::Reshape { input, output } if self.plan.moves_no_bytes(*input, *output) => Ok(()),
             _ => {
-                let output = step_outputs(step)[0];
+                let output = step.outputs()[0];
                 let (out, around) = Around::split(arena, self.plan.slot(output)?);
                 match step {
                     Step::Quantize { input, output } => {
@@ -412,7 +372,7 @@ impl Run<'_> {
         floats: &HashMap<ValueId, DispatchTensor>,
         tap: &mut dyn FnMut(ValueId, &RunValue) -> Result<()>,
     ) -> Result<()> {
-        for &id in step_outputs(step) {
+        for &id in step.outputs() {
             let value = match self.program.domains[id.index()] {
                 Domain::Int8(_) => RunValue::Int8(arena[self.plan.slot(id)?].to_vec()),
                 Domain::Float => RunValue::Float(self.float(floats, id)?),

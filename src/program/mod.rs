@@ -148,6 +148,48 @@ pub enum Step {
     Float(Node),
 }
 
+impl Step {
+    /// The values a step reads.
+    pub fn inputs(&self) -> &[ValueId] {
+        match self {
+            Step::Quantize { input, .. }
+            | Step::Dequantize { input, .. }
+            | Step::Conv2d { input, .. }
+            | Step::Linear { input, .. }
+            | Step::MaxPool2d { input, .. }
+            | Step::AvgPool2d { input, .. }
+            | Step::GlobalAvgPool { input, .. }
+            | Step::Clamp { input, .. }
+            | Step::Table { input, .. }
+            | Step::Pad { input, .. }
+            | Step::Reshape { input, .. } => std::slice::from_ref(input),
+            Step::Binary { inputs, .. } => inputs,
+            Step::Cat { inputs, .. } => inputs,
+            Step::Float(node) => &node.inputs,
+        }
+    }
+
+    /// The values a step makes.
+    pub fn outputs(&self) -> &[ValueId] {
+        match self {
+            Step::Quantize { output, .. }
+            | Step::Dequantize { output, .. }
+            | Step::Conv2d { output, .. }
+            | Step::Linear { output, .. }
+            | Step::MaxPool2d { output, .. }
+            | Step::AvgPool2d { output, .. }
+            | Step::GlobalAvgPool { output, .. }
+            | Step::Clamp { output, .. }
+            | Step::Table { output, .. }
+            | Step::Pad { output, .. }
+            | Step::Reshape { output, .. }
+            | Step::Binary { output, .. }
+            | Step::Cat { output, .. } => std::slice::from_ref(output),
+            Step::Float(node) => &node.outputs,
+        }
+    }
+}
+
 /// What a `QConv2d` layer is, besides its tensors (what a record needs to rebuild it).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConvLayer {
