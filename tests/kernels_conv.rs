@@ -69,7 +69,7 @@ impl ConvCase {
 /// Geometry: kind 0 = dense, 1 = grouped, 2 = depthwise (channel multiplier 1 or 2).
 fn conv_case() -> impl Strategy<Value = ConvCase> {
     (
-        (0u8..3, 1usize..10, 1usize..10, 2usize..4),
+        (0u8..3, channels(), 1usize..10, 2usize..4),
         (
             prop::sample::select(vec![1usize, 2, 3, 5, 7]),
             prop::sample::select(vec![1usize, 3, 5, 7]),
@@ -120,6 +120,12 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
                 }
             },
         )
+}
+
+/// Channels per group: small counts (im2col) and multiples of 4 from 16 up (read in place,
+/// tap by tap, by the kernels that take row pointers).
+fn channels() -> impl Strategy<Value = usize> {
+    prop_oneof![3 => 1usize..10, 1 => prop::sample::select(vec![16usize, 20, 36])]
 }
 
 fn kind_channels((kind, a, b, groups): (u8, usize, usize, usize)) -> (usize, usize, usize) {

@@ -12,6 +12,11 @@ use crate::kernels::pack::KR;
 /// Bytes copied at once for a short kernel row (see `ConvRows::copy_pixel`).
 const WIDE: usize = 32;
 
+/// The fewest channels per group for which a kernel that takes row pointers reads the input in
+/// place, tap by tap (an implicit GEMM), instead of an im2col copy: shorter runs cost more in
+/// pointer loads than the copy saves.
+const MIN_TAP_LEN: usize = 16;
+
 /// A convolution's input seen as im2col rows.
 pub(super) struct ConvRows<'a> {
     input: &'a [u8],
@@ -97,19 +102,44 @@ impl RowSource for ConvRows<'_> {
         self.geometry.in_per_group() * self.geometry.taps()
     }
 
-    fn direct(&self) -> bool {
-        let g = self.geometry;
-        g.kernel == [1, 1] && g.padding == [0; 4] && g.in_per_group().is_multiple_of(KR)
+    fn tap_len(&self) -> Option<usize> {
+        let cin_g = self.geometry.in_per_group();
+        (cin_g.is_multiple_of(KR) && cin_g >= MIN_TAP_LEN).then_some(cin_g)
     }
 
-    fn row(&self, group: usize, r: usize) -> &[u8] {
-        let pixel = self.pixels_from(r).next().expect("an output pixel");
-        let (iy, ix) = self.origin(pixel);
-        let cin_g = self.geometry.in_per_group();
-        let input = self
-            .pixel(pixel[0], iy, ix)
-            .expect("a 1x1 unpadded conv reads the image");
-        &input[group * cin_g..][..cin_g]
+    fn tap_rows(
+        &self,
+        group: usize,
+        first: usize,
+        count: usize,
+        pad: &[u8],
+        dst: &mut [*const u8],
+    ) {
+        let g = self.geometry;
+        let ([h, w], c) = (self.in_hw, g.in_channels);
+        let ([kh, kw], [dh, dw]) = (g.kernel, g.dilation);
+        for (i, pixel) in self.pixels_from(first).take(count).enumerate() {
+            let ((y0, x0), n) = (self.origin(pixel), pixel[0]);
+            let image = &self.input[n * h * w * c + group * self.geometry.in_per_group()..];
+            for ky in 0..kh {
+                let iy = usize::try_from(y0 + (ky * dh) as isize)
+                    .ok()
+                    .filter(|&y| y < h);
+                for kx in 0..kw {
+                    let ix = usize::try_from(x0 + (kx * dw) as isize)
+                        .ok()
+                        .filter(|&x| x < w);
+                    dst[(ky * kw + kx) * count + i] = match (iy, ix) {
+                        (Some(iy), Some(ix)) => image[(iy * w + ix) * c..].as_ptr(),
+                        _ => pad.as_ptr(),
+                    };
+                }
+            }
+        }
+    }
+
+    fn padding(&self) -> u8 {
+        self.zero_point
     }
 
     fn copy_rows(&self, group: usize, first: usize, dst: &mut [u8], lda: usize) {

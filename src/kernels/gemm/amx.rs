@@ -14,7 +14,7 @@ use super::tile_emulator::Emulated;
 #[cfg(target_arch = "x86_64")]
 use super::tile_unit::Amx;
 use super::tile_unit::{TileConfig, TileUnit};
-use super::{Block, Entry, Kernel, Tile};
+use super::{AForm, Block, Entry, Kernel, Tile};
 use crate::kernels::Isa;
 use crate::kernels::pack::{GROUP_STRIDE, K_ALIGN, KR, PANEL};
 
@@ -34,7 +34,7 @@ pub(super) static KERNEL: Kernel = Kernel {
     mr: MR,
     nr: NR,
     k_align: K_ALIGN,
-    packed_a: true,
+    a_form: AForm::Packed,
     entry: Entry::Block(block_amx),
 };
 
@@ -44,7 +44,7 @@ pub(super) static EMULATED: Kernel = Kernel {
     mr: MR,
     nr: NR,
     k_align: K_ALIGN,
-    packed_a: true,
+    a_form: AForm::Packed,
     entry: Entry::Block(block_emulated),
 };
 

@@ -1,14 +1,17 @@
 //! AVX2 microkernel: 6 rows × 8 columns, exact `i16` products summed by `vpmaddwd`.
 //!
-//! No `vpmaddubsw` (its `i16` pair sums saturate): per group of 4 `k`, B's 8 columns × 4 `i8`
-//! are sign-extended to two registers of 4 columns × 4 `i16`, each row's 4 `u8` of A are
-//! zero-extended and repeated, and `vpmaddwd` gives, per column, two exact `i32` pair sums
-//! (`a0·b0 + a1·b1` and `a2·b2 + a3·b3`) that `vpaddd` accumulates. The epilogue adds the two
-//! halves (`vphaddd`), the bias, and requantizes ([`requant_store8`], shared with AVX-VNNI).
+//! No `vpmaddubsw` (its `i16` pair sums saturate). The driver hands this kernel A already
+//! zero-extended to 16 bits ([`AForm::Widened`]): per group of 4 `k`, each row's 4 values are
+//! one 8-byte broadcast load, B's 8 columns × 4 `i8` are sign-extended to two registers of 4
+//! columns × 4 `i16`, and `vpmaddwd` gives, per column, two exact `i32` pair sums (`a0·b0 +
+//! a1·b1` and `a2·b2 + a3·b3`) that `vpaddd` accumulates. (Zero-extending A here instead costs
+//! a lane-crossing shuffle per row and group; on Zen 3 that shuffle port, not `vpmaddwd`, set
+//! the speed: 37-40% of the `vpmaddwd` peak.) The epilogue adds the two halves (`vphaddd`),
+//! the bias, and requantizes ([`requant_store8`], shared with AVX-VNNI).
 
 use std::arch::x86_64::*;
 
-use super::{Entry, Kernel, Tile, by_rows};
+use super::{AForm, Entry, Kernel, Tile, by_rows};
 use crate::kernels::Isa;
 use crate::kernels::pack::{GROUP_STRIDE, KR};
 
@@ -22,7 +25,7 @@ pub(super) static KERNEL: Kernel = Kernel {
     mr: MR,
     nr: NR,
     k_align: KR,
-    packed_a: false,
+    a_form: AForm::Widened,
     entry: Entry::Tile(tile),
 };
 
@@ -37,22 +40,25 @@ unsafe fn tile(t: &Tile) {
 /// As [`tile`], with `t.m == M`.
 #[target_feature(enable = "avx2")]
 unsafe fn tile_m<const M: usize>(t: &Tile) {
-    // SAFETY: the tile contract: `M` rows of `k_groups·4` bytes, `k_groups` panel groups of 8
-    // columns (32 bytes), 8 biases and multipliers, `M` output rows of `n` bytes.
+    // SAFETY: the tile contract: per run, `M` row pointers readable for `k_groups·8` bytes
+    // (widened A); `taps·k_groups` panel groups of 8 columns (32 bytes), 8 biases and
+    // multipliers, `M` output rows of `n` bytes.
     unsafe {
-        let rows: [*const u8; M] = std::array::from_fn(|i| *t.rows.add(i));
         let mut acc = [[_mm256_setzero_si256(); 2]; M];
         let mut b = t.b;
-        for g in 0..t.k_groups {
-            let b_lo = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.cast()));
-            let b_hi = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(16).cast()));
-            for i in 0..M {
-                let a4 = rows[i].add(g * KR).cast::<i32>().read_unaligned();
-                let a = _mm256_cvtepu8_epi16(_mm_set1_epi32(a4));
-                acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(a, b_lo));
-                acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(a, b_hi));
+        for tap in 0..t.taps {
+            let rows = t.run_rows::<M>(tap);
+            for g in 0..t.k_groups {
+                let b_lo = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.cast()));
+                let b_hi = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(16).cast()));
+                for i in 0..M {
+                    let a4 = rows[i].add(g * 2 * KR).cast::<i64>().read_unaligned();
+                    let a = _mm256_set1_epi64x(a4);
+                    acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(a, b_lo));
+                    acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(a, b_hi));
+                }
+                b = b.add(GROUP_STRIDE);
             }
-            b = b.add(GROUP_STRIDE);
         }
         let bias = _mm256_loadu_si256(t.bias.cast());
         for (i, [lo, hi]) in acc.into_iter().enumerate() {

@@ -8,7 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Entry, Kernel, Tile, by_rows};
+use super::{AForm, Entry, Kernel, Tile, by_rows};
 use crate::kernels::Isa;
 use crate::kernels::pack::{GROUP_STRIDE, KR};
 
@@ -22,7 +22,7 @@ pub(super) static KERNEL: Kernel = Kernel {
     mr: MR,
     nr: NV * 16,
     k_align: KR,
-    packed_a: false,
+    a_form: AForm::Rows,
     entry: Entry::Tile(tile),
 };
 
@@ -52,10 +52,9 @@ unsafe fn tile_m<const M: usize>(t: &Tile) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tile_mn<const M: usize, const V: usize>(t: &Tile) {
     // SAFETY: the tile contract makes every pointer below valid for what is read or written:
-    // `M` rows of `k_groups·4` bytes, `k_groups` panel groups of 64 columns, 64 biases and
-    // multipliers, `M` output rows of `n` bytes.
+    // per run, `M` row pointers readable for `k_groups·4` bytes; `taps·k_groups` panel groups
+    // of 64 columns, 64 biases and multipliers, `M` output rows of `n` bytes.
     unsafe {
-        let rows: [*const u8; M] = std::array::from_fn(|i| *t.rows.add(i));
         let mut acc = [[_mm512_setzero_si512(); V]; M];
         for v in 0..V {
             let bias = _mm512_loadu_si512(t.bias.add(16 * v).cast());
@@ -64,16 +63,19 @@ unsafe fn tile_mn<const M: usize, const V: usize>(t: &Tile) {
             }
         }
         let mut b = t.b;
-        for g in 0..t.k_groups {
-            let bv: [__m512i; V] =
-                std::array::from_fn(|v| _mm512_loadu_si512(b.add(64 * v).cast()));
-            for i in 0..M {
-                let a = _mm512_set1_epi32(rows[i].add(g * KR).cast::<i32>().read_unaligned());
-                for v in 0..V {
-                    acc[i][v] = _mm512_dpbusd_epi32(acc[i][v], a, bv[v]);
+        for tap in 0..t.taps {
+            let rows = t.run_rows::<M>(tap);
+            for g in 0..t.k_groups {
+                let bv: [__m512i; V] =
+                    std::array::from_fn(|v| _mm512_loadu_si512(b.add(64 * v).cast()));
+                for i in 0..M {
+                    let a = _mm512_set1_epi32(rows[i].add(g * KR).cast::<i32>().read_unaligned());
+                    for v in 0..V {
+                        acc[i][v] = _mm512_dpbusd_epi32(acc[i][v], a, bv[v]);
+                    }
                 }
+                b = b.add(GROUP_STRIDE);
             }
-            b = b.add(GROUP_STRIDE);
         }
         for (i, acc) in acc.iter().enumerate() {
             for (v, &acc) in acc.iter().enumerate() {

@@ -9,7 +9,7 @@
 use std::arch::x86_64::*;
 
 use super::avx2::requant_store8;
-use super::{Entry, Kernel, Tile, by_rows};
+use super::{AForm, Entry, Kernel, Tile, by_rows};
 use crate::kernels::Isa;
 use crate::kernels::pack::{GROUP_STRIDE, KR};
 
@@ -23,7 +23,7 @@ pub(super) static KERNEL: Kernel = Kernel {
     mr: MR,
     nr: NV * 8,
     k_align: KR,
-    packed_a: false,
+    a_form: AForm::Rows,
     entry: Entry::Tile(tile),
 };
 
@@ -38,24 +38,27 @@ unsafe fn tile(t: &Tile) {
 /// As [`tile`], with `t.m == M`.
 #[target_feature(enable = "avx2,avxvnni")]
 unsafe fn tile_m<const M: usize>(t: &Tile) {
-    // SAFETY: the tile contract: `M` rows of `k_groups·4` bytes, `k_groups` panel groups of 16
-    // columns (64 bytes), 16 biases and multipliers, `M` output rows of `n` bytes.
+    // SAFETY: the tile contract: per run, `M` row pointers readable for `k_groups·4` bytes;
+    // `taps·k_groups` panel groups of 16 columns (64 bytes), 16 biases and multipliers, `M`
+    // output rows of `n` bytes.
     unsafe {
-        let rows: [*const u8; M] = std::array::from_fn(|i| *t.rows.add(i));
         let bias: [__m256i; NV] =
             std::array::from_fn(|v| _mm256_loadu_si256(t.bias.add(8 * v).cast()));
         let mut acc = [bias; M];
         let mut b = t.b;
-        for g in 0..t.k_groups {
-            let bv: [__m256i; NV] =
-                std::array::from_fn(|v| _mm256_loadu_si256(b.add(32 * v).cast()));
-            for i in 0..M {
-                let a = _mm256_set1_epi32(rows[i].add(g * KR).cast::<i32>().read_unaligned());
-                for v in 0..NV {
-                    acc[i][v] = _mm256_dpbusd_avx_epi32(acc[i][v], a, bv[v]);
+        for tap in 0..t.taps {
+            let rows = t.run_rows::<M>(tap);
+            for g in 0..t.k_groups {
+                let bv: [__m256i; NV] =
+                    std::array::from_fn(|v| _mm256_loadu_si256(b.add(32 * v).cast()));
+                for i in 0..M {
+                    let a = _mm256_set1_epi32(rows[i].add(g * KR).cast::<i32>().read_unaligned());
+                    for v in 0..NV {
+                        acc[i][v] = _mm256_dpbusd_avx_epi32(acc[i][v], a, bv[v]);
+                    }
                 }
+                b = b.add(GROUP_STRIDE);
             }
-            b = b.add(GROUP_STRIDE);
         }
         for (i, acc) in acc.iter().enumerate() {
             for (v, &acc) in acc.iter().enumerate() {

@@ -49,20 +49,29 @@ use by_rows;
 
 /// One microkernel call: an `m × n` block of outputs over the whole reduction.
 ///
-/// Safety contract, kept by the driver: `rows[0..m]` (for a kernel with `packed_a`:
-/// `rows[0..mr]`, `lda` bytes apart) are readable for `k_groups·KR` bytes; `b` is readable for
-/// `k_groups` groups `GROUP_STRIDE` bytes apart of the kernel's `nr` columns; `bias` and
-/// `multipliers` hold `nr` values; `out` row `i < m` is writable for `n` bytes at `out + i·ldc`.
+/// The reduction is `taps` consecutive runs of `k_groups` groups of `KR` steps (one run for a
+/// plain GEMM; a convolution's kernel taps for an implicit GEMM): run `t` of row `i` is read
+/// from `rows[t·tap_stride + i]`, and B's groups follow one another across the runs.
+///
+/// Safety contract, kept by the driver: for every run `t`, `rows[t·tap_stride..][0..m]` are
+/// readable for `k_groups·KR` bytes (twice that for [`AForm::Widened`]; for
+/// [`AForm::Packed`]: one run, `rows[0..mr]`, `lda` bytes apart); `b` is readable for `taps·k_groups` groups `GROUP_STRIDE` bytes apart
+/// of the kernel's `nr` columns; `bias` and `multipliers` hold `nr` values; `out` row `i < m`
+/// is writable for `n` bytes at `out + i·ldc`.
 pub(crate) struct Tile {
-    /// Pointers to the rows of A.
+    /// Pointers to the rows of A, run by run.
     pub(crate) rows: *const *const u8,
+    /// Pointers between the first rows of two consecutive runs.
+    pub(crate) tap_stride: usize,
+    /// Runs of the reduction (`>= 1`).
+    pub(crate) taps: usize,
     /// Bytes between consecutive rows when the kernel needs them uniform (AMX).
     pub(crate) lda: usize,
     /// Rows to compute (`1..=mr`).
     pub(crate) m: usize,
     /// Columns to compute (`1..=nr`).
     pub(crate) n: usize,
-    /// Groups of `KR` reduction steps.
+    /// Groups of `KR` reduction steps per run.
     pub(crate) k_groups: usize,
     /// The first `k` group of the tile's first column in a packed panel.
     pub(crate) b: *const i8,
@@ -82,6 +91,18 @@ pub(crate) struct Tile {
     pub(crate) ldc: usize,
 }
 
+impl Tile {
+    /// The pointers to the `M` rows of run `tap`.
+    ///
+    /// # Safety
+    /// `tap < taps` and `M <= m` under the tile contract (the run's row pointers are readable).
+    #[inline(always)]
+    pub(crate) unsafe fn run_rows<const M: usize>(&self, tap: usize) -> [*const u8; M] {
+        // SAFETY: the caller's bounds keep `tap·tap_stride + i` inside the pointer array.
+        std::array::from_fn(|i| unsafe { *self.rows.add(tap * self.tap_stride + i) })
+    }
+}
+
 /// A registered microkernel.
 pub(crate) struct Kernel {
     /// The path it belongs to.
@@ -92,10 +113,23 @@ pub(crate) struct Kernel {
     pub(crate) nr: usize,
     /// The reduction is read in multiples of this many bytes (A rows are padded to it).
     pub(crate) k_align: usize,
-    /// Whether A must be packed: `mr` rows (zero-padded) with a uniform stride.
-    pub(crate) packed_a: bool,
+    /// How the kernel reads A.
+    pub(crate) a_form: AForm,
     /// The entry point.
     pub(crate) entry: Entry,
+}
+
+/// How a microkernel reads the rows of A (the driver prepares them so).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum AForm {
+    /// Pointers to `u8` rows, run by run: in place where the source allows (the taps of an
+    /// implicit GEMM), else copied.
+    Rows,
+    /// `u8` rows copied `lda` bytes apart and padded to `mr` rows (AMX's strided tile loads).
+    Packed,
+    /// Rows copied and zero-extended to `u16` (AVX2's `vpmaddwd` takes 16-bit operands):
+    /// `2·k_groups·KR` bytes per row, one run.
+    Widened,
 }
 
 /// How the driver calls a microkernel.

@@ -1,7 +1,7 @@
 //! The portable microkernel: the fallback path and the oracle the SIMD kernels are checked
 //! against.
 
-use super::{Entry, Kernel, Tile};
+use super::{AForm, Entry, Kernel, Tile};
 use crate::kernels::Isa;
 use crate::kernels::pack::{GROUP_STRIDE, KR};
 use crate::kernels::params::requantize_parts;
@@ -15,7 +15,7 @@ pub(super) static KERNEL: Kernel = Kernel {
     mr: MR,
     nr: NR,
     k_align: KR,
-    packed_a: false,
+    a_form: AForm::Rows,
     entry: Entry::Tile(tile),
 };
 
@@ -25,28 +25,31 @@ pub(super) static KERNEL: Kernel = Kernel {
 /// The [`Tile`] contract.
 unsafe fn tile(t: &Tile) {
     let k_bytes = t.k_groups * KR;
-    // SAFETY: the tile contract: `m` row pointers readable for `k_bytes`, `nr` biases and
-    // multipliers, `k_groups` panel groups of `nr` columns.
-    let (rows, bias, multipliers) = unsafe {
+    // SAFETY: the tile contract: `nr` biases and multipliers.
+    let (bias, multipliers) = unsafe {
         (
-            std::slice::from_raw_parts(t.rows, t.m),
             std::slice::from_raw_parts(t.bias, NR),
             std::slice::from_raw_parts(t.multipliers, NR),
         )
     };
     let mut acc = [[0i32; NR]; MR];
-    for (i, &row) in rows.iter().enumerate() {
-        // SAFETY: see above.
-        let a = unsafe { std::slice::from_raw_parts(row, k_bytes) };
-        acc[i] = std::array::from_fn(|j| bias[j]);
-        for (g, a) in a.chunks_exact(KR).enumerate() {
-            // SAFETY: group `g < k_groups` of the panel holds `NR` columns of `KR` bytes.
-            let b = unsafe { std::slice::from_raw_parts(t.b.add(g * GROUP_STRIDE), NR * KR) };
-            for (acc, b) in acc[i].iter_mut().zip(b.chunks_exact(KR)) {
-                let dot = (0..KR)
-                    .map(|l| i32::from(a[l]) * i32::from(b[l]))
-                    .sum::<i32>();
-                *acc = acc.wrapping_add(dot);
+    for (i, acc) in acc.iter_mut().enumerate().take(t.m) {
+        *acc = std::array::from_fn(|j| bias[j]);
+        for tap in 0..t.taps {
+            // SAFETY: the tile contract: row `i` of run `tap` is readable for `k_bytes`.
+            let a =
+                unsafe { std::slice::from_raw_parts(*t.rows.add(tap * t.tap_stride + i), k_bytes) };
+            for (g, a) in a.chunks_exact(KR).enumerate() {
+                let g = tap * t.k_groups + g;
+                // SAFETY: group `g < taps·k_groups` of the panel holds `NR` columns of `KR`
+                // bytes.
+                let b = unsafe { std::slice::from_raw_parts(t.b.add(g * GROUP_STRIDE), NR * KR) };
+                for (acc, b) in acc.iter_mut().zip(b.chunks_exact(KR)) {
+                    let dot = (0..KR)
+                        .map(|l| i32::from(a[l]) * i32::from(b[l]))
+                        .sum::<i32>();
+                    *acc = acc.wrapping_add(dot);
+                }
             }
         }
     }
