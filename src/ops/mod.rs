@@ -246,10 +246,13 @@ fn resolve(dims: &[Dim], n: usize) -> Result<Vec<usize>> {
 pub(crate) fn float_values<E: burn::tensor::Element>(tensor: &DispatchTensor) -> Result<Vec<E>> {
     let n = tensor.shape().num_elements();
     let flat = Dispatch::float_reshape(tensor.clone(), Shape::new([n]));
+    let error =
+        |e: &dyn std::fmt::Debug| Error::Unsupported(format!("reading a tensor back: {e:?}"));
     let data = Tensor::<1>::from_dispatch(flat)
         .try_into_data()
-        .map_err(|e| Error::Unsupported(format!("reading a tensor back: {e:?}")))?;
-    Ok(data.iter::<E>().collect())
+        .map_err(|e| error(&e))?;
+    // One conversion of the whole buffer (none when the dtype is already `E`), not per element.
+    data.try_into_vec_as::<E>().map_err(|e| error(&e))
 }
 
 /// The one output of a model as a tensor of rank `D`, or a shape error.

@@ -116,25 +116,38 @@ impl RowSource for ConvRows<'_> {
         dst: &mut [*const u8],
     ) {
         let g = self.geometry;
-        let ([h, w], c) = (self.in_hw, g.in_channels);
+        let ([h, w], c, [oh, ow]) = (self.in_hw, g.in_channels, self.out_hw);
         let ([kh, kw], [dh, dw]) = (g.kernel, g.dilation);
-        for (i, pixel) in self.pixels_from(first).take(count).enumerate() {
+        // Pointers are only computed here (`wrapping_add`, no bounds check per row); the ones
+        // that are not padding lie inside `input`, as the `RowSource` contract requires.
+        let base = self.input.as_ptr().wrapping_add(group * g.in_per_group());
+        let mut i = 0;
+        // One stretch of pixels on one output row at a time: per tap, one test of the input
+        // row and a step of `stride·C_in` bytes from pixel to pixel.
+        while i < count {
+            let r = first + i;
+            let pixel = [r / (oh * ow), r / ow % oh, r % ow];
+            let len = (ow - pixel[2]).min(count - i);
             let ((y0, x0), n) = (self.origin(pixel), pixel[0]);
-            let image = &self.input[n * h * w * c + group * self.geometry.in_per_group()..];
             for ky in 0..kh {
-                let iy = usize::try_from(y0 + (ky * dh) as isize)
-                    .ok()
-                    .filter(|&y| y < h);
+                let iy = y0 + (ky * dh) as isize;
+                let row = (0..h as isize)
+                    .contains(&iy)
+                    .then(|| base.wrapping_add((n * h + iy as usize) * w * c));
                 for kx in 0..kw {
-                    let ix = usize::try_from(x0 + (kx * dw) as isize)
-                        .ok()
-                        .filter(|&x| x < w);
-                    dst[(ky * kw + kx) * count + i] = match (iy, ix) {
-                        (Some(iy), Some(ix)) => image[(iy * w + ix) * c..].as_ptr(),
-                        _ => pad.as_ptr(),
-                    };
+                    let mut ix = x0 + (kx * dw) as isize;
+                    for d in &mut dst[(ky * kw + kx) * count + i..][..len] {
+                        *d = match row {
+                            Some(row) if (0..w as isize).contains(&ix) => {
+                                row.wrapping_add(ix as usize * c)
+                            }
+                            _ => pad.as_ptr(),
+                        };
+                        ix += g.stride[1] as isize;
+                    }
                 }
             }
+            i += len;
         }
     }
 
