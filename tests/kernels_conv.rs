@@ -5,7 +5,8 @@ mod kernels_common;
 
 use burn_quantize::Error;
 use burn_quantize::kernels::{
-    Conv2dGeometry, PackedConv2d, PackedLinear, Requant, qconv2d, qlinear,
+    Conv2dGeometry, PackedConv2d, PackedLinear, Requant, qconv2d, qconv2d_prepared, qlinear,
+    qlinear_prepared,
 };
 use kernels_common::{Rng, check_all_paths, geometry};
 use proptest::prelude::*;
@@ -307,6 +308,23 @@ fn bad_inputs_are_errors_not_panics() {
     let linear = PackedLinear::new(&[1; 6], 2, 3, &[0; 2], 0).expect("valid linear");
     assert!(qlinear(&[0; 5], 2, &linear, &requant, &mut [0; 4]).is_err());
     assert!(qlinear(&[0; 6], 2, &linear, &requant, &mut [0; 3]).is_err());
+    // A requantization prepared for one layer is refused by another with other outputs, even
+    // when both pad to the same packed columns.
+    let other = PackedConv2d::new(geometry(4, 9, 3, 1, 1, 1), &[1; 9 * 4 * 9], &[0; 9], 0)
+        .expect("valid conv");
+    let prepared = other.prepare(&requant).expect("valid requant");
+    assert!(shape(qconv2d_prepared(
+        &[0; 100], 1, 5, 5, &packed, &prepared, &mut out
+    )));
+    let prepared = packed.prepare(&requant).expect("valid requant");
+    assert!(shape(qlinear_prepared(
+        &[0; 6],
+        2,
+        &linear,
+        &prepared,
+        &mut [0; 4]
+    )));
+    assert!(qconv2d_prepared(&[0; 100], 1, 5, 5, &packed, &prepared, &mut out).is_ok());
 }
 
 /// fbgemm's depthwise arithmetic: raw `u8·i8` products of consecutive taps (padding reads

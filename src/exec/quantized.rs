@@ -419,8 +419,8 @@ impl Run<'_> {
                     let q = reference::conv2d(layer, x, [n, c, h, w], self.device)?;
                     return copy_into(&q, out);
                 }
-                let (packed, requant) = layer.packed()?;
-                kernels::qconv2d(x, n, h, w, packed, requant, out)
+                let (packed, requant) = layer.prepared()?;
+                kernels::qconv2d_prepared(x, n, h, w, packed, requant, out)
             }
             Step::Linear { layer, input, .. } => {
                 let (layer, x) = (&self.layers.linears[*layer], self.bytes(around, *input)?);
@@ -428,8 +428,8 @@ impl Run<'_> {
                 if reference {
                     return copy_into(&reference::linear(layer, x, rows, self.device)?, out);
                 }
-                let (packed, requant) = layer.packed()?;
-                kernels::qlinear(x, rows, packed, requant, out)
+                let (packed, requant) = layer.prepared()?;
+                kernels::qlinear_prepared(x, rows, packed, requant, out)
             }
             other => Err(Error::InvalidGraph(format!(
                 "{other:?} is not a layer step"

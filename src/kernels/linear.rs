@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::active_isa;
 use super::gemm::{self, driver::DenseRows, driver::Gemm};
 use super::pack::PackedB;
-use super::params::{Epilogue, Requant, expect_len};
+use super::params::{PreparedRequant, Requant, expect_len};
 use crate::{Error, Result};
 
 /// A linear layer's weights packed once for every kernel path (and for saving).
@@ -66,12 +66,19 @@ impl PackedLinear {
     pub fn input_zero_point(&self) -> u8 {
         self.input_zero_point
     }
+
+    /// `requant` checked against this layer's output features and laid out for its packed
+    /// weights, for [`qlinear_prepared`]: done once per layer, not per run.
+    pub fn prepare(&self, requant: &Requant) -> Result<PreparedRequant> {
+        PreparedRequant::new(requant, self.out_features(), self.weights.columns())
+    }
 }
 
 /// Quantized linear: `input` `[rows, in_features]` → `output` `[rows, out_features]`.
 ///
 /// Every ISA path and thread count writes the same bytes. Errors on wrong buffer lengths or bad
-/// multipliers.
+/// multipliers. A layer run many times prepares its requantization once
+/// ([`PackedLinear::prepare`]) and calls [`qlinear_prepared`].
 pub fn qlinear(
     input: &[u8],
     rows: usize,
@@ -79,17 +86,30 @@ pub fn qlinear(
     requant: &Requant,
     output: &mut [u8],
 ) -> Result<()> {
+    let requant = linear.prepare(requant)?;
+    qlinear_prepared(input, rows, linear, &requant, output)
+}
+
+/// [`qlinear`] with the requantization prepared for `linear` by [`PackedLinear::prepare`]
+/// (an error if it was prepared for another layer).
+pub fn qlinear_prepared(
+    input: &[u8],
+    rows: usize,
+    linear: &PackedLinear,
+    requant: &PreparedRequant,
+    output: &mut [u8],
+) -> Result<()> {
     let (k, n) = (linear.in_features(), linear.out_features());
     expect_len("linear input", input.len(), rows * k)?;
     expect_len("linear output", output.len(), rows * n)?;
-    requant.check(n)?;
-    let epilogue = Epilogue::new(requant, linear.weights.columns());
+    let columns = linear.weights.column_count();
+    let epilogue = requant.epilogue("linear requantization", n, columns)?;
     let source = DenseRows::new(input, k);
     let gemm = Gemm {
         rows: &source,
         m: rows,
         b: &linear.weights,
-        epilogue: &epilogue,
+        epilogue,
     };
     gemm.run(gemm::kernel(active_isa()), output, n, true);
     Ok(())

@@ -50,17 +50,17 @@ mod simd;
 mod table;
 
 pub use binary::{QBinaryOp, QTensorRef, qadd, qbinary};
-pub use conv::{Conv2dGeometry, PackedConv2d, qconv2d};
+pub use conv::{Conv2dGeometry, PackedConv2d, qconv2d, qconv2d_prepared};
 pub use elementwise::{
     CatInput, dequantize, dequantize_nhwc_to_nchw, qcat, quantize, quantize_nchw_to_nhwc,
     requantize_u8,
 };
 pub use isa::{Isa, active_isa, available_isas, with_isa};
-pub use linear::{PackedLinear, qlinear};
+pub use linear::{PackedLinear, qlinear, qlinear_prepared};
 pub use pad::qpad_nhwc;
 pub use params::{
-    MAX_BIAS_I32, QParams, Requant, bias_safe_weight_scales, conv_multipliers, quantize_bias,
-    requantize,
+    MAX_BIAS_I32, PreparedRequant, QParams, Requant, bias_safe_weight_scales, conv_multipliers,
+    quantize_bias, requantize,
 };
 pub use peak::measure_peak_gmacs;
 pub use pool::{

@@ -156,9 +156,14 @@ impl PackedB {
         (g * self.panels() + p) * PANEL
     }
 
+    /// Packed columns of all groups, padding included (`groups · panels · PANEL`).
+    pub(crate) fn column_count(&self) -> usize {
+        self.groups * self.panels() * PANEL
+    }
+
     /// The output channel of every packed column, in packed order (`None` for padding).
     pub(crate) fn columns(&self) -> impl Iterator<Item = Option<usize>> + '_ {
-        (0..self.groups * self.panels() * PANEL).map(move |i| {
+        (0..self.column_count()).map(move |i| {
             let (g, c) = (i / (self.panels() * PANEL), i % (self.panels() * PANEL));
             (c < self.n).then_some(g * self.n + c)
         })

@@ -274,6 +274,45 @@ impl Epilogue {
     }
 }
 
+/// A layer's [`Requant`], checked and laid out once for its packed weights (by
+/// [`PackedConv2d::prepare`](crate::kernels::PackedConv2d::prepare) or
+/// [`PackedLinear::prepare`](crate::kernels::PackedLinear::prepare)), so that a run neither
+/// validates nor allocates it again.
+#[derive(Clone, Debug)]
+pub struct PreparedRequant {
+    epilogue: Epilogue,
+    channels: usize,
+}
+
+impl PreparedRequant {
+    /// `requant` checked for `channels` outputs and laid out for the packed columns that
+    /// `columns` lists (see [`Epilogue::new`]).
+    pub(crate) fn new(
+        requant: &Requant,
+        channels: usize,
+        columns: impl Iterator<Item = Option<usize>>,
+    ) -> Result<Self> {
+        requant.check(channels)?;
+        Ok(PreparedRequant {
+            epilogue: Epilogue::new(requant, columns),
+            channels,
+        })
+    }
+
+    /// The epilogue, or `Err(Shape)` unless it was prepared for `channels` outputs laid out
+    /// as `columns` packed columns (else it was prepared for another layer).
+    pub(crate) fn epilogue(
+        &self,
+        context: &str,
+        channels: usize,
+        columns: usize,
+    ) -> Result<&Epilogue> {
+        expect_len(context, self.channels, channels)?;
+        expect_len(context, self.epilogue.multipliers.len(), columns)?;
+        Ok(&self.epilogue)
+    }
+}
+
 /// `Err(Shape)` unless a buffer has the expected length.
 pub(crate) fn expect_len(context: &str, got: usize, expected: usize) -> Result<()> {
     if got == expected {

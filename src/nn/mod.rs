@@ -7,7 +7,9 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::graph::Activation;
-use crate::kernels::{self, Conv2dGeometry, PackedConv2d, PackedLinear, QParams, Requant, Table};
+use crate::kernels::{
+    self, Conv2dGeometry, PackedConv2d, PackedLinear, PreparedRequant, QParams, Requant, Table,
+};
 use crate::{Error, Result};
 
 /// What a quantized conv or linear layer computes besides its weights: the activation
@@ -69,7 +71,7 @@ pub struct QConv2d {
     #[module(skip)]
     pub spec: QLayerSpec,
     #[module(skip)]
-    packed: Option<(PackedConv2d, Requant)>,
+    packed: Option<Packed<PackedConv2d>>,
 }
 
 /// A quantized linear layer (PyTorch's `torch.ao.nn.quantized.Linear`).
@@ -85,7 +87,7 @@ pub struct QLinear {
     #[module(skip)]
     pub spec: QLayerSpec,
     #[module(skip)]
-    packed: Option<(PackedLinear, Requant)>,
+    packed: Option<Packed<PackedLinear>>,
 }
 
 /// The integer content of a quantized conv or linear layer.
@@ -154,7 +156,12 @@ impl QConv2d {
             &w.bias,
             self.spec.input.zero_point,
         )?;
-        self.packed = Some((packed, self.spec.requant(&w.scales)?));
+        let requant = self.spec.requant(&w.scales)?;
+        let prepared = packed.prepare(&requant)?;
+        self.packed = Some(Packed {
+            layer: (packed, requant),
+            prepared,
+        });
         Ok(())
     }
 
@@ -169,7 +176,13 @@ impl QConv2d {
 
     /// The packed weights and requantization the kernels use.
     pub fn packed(&self) -> Result<&(PackedConv2d, Requant)> {
-        packed(&self.packed, "QConv2d")
+        packed(&self.packed, "QConv2d").map(|p| &p.layer)
+    }
+
+    /// The packed weights and the requantization prepared for them
+    /// ([`kernels::qconv2d_prepared`]'s arguments).
+    pub fn prepared(&self) -> Result<(&PackedConv2d, &PreparedRequant)> {
+        packed(&self.packed, "QConv2d").map(|p| (&p.layer.0, &p.prepared))
     }
 }
 
@@ -227,7 +240,12 @@ impl QLinear {
             &w.bias,
             self.spec.input.zero_point,
         )?;
-        self.packed = Some((packed, self.spec.requant(&w.scales)?));
+        let requant = self.spec.requant(&w.scales)?;
+        let prepared = packed.prepare(&requant)?;
+        self.packed = Some(Packed {
+            layer: (packed, requant),
+            prepared,
+        });
         Ok(())
     }
 
@@ -242,7 +260,13 @@ impl QLinear {
 
     /// The packed weights and requantization the kernels use.
     pub fn packed(&self) -> Result<&(PackedLinear, Requant)> {
-        packed(&self.packed, "QLinear")
+        packed(&self.packed, "QLinear").map(|p| &p.layer)
+    }
+
+    /// The packed weights and the requantization prepared for them
+    /// ([`kernels::qlinear_prepared`]'s arguments).
+    pub fn prepared(&self) -> Result<(&PackedLinear, &PreparedRequant)> {
+        packed(&self.packed, "QLinear").map(|p| (&p.layer.0, &p.prepared))
     }
 }
 
@@ -284,6 +308,14 @@ fn int_param<const D: usize>(
     device: &Device,
 ) -> Param<Tensor<D, Int>> {
     Param::initialized(ParamId::new(), Tensor::from_data(data, (device, dtype)))
+}
+
+/// A layer's weights packed for the kernels with its requantization, as given and as prepared
+/// for those packed weights (both built by `pack`).
+#[derive(Clone, Debug)]
+struct Packed<P> {
+    layer: (P, Requant),
+    prepared: PreparedRequant,
 }
 
 fn packed<'a, T>(packed: &'a Option<T>, layer: &str) -> Result<&'a T> {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::gemm::{self, driver::Gemm};
 use super::pack::PackedB;
-use super::params::{Epilogue, Requant, expect_len};
+use super::params::{PreparedRequant, Requant, expect_len};
 use super::simd::Tier;
 use super::{Isa, active_isa};
 use crate::{Error, Result};
@@ -244,6 +244,24 @@ impl PackedConv2d {
     pub fn output_size(&self, h: usize, w: usize) -> Result<(usize, usize)> {
         self.geometry.output_size(h, w)
     }
+
+    /// `requant` checked against this convolution's output channels and laid out for its
+    /// packed weights, for [`qconv2d_prepared`]: done once per layer, not per run.
+    pub fn prepare(&self, requant: &Requant) -> Result<PreparedRequant> {
+        let c = self.geometry.out_channels;
+        match &self.weights {
+            Weights::Gemm(b) => PreparedRequant::new(requant, c, b.columns()),
+            Weights::Depthwise(_) => PreparedRequant::new(requant, c, (0..c).map(Some)),
+        }
+    }
+
+    /// How many requantization columns the kernels read (packed columns, padding included).
+    fn columns(&self) -> usize {
+        match &self.weights {
+            Weights::Gemm(b) => b.column_count(),
+            Weights::Depthwise(_) => self.geometry.out_channels,
+        }
+    }
 }
 
 /// Quantized conv2d: `input_nhwc` `[batch, h, w, C_in]` (zero point as packed) →
@@ -251,7 +269,8 @@ impl PackedConv2d {
 ///
 /// Every ISA path and thread count writes the same bytes (see the module docs for the
 /// arithmetic). Errors on wrong buffer lengths, bad multipliers or an input smaller than the
-/// dilated kernel; never panics on them.
+/// dilated kernel; never panics on them. A layer run many times prepares its requantization
+/// once ([`PackedConv2d::prepare`]) and calls [`qconv2d_prepared`].
 pub fn qconv2d(
     input_nhwc: &[u8],
     batch: usize,
@@ -259,6 +278,21 @@ pub fn qconv2d(
     w: usize,
     conv: &PackedConv2d,
     requant: &Requant,
+    output_nhwc: &mut [u8],
+) -> Result<()> {
+    let requant = conv.prepare(requant)?;
+    qconv2d_prepared(input_nhwc, batch, h, w, conv, &requant, output_nhwc)
+}
+
+/// [`qconv2d`] with the requantization prepared for `conv` by [`PackedConv2d::prepare`]
+/// (an error if it was prepared for another layer).
+pub fn qconv2d_prepared(
+    input_nhwc: &[u8],
+    batch: usize,
+    h: usize,
+    w: usize,
+    conv: &PackedConv2d,
+    requant: &PreparedRequant,
     output_nhwc: &mut [u8],
 ) -> Result<()> {
     let g = &conv.geometry;
@@ -273,24 +307,20 @@ pub fn qconv2d(
         output_nhwc.len(),
         batch * oh * ow * g.out_channels,
     )?;
-    requant.check(g.out_channels)?;
+    let epilogue = requant.epilogue("conv2d requantization", g.out_channels, conv.columns())?;
     let isa: Isa = active_isa();
     let rows = ConvRows::new(input_nhwc, g, [h, w], [oh, ow], conv.input_zero_point);
     match &conv.weights {
         Weights::Gemm(b) => {
-            let epilogue = Epilogue::new(requant, b.columns());
             let gemm = Gemm {
                 rows: &rows,
                 m: batch * oh * ow,
                 b,
-                epilogue: &epilogue,
+                epilogue,
             };
             gemm.run(gemm::kernel(isa), output_nhwc, g.out_channels, true);
         }
-        Weights::Depthwise(d) => {
-            let epilogue = Epilogue::new(requant, (0..g.out_channels).map(Some));
-            d.run(Tier::of(isa), &rows, &epilogue, output_nhwc);
-        }
+        Weights::Depthwise(d) => d.run(Tier::of(isa), &rows, epilogue, output_nhwc),
     }
     Ok(())
 }
