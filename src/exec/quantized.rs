@@ -19,7 +19,7 @@ use super::plan::ShapePlan;
 use super::reference;
 use crate::graph::{BinaryOp, ValueId, ValueShapes};
 use crate::kernels::{self, CatInput, QBinaryOp, QParams, QTensorRef};
-use crate::ops::{self as float_ops, float_values};
+use crate::ops as float_ops;
 use crate::program::{Domain, QuantizedLayers, QuantizedProgram, Step};
 use crate::{Error, Result};
 
@@ -389,11 +389,11 @@ impl Run<'_> {
 
     /// Float to `u8` in one pass (NCHW float to NHWC `u8` for images).
     fn quantize(&self, x: &DispatchTensor, output: ValueId, out: &mut [u8]) -> Result<()> {
-        let (x, qp) = (float_values::<f32>(x)?, self.qparams(output)?);
-        match *self.plan.shape(output)? {
-            [n, c, h, w] => kernels::quantize_nchw_to_nhwc(&x, n, c, h, w, qp, out),
-            _ => kernels::quantize(&x, qp, out),
-        }
+        let (shape, qp) = (self.plan.shape(output)?, self.qparams(output)?);
+        float_ops::with_f32_values(x, |x| match *shape {
+            [n, c, h, w] => kernels::quantize_nchw_to_nhwc(x, n, c, h, w, qp, out),
+            _ => kernels::quantize(x, qp, out),
+        })?
     }
 
     /// `u8` to a float tensor (NHWC `u8` to NCHW float for images).
