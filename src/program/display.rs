@@ -63,27 +63,12 @@ impl QuantizedProgram {
         &'a self,
         step: &'a Step,
     ) -> (Vec<ValueId>, String, Option<&'a str>) {
-        let ids = |ids: &[ValueId]| -> String {
-            ids.iter()
-                .map(ValueId::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let fused = |a: Option<Activation>| a.map(|a| format!("+{a}")).unwrap_or_default();
         let table = |spec: &crate::nn::QLayerSpec| match spec.table {
             Some(_) => "+table",
             None => "",
         };
-        match step {
-            Step::Quantize { input, output } => (vec![*output], format!("quantize({input})"), None),
-            Step::Dequantize { input, output } => {
-                (vec![*output], format!("dequantize({input})"), None)
-            }
-            Step::Conv2d {
-                layer,
-                input,
-                output,
-            } => {
+        let (call, name) = match step {
+            Step::Conv2d { layer, input, .. } => {
                 let l = &self.convs[*layer];
                 let call = format!(
                     "QConv2d{}{}[{}]({input})",
@@ -91,13 +76,9 @@ impl QuantizedProgram {
                     table(&l.spec),
                     geometry(&l.geometry)
                 );
-                (vec![*output], call, Some(&l.name))
+                (call, Some(l.name.as_str()))
             }
-            Step::Linear {
-                layer,
-                input,
-                output,
-            } => {
+            Step::Linear { layer, input, .. } => {
                 let l = &self.linears[*layer];
                 let call = format!(
                     "QLinear{}{}[{}->{}]({input})",
@@ -106,86 +87,65 @@ impl QuantizedProgram {
                     l.in_features,
                     l.out_features
                 );
-                (vec![*output], call, Some(&l.name))
+                (call, Some(l.name.as_str()))
             }
-            Step::Binary {
-                op,
-                inputs,
-                output,
-                relu,
-            } => {
-                let relu = if *relu { "+relu" } else { "" };
-                (
-                    vec![*output],
-                    format!("{}{relu}({})", op.name(), ids(inputs)),
-                    None,
-                )
+            Step::Float(node) => {
+                let (kind, act) = (node.op.kind(), fused(node.activation));
+                let call = format!("float {kind}{act}({})", ids(&node.inputs));
+                (call, Some(node.name.as_str()))
             }
-            Step::Table {
-                name,
-                input,
-                output,
-                ..
-            } => (vec![*output], format!("table[{name}]({input})"), None),
-            Step::Pad {
-                padding,
-                value,
-                input,
-                output,
-            } => (
-                vec![*output],
-                format!("pad[{padding:?}, {value}]({input})"),
-                None,
-            ),
-            Step::Cat { inputs, output } => (vec![*output], format!("cat({})", ids(inputs)), None),
-            Step::MaxPool2d {
-                pool,
-                input,
-                output,
-            } => (
-                vec![*output],
-                format!(
-                    "max_pool2d[{}]({input})",
-                    window(pool.kernel, pool.stride, pool.padding)
-                ),
-                None,
-            ),
-            Step::AvgPool2d {
-                pool,
-                input,
-                output,
-            } => (
-                vec![*output],
-                format!(
-                    "avg_pool2d[{}]({input})",
-                    window(pool.kernel, pool.stride, pool.padding)
-                ),
-                None,
-            ),
-            Step::GlobalAvgPool { input, output } => {
-                (vec![*output], format!("global_avg_pool({input})"), None)
-            }
-            Step::Clamp {
-                input,
-                output,
-                min,
-                max,
-            } => (
-                vec![*output],
-                format!("clamp[{min}..={max}]({input})"),
-                None,
-            ),
-            Step::Reshape { input, output } => (vec![*output], format!("reshape({input})"), None),
-            Step::Float(node) => (
-                node.outputs.clone(),
-                format!(
-                    "float {}{}({})",
-                    node.op.kind(),
-                    fused(node.activation),
-                    ids(&node.inputs)
-                ),
-                Some(&node.name),
-            ),
+            other => (glue_call(other), None),
+        };
+        (step.outputs().to_vec(), call, name)
+    }
+}
+
+/// `+relu` for a fused activation, or nothing.
+fn fused(activation: Option<Activation>) -> String {
+    activation.map(|a| format!("+{a}")).unwrap_or_default()
+}
+
+/// `%1, %2`.
+fn ids(ids: &[ValueId]) -> String {
+    ids.iter()
+        .map(ValueId::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The call text of an int8 step that has no layer and no name (`max_pool2d[...](%3)`).
+fn glue_call(step: &Step) -> String {
+    match step {
+        Step::Quantize { input, .. } => format!("quantize({input})"),
+        Step::Dequantize { input, .. } => format!("dequantize({input})"),
+        Step::Binary {
+            op, inputs, relu, ..
+        } => {
+            let relu = if *relu { "+relu" } else { "" };
+            format!("{}{relu}({})", op.name(), ids(inputs))
         }
+        Step::Table { name, input, .. } => format!("table[{name}]({input})"),
+        Step::Pad {
+            padding,
+            value,
+            input,
+            ..
+        } => format!("pad[{padding:?}, {value}]({input})"),
+        Step::Cat { inputs, .. } => format!("cat({})", ids(inputs)),
+        Step::MaxPool2d { pool, input, .. } => format!(
+            "max_pool2d[{}]({input})",
+            window(pool.kernel, pool.stride, pool.padding)
+        ),
+        Step::AvgPool2d { pool, input, .. } => format!(
+            "avg_pool2d[{}]({input})",
+            window(pool.kernel, pool.stride, pool.padding)
+        ),
+        Step::GlobalAvgPool { input, .. } => format!("global_avg_pool({input})"),
+        Step::Clamp {
+            input, min, max, ..
+        } => format!("clamp[{min}..={max}]({input})"),
+        Step::Reshape { input, .. } => format!("reshape({input})"),
+        // Described by `QuantizedProgram::describe` with their layer or node.
+        Step::Conv2d { .. } | Step::Linear { .. } | Step::Float(_) => format!("{step:?}"),
     }
 }
