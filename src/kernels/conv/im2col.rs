@@ -67,11 +67,16 @@ impl<'a> ConvRows<'a> {
         Some(&self.input[(n * h + iy) * w * c..][..w * c])
     }
 
+    /// Output pixel `[n, oy, ox]` of im2col row `r`.
+    fn output_pixel(&self, r: usize) -> [usize; 3] {
+        let [oh, ow] = self.out_hw;
+        [r / (oh * ow), r / ow % oh, r % ow]
+    }
+
     /// Output pixels `first..`, as `[n, oy, ox]` in row order.
     pub(super) fn pixels_from(&self, first: usize) -> impl Iterator<Item = [usize; 3]> + use<> {
         let [oh, ow] = self.out_hw;
-        let start = [first / (oh * ow), first / ow % oh, first % ow];
-        std::iter::successors(Some(start), move |&[n, oy, ox]| {
+        std::iter::successors(Some(self.output_pixel(first)), move |&[n, oy, ox]| {
             Some(match (ox + 1 == ow, oy + 1 == oh) {
                 (false, _) => [n, oy, ox + 1],
                 (true, false) => [n, oy + 1, 0],
@@ -116,7 +121,7 @@ impl RowSource for ConvRows<'_> {
         dst: &mut [*const u8],
     ) {
         let g = self.geometry;
-        let ([h, w], c, [oh, ow]) = (self.in_hw, g.in_channels, self.out_hw);
+        let ([h, w], c, ow) = (self.in_hw, g.in_channels, self.out_hw[1]);
         let ([kh, kw], [dh, dw]) = (g.kernel, g.dilation);
         // Pointers are only computed here (`wrapping_add`, no bounds check per row); the ones
         // that are not padding lie inside `input`, as the `RowSource` contract requires.
@@ -125,8 +130,7 @@ impl RowSource for ConvRows<'_> {
         // One stretch of pixels on one output row at a time: per tap, one test of the input
         // row and a step of `stride·C_in` bytes from pixel to pixel.
         while i < count {
-            let r = first + i;
-            let pixel = [r / (oh * ow), r / ow % oh, r % ow];
+            let pixel = self.output_pixel(first + i);
             let len = (ow - pixel[2]).min(count - i);
             let ((y0, x0), n) = (self.origin(pixel), pixel[0]);
             for ky in 0..kh {
