@@ -123,10 +123,11 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
         )
 }
 
-/// Channels per group: small counts (im2col) and multiples of 4 from 16 up (read in place,
-/// tap by tap, by the kernels that take row pointers).
+/// Channels per group: small counts (im2col), multiples of 4 from 16 up (read in place, tap
+/// by tap, by the kernels that take row pointers) and multiples of 64 (read in place by AMX's
+/// strided tile loads too).
 fn channels() -> impl Strategy<Value = usize> {
-    prop_oneof![3 => 1usize..10, 1 => prop::sample::select(vec![16usize, 20, 36])]
+    prop_oneof![3 => 1usize..10, 1 => prop::sample::select(vec![16usize, 20, 36, 64, 128])]
 }
 
 fn kind_channels((kind, a, b, groups): (u8, usize, usize, usize)) -> (usize, usize, usize) {
@@ -173,6 +174,24 @@ fn resnet_like_blocks_cross_panels_and_row_blocks() {
     case(2, 9, geometry(64, 130, 3, 2, 1, 1), 2).run();
     case(1, 6, geometry(256, 33, 3, 1, 1, 1), 3).run();
     case(1, 23, geometry(3, 64, 7, 2, 3, 1), 4).run();
+}
+
+/// Channels a multiple of 64: AMX loads 16 pixels of a tap with one strided tile load where
+/// they are evenly spaced (inside one output row, none on padding) and copies the other
+/// groups of 16 (crossing a row or the batch, touching padding, past the last pixel).
+#[test]
+fn amx_tile_groups_read_pixels_in_place_or_copied() {
+    let dilated = |mut g: Conv2dGeometry| {
+        g.dilation = [2, 2];
+        g
+    };
+    case(2, 16, geometry(64, 40, 1, 1, 0, 1), 11).run();
+    case(1, 33, geometry(128, 64, 1, 2, 0, 1), 12).run();
+    case(2, 20, geometry(64, 64, 3, 1, 1, 1), 13).run();
+    case(1, 34, geometry(64, 48, 3, 2, 1, 1), 14).run();
+    case(1, 21, dilated(geometry(64, 32, 3, 1, 2, 1)), 15).run();
+    case(2, 18, geometry(128, 96, 3, 1, 1, 2), 16).run();
+    case(1, 7, geometry(192, 33, 3, 1, 0, 1), 17).run();
 }
 
 #[test]

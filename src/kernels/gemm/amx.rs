@@ -1,12 +1,15 @@
 //! AMX-INT8 GEMM, written once over a [`TileUnit`]: the real tiles or the scalar emulator.
 //!
-//! One call computes a whole driver task (a block of packed A rows × a range of panels): the
-//! tile configuration is loaded once and released at the end. Tiles: `tmm0..3` accumulate a
-//! 2×2 block of 16×16 `i32` tiles of C (32 rows × 32 columns) over the reduction (or over
-//! chunks of a long one, see [`run`]), `tmm4/5` hold 16 rows × 64 `u8` of A (rows 0-15 and
-//! 16-31), `tmm6/7` hold 16 `k`-groups × 16 columns × 4 `i8` of B (columns 0-15 and 16-31):
-//! exactly 16 consecutive groups of a packed panel, rows `GROUP_STRIDE` bytes apart. A is packed by the driver (uniform stride,
-//! `K` padded to 64, rows padded to 32). Each finished C block is stored once to a small buffer
+//! One call computes a whole driver task (a block of A rows × a range of panels): the tile
+//! configuration is loaded once and released at the end. Tiles: `tmm0..3` accumulate a 2×2
+//! block of 16×16 `i32` tiles of C (32 rows × 32 columns) over the reduction (or over chunks
+//! of a long one, see [`run`]), `tmm4/5` hold 16 rows × 64 `u8` of A (rows 0-15 and 16-31),
+//! `tmm6/7` hold 16 `k`-groups × 16 columns × 4 `i8` of B (columns 0-15 and 16-31): exactly 16
+//! consecutive groups of a packed panel, rows `GROUP_STRIDE` bytes apart. A comes as groups
+//! of 16 rows ([`AForm::Strided`]), each one strided tile load per 64 bytes of a run: an
+//! implicit GEMM's evenly spaced pixels are loaded straight from the activation with the
+//! pixel stride, the rest was copied by the driver (runs a multiple of 64 bytes, rows padded
+//! to 32). Each finished C block is stored once to a small buffer
 //! and requantized there with its bias by the unit's 16-lane store (AVX-512 on the real unit).
 //! Rows and columns past the problem are computed on padding and not stored.
 
@@ -34,7 +37,7 @@ pub(super) static KERNEL: Kernel = Kernel {
     mr: MR,
     nr: NR,
     k_align: K_ALIGN,
-    a_form: AForm::Packed,
+    a_form: AForm::Strided { group: TR },
     entry: Entry::Block(block_amx),
 };
 
@@ -44,7 +47,7 @@ pub(super) static EMULATED: Kernel = Kernel {
     mr: MR,
     nr: NR,
     k_align: K_ALIGN,
-    a_form: AForm::Packed,
+    a_form: AForm::Strided { group: TR },
     entry: Entry::Block(block_emulated),
 };
 
@@ -83,22 +86,28 @@ unsafe fn block_emulated(blk: &Block) {
 /// shadow of `tdpbusd`.
 ///
 /// # Safety
-/// The [`Block`] contract with `rows[0..]` `lda` bytes apart from `rows[0]`, padded to a
-/// multiple of 32 rows, and `k_groups % 16 == 0`; `unit` can execute.
+/// The [`Block`] contract for [`AForm::Strided`] groups of 16 rows, padded to a multiple of
+/// 32 rows, and `k_groups % 16 == 0`; `unit` can execute.
 #[inline(always)]
 unsafe fn run<U: TileUnit>(unit: &mut U, blk: &Block) {
     let t = &blk.tile;
     debug_assert!(t.k_groups.is_multiple_of(KB / KR));
-    let steps = t.k_groups / TR;
+    let a = GroupedA {
+        bases: t.rows,
+        strides: t.strides,
+        groups: t.tap_stride,
+        steps_per_run: t.k_groups / TR,
+    };
+    let steps = t.taps * a.steps_per_run;
     let kc = chunk_steps(steps, t.m.div_ceil(MR));
     let rows_per_step = MR.div_ceil(kc);
     let mut drained = Drained::new();
     let chunked = if steps > kc { t.m.div_ceil(MR) } else { 0 };
     let mut partial: Vec<CBlock> = (0..chunked).map(|_| CBlock::new()).collect();
-    // SAFETY: the block contract: `rows[0]` starts `ceil(m / 32)·32` rows of `lda` bytes; the
-    // B panels hold `k_groups` groups of `PANEL` columns, `panel_len` bytes apart.
+    // SAFETY: the block contract: every run holds `ceil(m / 32)·2` groups of 16 rows of
+    // `k_groups·KR` bytes; the B panels hold `taps·k_groups` groups of `PANEL` columns,
+    // `panel_len` bytes apart.
     unsafe {
-        let a = *t.rows;
         unit.load_config(&CONFIG);
         for p in 0..blk.panels {
             for c0 in (0..PANEL).step_by(NR).take_while(|c0| p * PANEL + c0 < t.n) {
@@ -111,8 +120,7 @@ unsafe fn run<U: TileUnit>(unit: &mut U, blk: &Block) {
                         } else {
                             partial[i0 / MR].load_tiles(unit);
                         }
-                        let a = a.add(i0 * t.lda);
-                        accumulate(unit, a, t.lda, b, chunk.clone(), |unit, s| {
+                        accumulate(unit, &a, i0 / MR, b, chunk.clone(), |unit, s| {
                             drained.requant(unit, t, (s - k0 + 1) * rows_per_step)
                         });
                         if chunk.end < steps {
@@ -168,27 +176,57 @@ unsafe fn zero_c<U: TileUnit>(unit: &mut U) {
     }
 }
 
-/// `tmm0..3` += the 32×32 block of `A[rows a..a+32] · B[columns b..b+32]` over the reduction
-/// steps `steps` (64 `k` each); `between(unit, s)` runs after the tile instructions of step `s`.
+/// The rows of A as the driver hands them over ([`AForm::Strided`]): per run of the
+/// reduction and group of 16 rows, a base pointer and a stride.
+struct GroupedA {
+    bases: *const *const u8,
+    strides: *const usize,
+    /// Groups per run (16 rows each, the task's rows padded to 32).
+    groups: usize,
+    /// Reduction steps (64 bytes of `k`) per run.
+    steps_per_run: usize,
+}
+
+impl GroupedA {
+    /// Where group `j` of run `run` reads step `within` of the run, and its stride.
+    ///
+    /// # Safety
+    /// `run < taps`, `j < groups`.
+    #[inline(always)]
+    unsafe fn group(&self, run: usize, j: usize, within: usize) -> (*const u8, usize) {
+        let i = run * self.groups + j;
+        // SAFETY: `i` is inside the base and stride arrays; the offset stays inside the
+        // group's first row (`within < steps_per_run`).
+        unsafe { ((*self.bases.add(i)).add(within * KB), *self.strides.add(i)) }
+    }
+}
+
+/// `tmm0..3` += the 32×32 block of A (rows `32·pair..`) times B (columns `b..b+32`) over the
+/// reduction steps `steps` (64 `k` each, counted over all runs); `between(unit, s)` runs
+/// after the tile instructions of step `s`.
 ///
 /// # Safety
-/// 32 rows of `steps.end·64` bytes at `a`, `lda` apart; `steps.end·16` groups of 32 columns
-/// at `b`, `GROUP_STRIDE` apart; the configuration is loaded.
+/// `a` keeps the [`Tile`] contract for [`AForm::Strided`] with groups `2·pair` and
+/// `2·pair + 1`; `steps.end·16` groups of 32 columns at `b`, `GROUP_STRIDE` apart; the
+/// configuration is loaded.
 #[inline(always)]
 unsafe fn accumulate<U: TileUnit>(
     unit: &mut U,
-    a: *const u8,
-    lda: usize,
+    a: &GroupedA,
+    pair: usize,
     b: *const u8,
     steps: std::ops::Range<usize>,
     mut between: impl FnMut(&U, usize),
 ) {
+    let (mut run, mut within) = (steps.start / a.steps_per_run, steps.start % a.steps_per_run);
     // SAFETY: every tile load reads 16 rows of 64 bytes inside the operands above.
     unsafe {
         for s in steps {
-            let (a, b) = (a.add(s * KB), b.add(s * TR * GROUP_STRIDE));
-            unit.load::<4>(a, lda);
-            unit.load::<5>(a.add(TR * lda), lda);
+            let (a0, lda0) = a.group(run, 2 * pair, within);
+            let (a1, lda1) = a.group(run, 2 * pair + 1, within);
+            let b = b.add(s * TR * GROUP_STRIDE);
+            unit.load::<4>(a0, lda0);
+            unit.load::<5>(a1, lda1);
             unit.load::<6>(b, GROUP_STRIDE);
             unit.load::<7>(b.add(TR * KR), GROUP_STRIDE);
             unit.dpbusd::<0, 4, 6>();
@@ -196,6 +234,10 @@ unsafe fn accumulate<U: TileUnit>(
             unit.dpbusd::<2, 5, 6>();
             unit.dpbusd::<3, 5, 7>();
             between(unit, s);
+            within += 1;
+            if within == a.steps_per_run {
+                (run, within) = (run + 1, 0);
+            }
         }
     }
 }

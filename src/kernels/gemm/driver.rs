@@ -129,10 +129,17 @@ struct Scratch {
     padding: Vec<u8>,
     /// The copied rows zero-extended, for kernels that read A as `u16`.
     wide: Vec<u16>,
+    /// Groups of rows copied because they are not evenly spaced ([`AForm::Strided`]).
+    gathered: Vec<u8>,
+    /// The base pointers of the groups while they are built ([`AForm::Strided`]).
+    bases: Vec<*const u8>,
+    /// The stride of each group ([`AForm::Strided`]).
+    strides: Vec<usize>,
 }
 
 /// Where a task's microkernel calls read A: runs of `k_groups` groups, the pointers of run
-/// `t` starting `t·tap_stride` pointers after those of run 0 (see [`Tile`]).
+/// `t` starting `t·tap_stride` pointers after those of run 0 (see [`Tile`]); `tap_stride` is
+/// the pointers per run.
 #[derive(Clone, Copy)]
 struct Runs {
     taps: usize,
@@ -170,6 +177,73 @@ fn widen(m: usize, mr: usize, runs: Runs, s: &mut Scratch) -> Runs {
         tap_stride: 0,
         k_groups: runs.taps * runs.k_groups,
     }
+}
+
+/// Regroups the row pointers of `s.rows` (laid out as `runs` says, all `tap_stride` of a run
+/// valid) into groups of `group` rows for a kernel with strided tile loads
+/// ([`AForm::Strided`]): per run and group of the task's `m` rows padded to `mr`, a base
+/// pointer in `s.rows` and a stride in `s.strides`. A group of `group` valid, evenly spaced
+/// rows is read in place; any other group is copied into `s.gathered` (missing rows as zeros).
+fn into_groups(m: usize, mr: usize, group: usize, runs: Runs, s: &mut Scratch) -> Runs {
+    let Scratch {
+        rows,
+        gathered,
+        bases,
+        strides,
+        ..
+    } = s;
+    let (run_len, per_run) = (runs.k_groups * KR, runs.tap_stride);
+    let groups = m.div_ceil(mr) * mr / group;
+    let group_rows = |i: usize| {
+        let (t, j) = (i / groups, i % groups);
+        let first = (j * group).min(per_run);
+        &rows[t * per_run..][first..(first + group).min(per_run)]
+    };
+    let spaced = |rows: &[*const u8]| (rows.len() == group).then_some(rows).and_then(even_spacing);
+    let copies = (0..runs.taps * groups)
+        .filter(|&i| spaced(group_rows(i)).is_none())
+        .count();
+    gathered.clear();
+    gathered.resize(copies * group * run_len, 0);
+    let mut copies = gathered.chunks_exact_mut(group * run_len);
+    bases.clear();
+    strides.clear();
+    for i in 0..runs.taps * groups {
+        let rows = group_rows(i);
+        let (base, stride) = match spaced(rows) {
+            Some(stride) => (rows[0], stride),
+            None => {
+                let copy = copies.next().expect("one copy per uneven group");
+                for (&row, dst) in rows.iter().zip(copy.chunks_exact_mut(run_len)) {
+                    // SAFETY: every row pointer is readable for `run_len` bytes (see
+                    // `Gemm::gather`) and valid while the source and `s` are borrowed.
+                    dst.copy_from_slice(unsafe { std::slice::from_raw_parts(row, run_len) });
+                }
+                (copy.as_ptr(), run_len)
+            }
+        };
+        bases.push(base);
+        strides.push(stride);
+    }
+    std::mem::swap(rows, bases);
+    Runs {
+        tap_stride: groups,
+        ..runs
+    }
+}
+
+/// The stride of `rows` (not empty) if they are evenly spaced in ascending order (0 for one
+/// row, or for rows that all point to the same bytes, like padding).
+fn even_spacing(rows: &[*const u8]) -> Option<usize> {
+    let first = *rows.first()? as usize;
+    let stride = rows
+        .get(1)
+        .map_or(Some(0), |&r| (r as usize).checked_sub(first))?;
+    let spaced = rows
+        .iter()
+        .enumerate()
+        .all(|(i, &r)| r as usize == first + i * stride);
+    spaced.then_some(stride)
 }
 
 thread_local! {
@@ -257,7 +331,7 @@ impl Gemm<'_> {
                         .take_while(|c0| p * PANEL + c0 < self.b.n())
                     {
                         for i0 in (0..task.mc).step_by(kernel.mr) {
-                            let rows = (runs, &s.rows[i0..]);
+                            let rows = (runs, &s.rows[i0..], s.strides.as_ptr());
                             let t = self.tile(kernel, task, rows, p, c0, i0, out, ldc);
                             // SAFETY: see `Gemm::tile`; this task is the only one writing
                             // this tile.
@@ -269,7 +343,8 @@ impl Gemm<'_> {
             }
             Entry::Block(block) => {
                 let first = task.panels.start;
-                let tile = self.tile(kernel, task, (runs, &s.rows), first, 0, 0, out, ldc);
+                let rows = (runs, &s.rows[..], s.strides.as_ptr());
+                let tile = self.tile(kernel, task, rows, first, 0, 0, out, ldc);
                 let block_args = Block {
                     tile: Tile {
                         m: task.mc,
@@ -290,12 +365,17 @@ impl Gemm<'_> {
     /// Fills `s.rows` with the pointers the task's microkernel calls read, in the kernel's
     /// [`AForm`]: runs of rows in place when the source allows (no copy), else one run of the
     /// task's rows copied into `s.panel`, `lda` bytes apart (padded to `mr` rows); for a kernel
-    /// that reads A widened, those runs zero-extended into `s.wide` in one pass.
+    /// that reads A widened, those runs zero-extended into `s.wide` in one pass; for one that
+    /// reads groups of rows with a stride, those runs grouped (see [`into_groups`]).
     fn gather(&self, kernel: &Kernel, task: &Task, s: &mut Scratch) -> Runs {
         let (g, k) = (task.group, self.b.k());
         s.rows.clear();
-        let runs = match self.rows.tap_len() {
-            Some(tap_len) if kernel.a_form != AForm::Packed => {
+        let in_place = |tap_len: &usize| match kernel.a_form {
+            AForm::Strided { .. } => tap_len.is_multiple_of(kernel.k_align),
+            AForm::Rows | AForm::Widened => true,
+        };
+        let runs = match self.rows.tap_len().filter(in_place) {
+            Some(tap_len) => {
                 let taps = k / tap_len;
                 s.padding.clear();
                 s.padding.resize(tap_len, self.rows.padding());
@@ -320,14 +400,15 @@ impl Gemm<'_> {
                     .extend((0..padded_rows).map(|i| unsafe { base.add(i * lda) }));
                 Runs {
                     taps: 1,
-                    tap_stride: 0,
+                    tap_stride: padded_rows,
                     k_groups: lda / KR,
                 }
             }
         };
         match kernel.a_form {
             AForm::Widened => widen(task.mc, kernel.mr, runs, s),
-            AForm::Rows | AForm::Packed => runs,
+            AForm::Strided { group } => into_groups(task.mc, kernel.mr, group, runs, s),
+            AForm::Rows => runs,
         }
     }
 
@@ -335,8 +416,9 @@ impl Gemm<'_> {
     /// out as `runs` says, start `rows`) and columns `c0..` of panel `p`.
     ///
     /// The tile keeps the [`Tile`] contract: every run of a row holds `k_groups·KR` readable
-    /// bytes (in place, see [`Gemm::gather`], or in the copied panel, `lda = k_groups·KR` bytes
-    /// apart with `mr`-padded rows for kernels that need them); the panel holds
+    /// bytes (in place, see [`Gemm::gather`], or copied, `mr`-padded, and for
+    /// [`AForm::Strided`] with a base and stride per group in `rows` and `strides`, the
+    /// pointers of the whole task: `i0` is 0); the panel holds
     /// `K_ALIGN >= k_align`-padded groups of `PANEL >= c0 + nr` columns; `bias` and
     /// `multipliers` hold `PANEL − c0 >= nr` values; output rows `row..row+m` are inside `out`.
     #[allow(clippy::too_many_arguments)]
@@ -344,7 +426,7 @@ impl Gemm<'_> {
         &self,
         kernel: &Kernel,
         task: &Task,
-        (runs, rows): (Runs, &[*const u8]),
+        (runs, rows, strides): (Runs, &[*const u8], *const usize),
         p: usize,
         c0: usize,
         i0: usize,
@@ -357,7 +439,7 @@ impl Gemm<'_> {
             rows: rows.as_ptr(),
             tap_stride: runs.tap_stride,
             taps: runs.taps,
-            lda: runs.k_groups * KR,
+            strides,
             m: (task.mc - i0).min(kernel.mr),
             n: (n - col).min(kernel.nr),
             k_groups: runs.k_groups,
@@ -384,6 +466,81 @@ impl Gemm<'_> {
             unsafe {
                 let block = out.0.add(task.m0 * ldc + g * n + col);
                 table.map_rows(tier, block, block, task.mc, (n - col).min(PANEL), ldc);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{KR, Runs, Scratch, even_spacing, into_groups};
+
+    #[test]
+    fn even_spacing_needs_one_ascending_stride() {
+        let data = [0u8; 64];
+        let at = |offsets: &[usize]| {
+            offsets
+                .iter()
+                .map(|&o| data[o..].as_ptr())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(even_spacing(&at(&[0, 8, 16, 24])), Some(8));
+        assert_eq!(even_spacing(&at(&[5, 5, 5])), Some(0));
+        assert_eq!(even_spacing(&at(&[9])), Some(0));
+        assert_eq!(even_spacing(&at(&[0, 8, 17])), None);
+        assert_eq!(even_spacing(&at(&[16, 8, 0])), None);
+        assert_eq!(even_spacing(&[]), None);
+    }
+
+    /// Two runs of 40 rows (padded to 64 for `mr = 32`): per run, group 0 evenly spaced (read
+    /// in place), group 1 with a jump (copied), group 2 half and group 3 wholly past the rows
+    /// (copied, zeros).
+    #[test]
+    fn groups_are_read_in_place_only_when_evenly_spaced_and_whole() {
+        let (run_len, rows) = (64, 40);
+        let data: Vec<u8> = (0..2 * 50 * run_len).map(|i| (i % 251) as u8).collect();
+        let row = |t: usize, i: usize| t * 50 + i + usize::from(i >= 20);
+        let mut s = Scratch {
+            rows: (0..2)
+                .flat_map(|t| (0..rows).map(move |i| (t, i)))
+                .map(|(t, i)| data[row(t, i) * run_len..].as_ptr())
+                .collect(),
+            ..Scratch::default()
+        };
+        let runs = Runs {
+            taps: 2,
+            tap_stride: rows,
+            k_groups: run_len / KR,
+        };
+        let out = into_groups(rows, 32, 16, runs, &mut s);
+        assert_eq!(
+            (out.taps, out.tap_stride, out.k_groups),
+            (2, 4, run_len / KR)
+        );
+        assert_eq!(
+            s.gathered.len(),
+            2 * 3 * 16 * run_len,
+            "three copied groups per run"
+        );
+        for t in 0..2 {
+            let (bases, strides) = (&s.rows[4 * t..][..4], &s.strides[4 * t..][..4]);
+            assert_eq!(
+                (bases[0], strides[0]),
+                (data[row(t, 0) * run_len..].as_ptr(), run_len)
+            );
+            for (g, (&base, &stride)) in bases.iter().zip(strides).enumerate().skip(1) {
+                assert_eq!(stride, run_len, "copies are dense");
+                for r in 0..16 {
+                    // SAFETY: a copied group holds 16 rows of `run_len` bytes.
+                    let got = unsafe { std::slice::from_raw_parts(base.add(r * stride), run_len) };
+                    let i = 16 * g + r;
+                    let want = if i < rows {
+                        &data[row(t, i) * run_len..][..run_len]
+                    } else {
+                        &[0; 64][..]
+                    };
+                    assert_eq!(got, want, "run {t} row {i}");
+                }
             }
         }
     }

@@ -55,9 +55,11 @@ use by_rows;
 ///
 /// Safety contract, kept by the driver: for every run `t`, `rows[t·tap_stride..][0..m]` are
 /// readable for `k_groups·KR` bytes (twice that for [`AForm::Widened`]; for
-/// [`AForm::Packed`]: one run, `rows[0..mr]`, `lda` bytes apart); `b` is readable for `taps·k_groups` groups `GROUP_STRIDE` bytes apart
-/// of the kernel's `nr` columns; `bias` and `multipliers` hold `nr` values; `out` row `i < m`
-/// is writable for `n` bytes at `out + i·ldc`.
+/// [`AForm::Strided`]: `rows[t·tap_stride + j]` and `strides[t·tap_stride + j]` are the base
+/// and stride of the `group` rows of group `j`, for every group of the `mr`-padded rows, each
+/// row readable for `k_groups·KR` bytes); `b` is readable for `taps·k_groups` groups
+/// `GROUP_STRIDE` bytes apart of the kernel's `nr` columns; `bias` and `multipliers` hold
+/// `nr` values; `out` row `i < m` is writable for `n` bytes at `out + i·ldc`.
 pub(crate) struct Tile {
     /// Pointers to the rows of A, run by run.
     pub(crate) rows: *const *const u8,
@@ -65,8 +67,8 @@ pub(crate) struct Tile {
     pub(crate) tap_stride: usize,
     /// Runs of the reduction (`>= 1`).
     pub(crate) taps: usize,
-    /// Bytes between consecutive rows when the kernel needs them uniform (AMX).
-    pub(crate) lda: usize,
+    /// Bytes between the rows of each group, run by run ([`AForm::Strided`] only).
+    pub(crate) strides: *const usize,
     /// Rows to compute (`1..=mr`).
     pub(crate) m: usize,
     /// Columns to compute (`1..=nr`).
@@ -125,8 +127,15 @@ pub(crate) enum AForm {
     /// Pointers to `u8` rows, run by run: in place where the source allows (the taps of an
     /// implicit GEMM), else copied.
     Rows,
-    /// `u8` rows copied `lda` bytes apart and padded to `mr` rows (AMX's strided tile loads).
-    Packed,
+    /// Groups of `group` rows (`mr` is a multiple), each read from a base pointer with one
+    /// stride (AMX's strided tile loads): run by run, a group whose rows are evenly spaced is
+    /// read in place (the taps of an implicit GEMM, with the pixel stride), any other group is
+    /// copied; rows are padded to `mr`. Needs runs of a multiple of `k_align` bytes to read in
+    /// place (else one run, copied).
+    Strided {
+        /// Rows per group (per tile load).
+        group: usize,
+    },
     /// Rows copied and zero-extended to `u16` (AVX2's `vpmaddwd` takes 16-bit operands):
     /// `2·k_groups·KR` bytes per row, one run.
     Widened,
