@@ -1,5 +1,5 @@
 //! Interpreters: [`FloatExecutor`] runs a [`Graph`](crate::graph::Graph) in float with Burn
-//! tensors on any Burn device (single nodes through [`ops`](crate::ops)); the quantized
+//! tensors on any Burn device (single nodes through the crate's `ops` module); the quantized
 //! interpreter runs a [`QuantizedProgram`](crate::program::QuantizedProgram) with the int8
 //! kernels.
 

@@ -191,8 +191,9 @@ fn int8_op(graph: &Graph, node: &Node) -> Result<Int8Op, String> {
     }
 }
 
-/// Which ops run in int8 and when, row by row: `(op, in int8 when, otherwise)`. What
-/// [`plan`] decides, for users to read before trying a model (the quickstart prints it).
+/// Which ops run in int8 and when, row by row: `(op, in int8 when, otherwise)`. What the
+/// planner (`prepare::plan`) decides, for users to read before trying a model (the quickstart
+/// prints it).
 pub const OP_COVERAGE: &[(&str, &str, &str)] = &[
     (
         "conv2d (+relu, relu6, a fused table)",
