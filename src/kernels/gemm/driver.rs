@@ -183,7 +183,8 @@ fn widen(m: usize, mr: usize, runs: Runs, s: &mut Scratch) -> Runs {
 /// valid) into groups of `group` rows for a kernel with strided tile loads
 /// ([`AForm::Strided`]): per run and group of the task's `m` rows padded to `mr`, a base
 /// pointer in `s.rows` and a stride in `s.strides`. A group of `group` valid, evenly spaced
-/// rows is read in place; any other group is copied into `s.gathered` (missing rows as zeros).
+/// rows is read in place; any other group is copied into `s.gathered` (missing rows as zeros;
+/// each byte written once, the buffer only grows).
 fn into_groups(m: usize, mr: usize, group: usize, runs: Runs, s: &mut Scratch) -> Runs {
     let Scratch {
         rows,
@@ -203,9 +204,9 @@ fn into_groups(m: usize, mr: usize, group: usize, runs: Runs, s: &mut Scratch) -
     let copies = (0..runs.taps * groups)
         .filter(|&i| spaced(group_rows(i)).is_none())
         .count();
-    gathered.clear();
-    gathered.resize(copies * group * run_len, 0);
-    let mut copies = gathered.chunks_exact_mut(group * run_len);
+    let copied_len = copies * group * run_len;
+    gathered.resize(gathered.len().max(copied_len), 0);
+    let mut copies = gathered[..copied_len].chunks_exact_mut(group * run_len);
     bases.clear();
     strides.clear();
     for i in 0..runs.taps * groups {
@@ -214,11 +215,13 @@ fn into_groups(m: usize, mr: usize, group: usize, runs: Runs, s: &mut Scratch) -
             Some(stride) => (rows[0], stride),
             None => {
                 let copy = copies.next().expect("one copy per uneven group");
-                for (&row, dst) in rows.iter().zip(copy.chunks_exact_mut(run_len)) {
+                let (present, missing) = copy.split_at_mut(rows.len() * run_len);
+                for (&row, dst) in rows.iter().zip(present.chunks_exact_mut(run_len)) {
                     // SAFETY: every row pointer is readable for `run_len` bytes (see
                     // `Gemm::gather`) and valid while the source and `s` are borrowed.
                     dst.copy_from_slice(unsafe { std::slice::from_raw_parts(row, run_len) });
                 }
+                missing.fill(0);
                 (copy.as_ptr(), run_len)
             }
         };
@@ -494,7 +497,7 @@ mod tests {
 
     /// Two runs of 40 rows (padded to 64 for `mr = 32`): per run, group 0 evenly spaced (read
     /// in place), group 1 with a jump (copied), group 2 half and group 3 wholly past the rows
-    /// (copied, zeros).
+    /// (copied, zeros, over a scratch buffer left dirty by an earlier task).
     #[test]
     fn groups_are_read_in_place_only_when_evenly_spaced_and_whole() {
         let (run_len, rows) = (64, 40);
@@ -505,6 +508,7 @@ mod tests {
                 .flat_map(|t| (0..rows).map(move |i| (t, i)))
                 .map(|(t, i)| data[row(t, i) * run_len..].as_ptr())
                 .collect(),
+            gathered: vec![0xAB; 2 * 3 * 16 * run_len],
             ..Scratch::default()
         };
         let runs = Runs {
