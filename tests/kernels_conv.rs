@@ -23,13 +23,25 @@ struct ConvCase {
     per_channel: bool,
     clamp: u8,
     seed: u64,
+    /// The largest input byte: 255, or 127 for 7-bit activations (PyTorch's `reduce_range`,
+    /// which AVX2 runs on a faster kernel when the zero point is ≤ 127 too).
+    input_max: u8,
 }
 
 impl ConvCase {
+    /// The same case on 7-bit input data and zero point.
+    fn seven_bit(self) -> Self {
+        ConvCase {
+            input_max: 127,
+            zx: self.zx % 128,
+            ..self
+        }
+    }
+
     fn run(&self) {
         let g = &self.geometry;
         let mut rng = Rng::new(self.seed);
-        let input = rng.u8s(self.batch * self.h * self.w * g.in_channels);
+        let input = rng.u8s_up_to(self.batch * self.h * self.w * g.in_channels, self.input_max);
         let weights =
             rng.i8s(g.out_channels * g.in_channels / g.groups * g.kernel[0] * g.kernel[1]);
         let bias: Vec<i32> = (0..g.out_channels)
@@ -85,6 +97,7 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
             0u8..3,
             any::<u64>(),
         ),
+        prop_oneof![Just(255u8), Just(127u8)],
     )
         .prop_map(
             |(
@@ -94,6 +107,7 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
                 pads,
                 (eh, ew, batch),
                 (zx, zy, pc, clamp, seed),
+                input_max,
             )| {
                 let (cin_g, cout_g, groups) = kind_channels(kind);
                 let (pt, pl, pb, pr) = pads;
@@ -118,6 +132,7 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
                     per_channel: pc,
                     clamp,
                     seed,
+                    input_max,
                 }
             },
         )
@@ -158,6 +173,7 @@ fn case(batch: usize, hw: usize, geometry: Conv2dGeometry, seed: u64) -> ConvCas
         per_channel: true,
         clamp: 1,
         seed,
+        input_max: 255,
     }
 }
 
@@ -165,15 +181,23 @@ fn case(batch: usize, hw: usize, geometry: Conv2dGeometry, seed: u64) -> ConvCas
 fn pointwise_convs_read_the_input_in_place() {
     for (cin, cout, stride) in [(8, 16, 1), (16, 70, 2), (64, 128, 1), (12, 5, 2), (7, 9, 1)] {
         case(2, 9, geometry(cin, cout, 1, stride, 0, 1), cin as u64).run();
+        case(2, 9, geometry(cin, cout, 1, stride, 0, 1), cin as u64)
+            .seven_bit()
+            .run();
     }
 }
 
 #[test]
 fn resnet_like_blocks_cross_panels_and_row_blocks() {
-    case(1, 14, geometry(64, 64, 3, 1, 1, 1), 1).run();
-    case(2, 9, geometry(64, 130, 3, 2, 1, 1), 2).run();
-    case(1, 6, geometry(256, 33, 3, 1, 1, 1), 3).run();
-    case(1, 23, geometry(3, 64, 7, 2, 3, 1), 4).run();
+    for case in [
+        case(1, 14, geometry(64, 64, 3, 1, 1, 1), 1),
+        case(2, 9, geometry(64, 130, 3, 2, 1, 1), 2),
+        case(1, 6, geometry(256, 33, 3, 1, 1, 1), 3),
+        case(1, 23, geometry(3, 64, 7, 2, 3, 1), 4),
+    ] {
+        case.clone().run();
+        case.seven_bit().run();
+    }
 }
 
 /// Channels a multiple of 64: AMX loads 16 pixels of a tap with one strided tile load where
@@ -208,20 +232,29 @@ fn depthwise_and_grouped_convs() {
 #[test]
 fn linear_layers_match_the_naive_reference() {
     let mut rng = Rng::new(42);
-    for (rows, in_f, out_f, zx) in [
+    let cases = [
         (1, 64, 10, 128),
         (3, 37, 19, 0),
         (7, 512, 1000, 77),
         (13, 5, 1, 255),
-    ] {
-        let input = rng.u8s(rows * in_f);
+        (5, 300, 40, 64),
+    ];
+    // Full-range input, and 7-bit input where the zero point allows (AVX2's faster kernel).
+    let with_widths = cases.into_iter().flat_map(|c| {
+        [(c, 255u8), (c, 127)]
+            .into_iter()
+            .filter(|&((.., zx), max)| zx <= max)
+    });
+    for ((rows, in_f, out_f, zx), input_max) in with_widths {
+        let input = rng.u8s_up_to(rows * in_f, input_max);
         let w = rng.i8s(out_f * in_f);
         let bias: Vec<i32> = (0..out_f).map(|_| rng.range(-9000, 9000) as i32).collect();
         let m = (0..out_f).map(|_| rng.f32(1e-4, 3e-3)).collect();
         let requant = Requant::new(m, 127);
         let expected = kernels_common::linear(&input, rows, &w, out_f, &bias, zx, &requant);
         let packed = PackedLinear::new(&w, out_f, in_f, &bias, zx).expect("valid linear");
-        check_all_paths(&format!("linear {rows}x{in_f}->{out_f}"), &expected, || {
+        let what = format!("linear {rows}x{in_f}->{out_f} input<={input_max}");
+        check_all_paths(&what, &expected, || {
             let mut out = vec![0; rows * out_f];
             qlinear(&input, rows, &packed, &requant, &mut out).expect("linear");
             out

@@ -15,7 +15,8 @@ use crate::{Error, Result};
 pub enum Isa {
     /// Portable Rust; the fallback and the test oracle.
     Scalar,
-    /// AVX2 + FMA: exact `u8×i8` products widened to `i16` and summed with `vpmaddwd`.
+    /// AVX2 + FMA: exact `u8×i8` products widened to `i16` and summed with `vpmaddwd`, or, for
+    /// 7-bit activations (the `x86`/`fbgemm` presets), `vpmaddubsw` on bytes read in place.
     Avx2,
     /// AVX-VNNI (VEX-encoded 256-bit `vpdpbusd`).
     AvxVnni,
@@ -198,6 +199,18 @@ mod tests {
         assert_eq!(inside, Isa::Scalar);
         assert_eq!(active_isa(), before);
         assert!(available_isas().contains(&Isa::Scalar));
+    }
+
+    /// The self-check guards users against a wrong kernel; in the tests a path it drops is a
+    /// failure, not a silently skipped path.
+    #[test]
+    fn every_path_the_cpu_supports_passes_the_self_check() {
+        for isa in Isa::ALL.into_iter().filter(|&isa| cpu_supports(isa)) {
+            assert!(
+                available_isas().contains(&isa),
+                "{isa}: supported by this CPU but dropped by the self-check"
+            );
+        }
     }
 
     #[test]

@@ -111,6 +111,6 @@ pub fn qlinear_prepared(
         b: &linear.weights,
         epilogue,
     };
-    gemm.run(gemm::kernel(active_isa()), output, n, true);
+    gemm.run(gemm::kernel_for(active_isa(), &source), output, n, true);
     Ok(())
 }

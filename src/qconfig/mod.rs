@@ -31,7 +31,8 @@ pub enum Engine {
     /// This crate's kernels: histogram activations on the full u8 range, per-channel symmetric
     /// weights. `fbgemm` and `x86` quantize activations to 7 bits (`reduce_range`) because
     /// AVX2's `vpmaddubsw` saturates its pair sums; every path of this crate's kernels
-    /// accumulates exactly, so the eighth bit is free precision.
+    /// accumulates exactly, so the eighth bit is free precision. (Speed differs on AVX2-only
+    /// CPUs: there 7-bit activations run a `vpmaddubsw` kernel, ~1.3x faster on ResNet-18.)
     Native,
 }
 

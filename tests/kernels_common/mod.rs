@@ -83,6 +83,13 @@ impl Rng {
         (0..n).map(|_| self.next() as u8).collect()
     }
 
+    /// `n` bytes uniform in `0..=max`.
+    pub fn u8s_up_to(&mut self, n: usize, max: u8) -> Vec<u8> {
+        (0..n)
+            .map(|_| (self.next() % (u64::from(max) + 1)) as u8)
+            .collect()
+    }
+
     pub fn i8s(&mut self, n: usize) -> Vec<i8> {
         (0..n).map(|_| self.next() as i8).collect()
     }

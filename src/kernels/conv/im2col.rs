@@ -159,6 +159,10 @@ impl RowSource for ConvRows<'_> {
         self.zero_point
     }
 
+    fn source(&self) -> &[u8] {
+        self.input
+    }
+
     fn copy_rows(&self, group: usize, first: usize, dst: &mut [u8], lda: usize) {
         let k = self.k();
         for (dst, pixel) in dst.chunks_exact_mut(lda).zip(self.pixels_from(first)) {

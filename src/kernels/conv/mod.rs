@@ -318,7 +318,12 @@ pub fn qconv2d_prepared(
                 b,
                 epilogue,
             };
-            gemm.run(gemm::kernel(isa), output_nhwc, g.out_channels, true);
+            gemm.run(
+                gemm::kernel_for(isa, &rows),
+                output_nhwc,
+                g.out_channels,
+                true,
+            );
         }
         Weights::Depthwise(d) => d.run(Tier::of(isa), &rows, epilogue, output_nhwc),
     }

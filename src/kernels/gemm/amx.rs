@@ -37,6 +37,7 @@ pub(super) static KERNEL: Kernel = Kernel {
     mr: MR,
     nr: NR,
     k_align: K_ALIGN,
+    a_max: u8::MAX,
     a_form: AForm::Strided { group: TR },
     entry: Entry::Block(block_amx),
 };
@@ -47,6 +48,7 @@ pub(super) static EMULATED: Kernel = Kernel {
     mr: MR,
     nr: NR,
     k_align: K_ALIGN,
+    a_max: u8::MAX,
     a_form: AForm::Strided { group: TR },
     entry: Entry::Block(block_emulated),
 };

@@ -1,6 +1,7 @@
 //! AVX2 microkernel: 6 rows × 8 columns, exact `i16` products summed by `vpmaddwd`.
 //!
-//! No `vpmaddubsw` (its `i16` pair sums saturate). The driver hands this kernel A already
+//! No `vpmaddubsw` (its `i16` pair sums saturate on 8-bit A; for 7-bit A, see
+//! [`super::avx2_u7`]). The driver hands this kernel A already
 //! zero-extended to 16 bits ([`AForm::Widened`]): per group of 4 `k`, each row's 4 values are
 //! one 8-byte broadcast load, B's 8 columns × 4 `i8` are sign-extended to two registers of 4
 //! columns × 4 `i16`, and `vpmaddwd` gives, per column, two exact `i32` pair sums (`a0·b0 +
@@ -25,6 +26,7 @@ pub(super) static KERNEL: Kernel = Kernel {
     mr: MR,
     nr: NR,
     k_align: KR,
+    a_max: u8::MAX,
     a_form: AForm::Widened,
     entry: Entry::Tile(tile),
 };
@@ -71,6 +73,29 @@ unsafe fn tile_m<const M: usize>(t: &Tile) {
                 t.out.add(i * t.ldc),
                 t.n,
             );
+        }
+    }
+}
+
+/// Requantizes and stores an `M`-row tile of `NV` vectors of 8 accumulators (bias included)
+/// per row: row `i`'s columns `8·v..` from `acc[i][v]`, the first `t.n` of them.
+///
+/// # Safety
+/// The [`Tile`] contract's output and multipliers for `M <= t.m` rows and `8·NV` columns;
+/// AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn store_rows<const M: usize, const NV: usize>(
+    acc: &[[__m256i; NV]; M],
+    t: &Tile,
+) {
+    for (i, acc) in acc.iter().enumerate() {
+        for (v, &acc) in acc.iter().enumerate() {
+            let n = t.n.saturating_sub(8 * v);
+            if n > 0 {
+                // SAFETY: row `i < t.m` and columns `8·v..8·v + n.min(8)`, `8·v < t.n`, are
+                // inside the tile's output and multipliers (the caller's contract).
+                unsafe { requant_store8(acc, t, 8 * v, t.out.add(i * t.ldc + 8 * v), n) };
+            }
         }
     }
 }

@@ -2,13 +2,13 @@
 //!
 //! Per group of 4 `k`: 2 loads of B (16 columns × 4 `i8`), and for each row one broadcast of 4
 //! `u8` of A and 2 `vpdpbusd`; 12 accumulators + 2 B + 1 broadcast fit the 16 `ymm`. The
-//! epilogue is the AVX2 one ([`super::avx2::requant_store8`]). This CPU family (Alder Lake and
+//! epilogue is the AVX2 one ([`super::avx2::store_rows`]). This CPU family (Alder Lake and
 //! later) cannot be tested here: dispatch checks it bit for bit against the scalar kernel before
 //! first use.
 
 use std::arch::x86_64::*;
 
-use super::avx2::requant_store8;
+use super::avx2::store_rows;
 use super::{AForm, Entry, Kernel, Tile, by_rows};
 use crate::kernels::Isa;
 use crate::kernels::pack::{GROUP_STRIDE, KR};
@@ -23,6 +23,7 @@ pub(super) static KERNEL: Kernel = Kernel {
     mr: MR,
     nr: NV * 8,
     k_align: KR,
+    a_max: u8::MAX,
     a_form: AForm::Rows,
     entry: Entry::Tile(tile),
 };
@@ -60,13 +61,6 @@ unsafe fn tile_m<const M: usize>(t: &Tile) {
                 b = b.add(GROUP_STRIDE);
             }
         }
-        for (i, acc) in acc.iter().enumerate() {
-            for (v, &acc) in acc.iter().enumerate() {
-                let n = t.n.saturating_sub(8 * v);
-                if n > 0 {
-                    requant_store8(acc, t, 8 * v, t.out.add(i * t.ldc + 8 * v), n);
-                }
-            }
-        }
+        store_rows(&acc, t);
     }
 }

@@ -18,7 +18,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::{AForm, Block, Entry, Kernel, Tile};
-use crate::kernels::pack::{KR, PANEL, PackedB};
+use crate::kernels::pack::{GROUP_STRIDE, KR, PANEL, PackedB};
 use crate::kernels::params::Epilogue;
 use crate::kernels::simd::Tier;
 
@@ -40,6 +40,8 @@ pub(crate) trait RowSource: Sync {
     fn tap_rows(&self, g: usize, first: usize, count: usize, padding: &[u8], dst: &mut [*const u8]);
     /// The byte padding reads (a convolution's input zero point).
     fn padding(&self) -> u8;
+    /// The bytes the rows are made of (the input tensor; padding aside).
+    fn source(&self) -> &[u8];
     /// Writes the `K` bytes of rows `first..` of group `g` to `dst`, one row every `lda >= K`
     /// bytes (as many rows as `dst` holds).
     fn copy_rows(&self, g: usize, first: usize, dst: &mut [u8], lda: usize);
@@ -79,6 +81,10 @@ impl RowSource for DenseRows<'_> {
 
     fn padding(&self) -> u8 {
         0
+    }
+
+    fn source(&self) -> &[u8] {
+        self.data
     }
 
     fn copy_rows(&self, _g: usize, first: usize, dst: &mut [u8], lda: usize) {
@@ -135,6 +141,17 @@ struct Scratch {
     bases: Vec<*const u8>,
     /// The stride of each group ([`AForm::Strided`]).
     strides: Vec<usize>,
+    /// Indices in `rows` of the runs holding bytes above a narrow kernel's `a_max`.
+    hot: Vec<usize>,
+    /// Those runs, copied with such bytes lowered to `a_max`.
+    lowered: Vec<u8>,
+    /// Per task row with excess bytes, the excess times B over the task's columns.
+    excess_sums: Vec<i32>,
+    /// Per task row, where its sums start in `excess_sums` (`usize::MAX` for none).
+    slots: Vec<usize>,
+    /// Per task row, a pointer to its sums or null ([`Tile::adds`]); empty when the task has
+    /// no byte above `a_max`.
+    adds: Vec<*const i32>,
 }
 
 /// Where a task's microkernel calls read A: runs of `k_groups` groups, the pointers of run
@@ -334,7 +351,11 @@ impl Gemm<'_> {
                         .take_while(|c0| p * PANEL + c0 < self.b.n())
                     {
                         for i0 in (0..task.mc).step_by(kernel.mr) {
-                            let rows = (runs, &s.rows[i0..], s.strides.as_ptr());
+                            let adds = match s.adds.is_empty() {
+                                true => std::ptr::null(),
+                                false => s.adds[i0..].as_ptr(),
+                            };
+                            let rows = (runs, &s.rows[i0..], s.strides.as_ptr(), adds);
                             let t = self.tile(kernel, task, rows, p, c0, i0, out, ldc);
                             // SAFETY: see `Gemm::tile`; this task is the only one writing
                             // this tile.
@@ -346,7 +367,7 @@ impl Gemm<'_> {
             }
             Entry::Block(block) => {
                 let first = task.panels.start;
-                let rows = (runs, &s.rows[..], s.strides.as_ptr());
+                let rows = (runs, &s.rows[..], s.strides.as_ptr(), std::ptr::null());
                 let tile = self.tile(kernel, task, rows, first, 0, 0, out, ldc);
                 let block_args = Block {
                     tile: Tile {
@@ -408,28 +429,98 @@ impl Gemm<'_> {
                 }
             }
         };
+        s.adds.clear();
         match kernel.a_form {
             AForm::Widened => widen(task.mc, kernel.mr, runs, s),
             AForm::Strided { group } => into_groups(task.mc, kernel.mr, group, runs, s),
+            AForm::Rows if kernel.a_max < u8::MAX => {
+                self.split_excess(kernel.a_max, task, runs, s);
+                runs
+            }
             AForm::Rows => runs,
         }
     }
 
+    /// Prepares the task's runs for a narrow kernel ([`super::Kernel::a_max`]): each run
+    /// holding a byte above `a_max` is copied into `s.lowered` with those bytes lowered to
+    /// `a_max` (its pointer in `s.rows` moved there), and the rest, `(byte − a_max)·B[k]`, is
+    /// summed per row over the task's columns into `s.excess_sums`, which `s.adds` points the
+    /// kernel to (left empty when no byte is above).
+    fn split_excess(&self, a_max: u8, task: &Task, runs: Runs, s: &mut Scratch) {
+        let run_len = runs.k_groups * KR;
+        s.hot.clear();
+        for t in 0..runs.taps {
+            let first = t * runs.tap_stride;
+            s.hot.extend((first..first + task.mc).filter(|&r| {
+                // SAFETY: every run pointer of the task's rows is readable for `run_len`
+                // bytes (see `Gemm::gather`).
+                let run = unsafe { std::slice::from_raw_parts(s.rows[r], run_len) };
+                run.iter().fold(0, |max, &b| max.max(b)) > a_max
+            }));
+        }
+        if s.hot.is_empty() {
+            return;
+        }
+        let columns = task.panels.len() * PANEL;
+        s.lowered
+            .resize(s.lowered.len().max(s.hot.len() * run_len), 0);
+        s.excess_sums.clear();
+        s.slots.clear();
+        s.slots.resize(task.mc, usize::MAX);
+        for (&r, lowered) in s.hot.iter().zip(s.lowered.chunks_exact_mut(run_len)) {
+            let (t, i) = (r / runs.tap_stride, r % runs.tap_stride);
+            // SAFETY: as above.
+            lowered.copy_from_slice(unsafe { std::slice::from_raw_parts(s.rows[r], run_len) });
+            s.rows[r] = lowered.as_ptr();
+            if s.slots[i] == usize::MAX {
+                s.slots[i] = s.excess_sums.len();
+                s.excess_sums.resize(s.slots[i] + columns, 0);
+            }
+            let sums = &mut s.excess_sums[s.slots[i]..][..columns];
+            for (c, byte) in lowered.iter_mut().enumerate().filter(|(_, b)| **b > a_max) {
+                self.add_excess(task, t * run_len + c, i32::from(*byte - a_max), sums);
+                *byte = a_max;
+            }
+        }
+        let base = s.excess_sums.as_ptr();
+        // SAFETY: a slot other than `usize::MAX` starts `columns` sums inside `excess_sums`.
+        let add = |&slot: &usize| (slot != usize::MAX).then(|| unsafe { base.add(slot) });
+        s.adds.clear();
+        s.adds.extend(
+            s.slots
+                .iter()
+                .map(|slot| add(slot).unwrap_or(std::ptr::null())),
+        );
+    }
+
+    /// `sums[c] += excess·B[k][c]` over the task's columns (padding columns hold zeros).
+    fn add_excess(&self, task: &Task, k: usize, excess: i32, sums: &mut [i32]) {
+        let (group, within) = (k / KR * GROUP_STRIDE, k % KR);
+        for (p, sums) in task.panels.clone().zip(sums.chunks_exact_mut(PANEL)) {
+            let weights = &self.b.panel(task.group, p)[group..][..GROUP_STRIDE];
+            for (sum, w) in sums.iter_mut().zip(weights.chunks_exact(KR)) {
+                *sum = sum.wrapping_add(excess * i32::from(w[within]));
+            }
+        }
+    }
+
     /// The arguments of the microkernel call for rows `i0..` of `task` (whose pointers, laid
-    /// out as `runs` says, start `rows`) and columns `c0..` of panel `p`.
+    /// out as `runs` says, start `rows`) and columns `c0..` of panel `p`, with the excess
+    /// sums of those rows (`adds`, see [`Gemm::split_excess`]) if any.
     ///
     /// The tile keeps the [`Tile`] contract: every run of a row holds `k_groups·KR` readable
     /// bytes (in place, see [`Gemm::gather`], or copied, `mr`-padded, and for
     /// [`AForm::Strided`] with a base and stride per group in `rows` and `strides`, the
     /// pointers of the whole task: `i0` is 0); the panel holds
     /// `K_ALIGN >= k_align`-padded groups of `PANEL >= c0 + nr` columns; `bias` and
-    /// `multipliers` hold `PANEL − c0 >= nr` values; output rows `row..row+m` are inside `out`.
+    /// `multipliers` hold `PANEL − c0 >= nr` values; output rows `row..row+m` are inside `out`;
+    /// `adds`, if not null, holds a pointer (or null) per row, to sums over the task's columns.
     #[allow(clippy::too_many_arguments)]
     fn tile(
         &self,
         kernel: &Kernel,
         task: &Task,
-        (runs, rows, strides): (Runs, &[*const u8], *const usize),
+        (runs, rows, strides, adds): (Runs, &[*const u8], *const usize, *const *const i32),
         p: usize,
         c0: usize,
         i0: usize,
@@ -456,6 +547,8 @@ impl Gemm<'_> {
             // `out` (checked in `run`).
             out: unsafe { out.0.add(row * ldc + g * n + col) },
             ldc,
+            adds,
+            add_col: (p - task.panels.start) * PANEL + c0,
         }
     }
 

@@ -15,6 +15,7 @@ pub(super) static KERNEL: Kernel = Kernel {
     mr: MR,
     nr: NR,
     k_align: KR,
+    a_max: u8::MAX,
     a_form: AForm::Rows,
     entry: Entry::Tile(tile),
 };

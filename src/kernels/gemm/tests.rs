@@ -1,13 +1,17 @@
 //! Every registered microkernel against a naive `i64` GEMM: edge tiles (`m = 1..=mr+1`,
 //! `n = 1..=nr+1` and past a panel), `K` around the 4- and 64-byte alignments, zero points and
-//! clamps. Then the AMX kernel, on the tile emulator and (where the CPU has it) on the real
-//! tiles, against the scalar kernel over random shapes (up to 5 row pairs, `K` past the
-//! reduction chunks), output strides, zero points, clamps, lookup tables and threads. Kernels
-//! this CPU cannot run are listed, never silently passed.
+//! clamps; a narrow kernel with A within its `a_max` and with A over the full range (the
+//! driver's excess sums). Then every SIMD kernel — AMX on the tile emulator and (where the CPU
+//! has it) on the real tiles — against the scalar kernel over random shapes (up to 5 AMX row
+//! pairs, `K` past the reduction chunks), output strides, zero points, clamps, lookup tables,
+//! threads and, for a narrow kernel, how many bytes exceed its range. Narrow kernels are picked
+//! only for data with few such bytes. Kernels this CPU cannot run are listed, never silently
+//! passed.
 
 use proptest::prelude::*;
 
-use super::{CheckProblem, KERNELS};
+use super::driver::{DenseRows, RowSource};
+use super::{CheckProblem, KERNELS, Kernel, kernel, kernel_for};
 use crate::kernels::{Isa, Table, available_isas, requantize};
 
 /// The naive result: `acc = bias + Σ (a − z)·w` in `i64`, then the requantization definition.
@@ -48,34 +52,100 @@ fn every_kernel_matches_the_naive_gemm_on_edge_tiles() {
         for m in ms {
             let ns = (1..=kernel.nr + 1).chain([63, 64, 65, 130]);
             for n in ns {
-                for k in [1, 3, 4, 5, 8, 63, 64, 65, 131] {
+                // A within a narrow kernel's range, and over the full range (excess sums).
+                let ranges = [kernel.a_max, u8::MAX];
+                let ranges = &ranges[usize::from(kernel.a_max == u8::MAX)..];
+                let ks = [1, 3, 4, 5, 8, 63, 64, 65, 131];
+                let cases = ks
+                    .into_iter()
+                    .flat_map(|k| ranges.iter().map(move |&r| (k, r)));
+                for (k, a_range) in cases {
                     for zero_point in [0, 91] {
-                        let mut p = CheckProblem::new(m, k, n);
+                        let mut p = CheckProblem::new(m, k, n).narrowed(a_range);
                         p.zero_point = zero_point;
                         if zero_point == 0 {
                             (p.requant.qmin, p.requant.qmax) = (0, 255);
                         }
                         assert_eq!(
-                            p.run(kernel.isa),
+                            p.run(kernel),
                             naive(&p),
-                            "{} m={m} n={n} k={k}",
-                            kernel.isa
+                            "{} (a_max {}, A up to {a_range}) m={m} n={n} k={k}",
+                            kernel.isa,
+                            kernel.a_max
                         );
                     }
                 }
             }
         }
-        ran.push(kernel.isa);
+        ran.push((kernel.isa, kernel.a_max));
     }
     eprintln!("kernels checked: {ran:?}");
     assert!(
-        ran.contains(&crate::kernels::Isa::Scalar),
+        ran.contains(&(Isa::Scalar, u8::MAX)),
         "the scalar kernel must always run"
     );
 }
 
+/// Dense rows with another padding byte.
+struct PaddedRows<'a>(DenseRows<'a>, u8);
+
+impl RowSource for PaddedRows<'_> {
+    fn k(&self) -> usize {
+        self.0.k()
+    }
+    fn tap_len(&self) -> Option<usize> {
+        self.0.tap_len()
+    }
+    fn tap_rows(&self, g: usize, first: usize, count: usize, pad: &[u8], dst: &mut [*const u8]) {
+        self.0.tap_rows(g, first, count, pad, dst);
+    }
+    fn padding(&self) -> u8 {
+        self.1
+    }
+    fn source(&self) -> &[u8] {
+        self.0.source()
+    }
+    fn copy_rows(&self, g: usize, first: usize, dst: &mut [u8], lda: usize) {
+        self.0.copy_rows(g, first, dst, lda);
+    }
+}
+
+/// A narrow kernel is picked for rows with at most one byte in 1024 above its range and
+/// padding within it, and never otherwise.
 #[test]
-fn self_check_accepts_every_available_kernel() {
+fn narrow_kernels_are_picked_only_for_rows_with_few_bytes_above_their_range() {
+    let narrow: Vec<&Kernel> = KERNELS
+        .iter()
+        .copied()
+        .filter(|k| k.a_max < u8::MAX)
+        .collect();
+    assert!(
+        !narrow.is_empty() || !cfg!(target_arch = "x86_64"),
+        "AVX2 has a narrow kernel"
+    );
+    for narrow in narrow {
+        let a_max = narrow.a_max;
+        let picks = |data: &[u8], padding: u8| {
+            let rows = PaddedRows(DenseRows::new(data, 64), padding);
+            std::ptr::eq(kernel_for(narrow.isa, &rows), narrow)
+        };
+        let mut data: Vec<u8> = (0..=a_max).cycle().take(4096).collect();
+        assert!(picks(&data, a_max));
+        assert!(!picks(&data, a_max + 1), "padding above the range");
+        for i in 0..4 {
+            data[1000 * i + 7] = u8::MAX;
+        }
+        assert!(picks(&data, 0), "4 bytes in 4096 above the range");
+        data[4095] = a_max + 1;
+        assert!(!picks(&data, 0), "5 bytes in 4096 above the range");
+        let general = kernel_for(narrow.isa, &DenseRows::new(&data, 64));
+        assert!(std::ptr::eq(general, kernel(narrow.isa)));
+        assert_eq!((general.isa, general.a_max), (narrow.isa, u8::MAX));
+    }
+}
+
+#[test]
+fn self_check_accepts_every_available_path() {
     for isa in available_isas() {
         assert_eq!(super::self_check(isa), Ok(()), "{isa}");
     }
@@ -94,7 +164,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(192))]
 
     #[test]
-    fn amx_kernel_matches_scalar_on_random_shapes(
+    fn simd_kernels_match_scalar_on_random_shapes(
         m in 1usize..=140,
         n in 1usize..=140,
         k in amx_k(),
@@ -103,21 +173,36 @@ proptest! {
         ldc_pad in 0usize..=3,
         table_seed in proptest::option::of(any::<u8>()),
         parallel in any::<bool>(),
+        excess_every in prop_oneof![Just(0usize), 1usize..=64],
     ) {
-        let mut p = CheckProblem::new(m, k, n);
-        (p.zero_point, p.requant.qmin, p.requant.qmax) = (zero_point, qmin, qmax);
-        p.requant.table = table_seed.map(|s| {
-            Table::from_array(std::array::from_fn(|q| (q as u8).wrapping_mul(7) ^ s))
-        });
-        (p.ldc, p.parallel) = (n + ldc_pad, parallel);
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
-        let expected = pool.install(|| p.run(Isa::Scalar));
-        for isa in [Isa::AmxEmulated, Isa::Amx] {
-            if !available_isas().contains(&isa) {
-                eprintln!("SKIPPED: the {isa} kernel cannot run on this CPU");
+        for kernel in KERNELS.iter().filter(|k| k.isa != Isa::Scalar) {
+            if !available_isas().contains(&kernel.isa) {
+                eprintln!("SKIPPED: the {} kernel cannot run on this CPU", kernel.isa);
                 continue;
             }
-            prop_assert_eq!(pool.install(|| p.run(isa)), expected.clone(), "{}", isa);
+            // A narrow kernel's A within its range, with every `excess_every`-th byte above.
+            let mut p = CheckProblem::new(m, k, n).narrowed(kernel.a_max);
+            if kernel.a_max < u8::MAX && excess_every > 0 {
+                let above = u8::MAX - kernel.a_max;
+                for b in p.a.iter_mut().step_by(excess_every) {
+                    *b = kernel.a_max + 1 + *b % above;
+                }
+            }
+            p.zero_point = zero_point.min(kernel.a_max);
+            (p.requant.qmin, p.requant.qmax) = (qmin, qmax);
+            p.requant.table = table_seed.map(|s| {
+                Table::from_array(std::array::from_fn(|q| (q as u8).wrapping_mul(7) ^ s))
+            });
+            (p.ldc, p.parallel) = (n + ldc_pad, parallel);
+            let expected = pool.install(|| p.run(&super::scalar::KERNEL));
+            prop_assert_eq!(
+                pool.install(|| p.run(kernel)),
+                expected,
+                "{} (A up to {})",
+                kernel.isa,
+                kernel.a_max
+            );
         }
     }
 }
