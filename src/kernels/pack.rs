@@ -24,18 +24,32 @@ pub(crate) const K_ALIGN: usize = 64;
 pub(crate) const GROUP_STRIDE: usize = PANEL * KR;
 
 /// Packed weights and biases of a (possibly grouped) `u8 × i8` GEMM.
+///
+/// The weights are stored in 64-byte aligned lines, so a kernel's 32- and 64-byte loads of a
+/// panel group never straddle two cache lines (an allocation is only 16-byte aligned, and
+/// which way it falls varies from run to run).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "PackedBParts")]
+#[serde(try_from = "PackedBParts", into = "PackedBParts")]
 pub(crate) struct PackedB {
     groups: usize,
     k: usize,
     n: usize,
-    data: Vec<i8>,
+    lines: Vec<Line>,
     bias: Vec<i32>,
 }
 
-/// The serialized fields of [`PackedB`], checked before they become one.
-#[derive(Deserialize)]
+/// 64 packed weights, on a 64-byte boundary.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C, align(64))]
+struct Line([i8; LINE]);
+
+/// Bytes per [`Line`].
+const LINE: usize = 64;
+const _: () = assert!(std::mem::size_of::<Line>() == LINE && K_ALIGN * PANEL % LINE == 0);
+
+/// The serialized fields of [`PackedB`] (the weights as one byte array), checked before they
+/// become one.
+#[derive(Serialize, Deserialize)]
 struct PackedBParts {
     groups: usize,
     k: usize,
@@ -48,30 +62,44 @@ impl TryFrom<PackedBParts> for PackedB {
     type Error = Error;
 
     fn try_from(p: PackedBParts) -> Result<Self> {
-        let packed = PackedB {
+        let mut packed = PackedB {
             groups: p.groups,
             k: p.k,
             n: p.n,
-            data: p.data,
+            lines: Vec::new(),
             bias: p.bias,
         };
-        let panels = packed.groups * packed.panels();
+        let panels = packed.groups.saturating_mul(packed.panels());
         if packed.groups == 0
             || packed.k == 0
             || packed.n == 0
-            || packed.data.len() != panels * packed.panel_len()
-            || packed.bias.len() != panels * PANEL
+            || p.data.len() != panels.saturating_mul(packed.panel_len())
+            || packed.bias.len() != panels.saturating_mul(PANEL)
         {
             return Err(Error::InvalidArgument(format!(
                 "packed weights of {} groups, k {}, n {} hold {} bytes and {} biases",
                 packed.groups,
                 packed.k,
                 packed.n,
-                packed.data.len(),
+                p.data.len(),
                 packed.bias.len()
             )));
         }
+        packed.lines = vec![Line([0; LINE]); p.data.len() / LINE];
+        packed.data_mut().copy_from_slice(&p.data);
         Ok(packed)
+    }
+}
+
+impl From<PackedB> for PackedBParts {
+    fn from(packed: PackedB) -> Self {
+        PackedBParts {
+            data: packed.data().to_vec(),
+            groups: packed.groups,
+            k: packed.k,
+            n: packed.n,
+            bias: packed.bias,
+        }
     }
 }
 
@@ -90,11 +118,11 @@ impl PackedB {
             groups,
             k,
             n,
-            data: Vec::new(),
+            lines: Vec::new(),
             bias: Vec::new(),
         };
         let (panels, k_groups) = (packed.panels(), packed.panel_len() / GROUP_STRIDE);
-        packed.data = vec![0; groups * panels * packed.panel_len()];
+        packed.lines = vec![Line([0; LINE]); groups * panels * packed.panel_len() / LINE];
         packed.bias = vec![0; groups * panels * PANEL];
         let z = i64::from(input_zero_point);
         for g in 0..groups {
@@ -105,7 +133,7 @@ impl PackedB {
                 for kk in 0..k {
                     let w = weight(g, c, kk);
                     sum += i64::from(w);
-                    packed.data[panel + ((kk / KR) * PANEL + col) * KR + kk % KR] = w;
+                    packed.data_mut()[panel + ((kk / KR) * PANEL + col) * KR + kk % KR] = w;
                 }
                 debug_assert!(k.div_ceil(KR) <= k_groups);
                 packed.bias[(g * panels + p) * PANEL + col] =
@@ -140,10 +168,24 @@ impl PackedB {
         self.k.div_ceil(K_ALIGN) * K_ALIGN * PANEL
     }
 
-    /// The packed weights of panel `p` of group `g`.
+    /// The packed weights of panel `p` of group `g` (64-byte aligned).
     pub(crate) fn panel(&self, g: usize, p: usize) -> &[i8] {
         let len = self.panel_len();
-        &self.data[(g * self.panels() + p) * len..][..len]
+        &self.data()[(g * self.panels() + p) * len..][..len]
+    }
+
+    /// All packed weights, panel after panel.
+    fn data(&self) -> &[i8] {
+        // SAFETY: a `Line` is `LINE` `i8`s and nothing else (`repr(C)`, size `LINE`, checked
+        // above), so the lines are `len·LINE` initialized, contiguous `i8`s borrowed from `self`.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.lines.len() * LINE) }
+    }
+
+    /// All packed weights, mutably.
+    fn data_mut(&mut self) -> &mut [i8] {
+        let len = self.lines.len() * LINE;
+        // SAFETY: as in `data`, borrowed mutably from `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), len) }
     }
 
     /// The [`PANEL`] packed biases of panel `p` of group `g`.
@@ -199,6 +241,17 @@ mod tests {
         let json = serde_json::to_string(&packed).expect("serialize");
         let back: PackedB = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back, packed);
+        assert!(
+            json.contains("\"data\":["),
+            "the weights stay one byte array on disk"
+        );
+        for p in [&packed, &back, &packed.clone()] {
+            assert_eq!(
+                p.panel(0, 0).as_ptr() as usize % 64,
+                0,
+                "panels are 64-byte aligned"
+            );
+        }
         let broken = json.replacen("\"k\":3", "\"k\":300", 1);
         assert!(serde_json::from_str::<PackedB>(&broken).is_err());
     }
