@@ -45,7 +45,8 @@ struct Line([i8; LINE]);
 
 /// Bytes per [`Line`].
 const LINE: usize = 64;
-const _: () = assert!(std::mem::size_of::<Line>() == LINE && K_ALIGN * PANEL % LINE == 0);
+const _: () =
+    assert!(std::mem::size_of::<Line>() == LINE && (K_ALIGN * PANEL).is_multiple_of(LINE));
 
 /// The serialized fields of [`PackedB`] (the weights as one byte array), checked before they
 /// become one.
