@@ -67,7 +67,8 @@ use by_rows;
 /// and stride of the `group` rows of group `j`, for every group of the `mr`-padded rows, each
 /// row readable for `k_groups·KR` bytes); `b` is readable for `taps·k_groups` groups
 /// `GROUP_STRIDE` bytes apart of the kernel's `nr` columns; `bias` and `multipliers` hold
-/// `nr` values; `out` row `i < m` is writable for `n` bytes at `out + i·ldc`.
+/// `nr` values; `out` row `i < m` is writable for `n` bytes at `out + i·ldc`; `adds` is null
+/// or holds `m` pointers, each null or readable for `add_col + nr` sums.
 pub(crate) struct Tile {
     /// Pointers to the rows of A, run by run.
     pub(crate) rows: *const *const u8,
@@ -230,8 +231,8 @@ pub(crate) fn kernel_for(isa: Isa, rows: &dyn RowSource) -> &'static Kernel {
         .unwrap_or_else(|| kernel(isa))
 }
 
-/// How many of `data`'s bytes are above `limit`, counted in byte lanes per chunk of 255 bytes
-/// (the compiler vectorizes that; a count in `usize` lanes is several times slower).
+/// How many of `data`'s bytes are above `limit`: a byte-sized count per chunk of 255 bytes,
+/// which cannot overflow and lets the compiler count in byte lanes.
 fn bytes_above(data: &[u8], limit: u8) -> usize {
     data.chunks(255)
         .map(|chunk| {
