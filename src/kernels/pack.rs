@@ -28,8 +28,8 @@ pub(crate) const GROUP_STRIDE: usize = PANEL * KR;
 /// The weights are stored in 64-byte aligned lines, so a kernel's 32- and 64-byte loads of a
 /// panel group never straddle two cache lines (an allocation is only 16-byte aligned, and
 /// which way it falls varies from run to run).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "PackedBParts", into = "PackedBParts")]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(try_from = "PackedBParts")]
 pub(crate) struct PackedB {
     groups: usize,
     k: usize,
@@ -50,7 +50,7 @@ const _: () =
 
 /// The serialized fields of [`PackedB`] (the weights as one byte array), checked before they
 /// become one.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct PackedBParts {
     groups: usize,
     k: usize,
@@ -92,15 +92,28 @@ impl TryFrom<PackedBParts> for PackedB {
     }
 }
 
-impl From<PackedB> for PackedBParts {
-    fn from(packed: PackedB) -> Self {
-        PackedBParts {
-            data: packed.data().to_vec(),
-            groups: packed.groups,
-            k: packed.k,
-            n: packed.n,
-            bias: packed.bias,
+impl Serialize for PackedB {
+    /// The fields of [`PackedBParts`], the weights borrowed as one byte array (no copy).
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Parts<'a> {
+            groups: usize,
+            k: usize,
+            n: usize,
+            data: &'a [i8],
+            bias: &'a [i32],
         }
+        Parts {
+            groups: self.groups,
+            k: self.k,
+            n: self.n,
+            data: self.data(),
+            bias: &self.bias,
+        }
+        .serialize(serializer)
     }
 }
 

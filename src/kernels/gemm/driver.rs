@@ -444,8 +444,8 @@ impl Gemm<'_> {
     /// Prepares the task's runs for a narrow kernel ([`super::Kernel::a_max`]): each run
     /// holding a byte above `a_max` is copied into `s.lowered` with those bytes lowered to
     /// `a_max` (its pointer in `s.rows` moved there), and the rest, `(byte − a_max)·B[k]`, is
-    /// summed per row over the task's columns into `s.excess_sums`, which `s.adds` points the
-    /// kernel to (left empty when no byte is above).
+    /// summed per row over the task's columns into `s.excess_sums`, which `s.adds` (empty on
+    /// entry) points the kernel to (left empty when no byte is above).
     fn split_excess(&self, a_max: u8, task: &Task, runs: Runs, s: &mut Scratch) {
         let run_len = runs.k_groups * KR;
         s.hot.clear();
@@ -483,14 +483,11 @@ impl Gemm<'_> {
             }
         }
         let base = s.excess_sums.as_ptr();
-        // SAFETY: a slot other than `usize::MAX` starts `columns` sums inside `excess_sums`.
-        let add = |&slot: &usize| (slot != usize::MAX).then(|| unsafe { base.add(slot) });
-        s.adds.clear();
-        s.adds.extend(
-            s.slots
-                .iter()
-                .map(|slot| add(slot).unwrap_or(std::ptr::null())),
-        );
+        s.adds.extend(s.slots.iter().map(|&slot| match slot {
+            usize::MAX => std::ptr::null(),
+            // SAFETY: any other slot starts `columns` sums inside `excess_sums`.
+            _ => unsafe { base.add(slot) },
+        }));
     }
 
     /// `sums[c] += excess·B[k][c]` over the task's columns (padding columns hold zeros).
