@@ -80,16 +80,19 @@ unsafe fn tile_m<const M: usize>(t: &Tile) {
 /// Requantizes and stores an `M`-row tile of `NV` vectors of 8 accumulators (bias included)
 /// per row: row `i`'s columns `8·v..` from `acc[i][v]`, the first `t.n` of them.
 ///
+/// The accumulators come by value: a reference to the kernel's array made LLVM keep the
+/// array in memory, storing every accumulator to the stack in every step of the k loop.
+///
 /// # Safety
 /// The [`Tile`] contract's output and multipliers for `M <= t.m` rows and `8·NV` columns;
 /// AVX2.
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn store_rows<const M: usize, const NV: usize>(
-    acc: &[[__m256i; NV]; M],
+    acc: [[__m256i; NV]; M],
     t: &Tile,
 ) {
-    for (i, acc) in acc.iter().enumerate() {
-        for (v, &acc) in acc.iter().enumerate() {
+    for (i, acc) in acc.into_iter().enumerate() {
+        for (v, acc) in acc.into_iter().enumerate() {
             let n = t.n.saturating_sub(8 * v);
             if n > 0 {
                 // SAFETY: row `i < t.m` and columns `8·v..8·v + n.min(8)`, `8·v < t.n`, are

@@ -82,6 +82,6 @@ unsafe fn tile_m<const M: usize>(t: &Tile) {
                 }
             }
         }
-        store_rows(&acc, t);
+        store_rows(acc, t);
     }
 }

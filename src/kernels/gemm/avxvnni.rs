@@ -61,6 +61,6 @@ unsafe fn tile_m<const M: usize>(t: &Tile) {
                 b = b.add(GROUP_STRIDE);
             }
         }
-        store_rows(&acc, t);
+        store_rows(acc, t);
     }
 }
