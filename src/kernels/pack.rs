@@ -10,6 +10,8 @@
 //! The packed bias of column `c` is `bias[c] − z_x·Σ_k w[k][c]` (wrapping to `i32`), the
 //! zero-point correction folded in once.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -29,7 +31,7 @@ pub(crate) const GROUP_STRIDE: usize = PANEL * KR;
 /// panel group never straddle two cache lines (an allocation is only 16-byte aligned, and
 /// which way it falls varies from run to run).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(try_from = "PackedBParts")]
+#[serde(try_from = "PackedBParts<'static>")]
 pub(crate) struct PackedB {
     groups: usize,
     k: usize,
@@ -48,45 +50,49 @@ const LINE: usize = 64;
 const _: () =
     assert!(std::mem::size_of::<Line>() == LINE && (K_ALIGN * PANEL).is_multiple_of(LINE));
 
-/// The serialized fields of [`PackedB`] (the weights as one byte array), checked before they
-/// become one.
-#[derive(Deserialize)]
-struct PackedBParts {
+/// The serialized fields of [`PackedB`] (the weights as one byte array): borrowed from a
+/// `PackedB` when saved, owned and checked before they become one when loaded.
+#[derive(Serialize, Deserialize)]
+struct PackedBParts<'a> {
     groups: usize,
     k: usize,
     n: usize,
-    data: Vec<i8>,
-    bias: Vec<i32>,
+    data: Cow<'a, [i8]>,
+    bias: Cow<'a, [i32]>,
 }
 
-impl TryFrom<PackedBParts> for PackedB {
+impl TryFrom<PackedBParts<'static>> for PackedB {
     type Error = Error;
 
-    fn try_from(p: PackedBParts) -> Result<Self> {
-        let mut packed = PackedB {
-            groups: p.groups,
-            k: p.k,
-            n: p.n,
-            lines: Vec::new(),
-            bias: p.bias,
-        };
-        let panels = packed.groups.saturating_mul(packed.panels());
-        if packed.groups == 0
-            || packed.k == 0
-            || packed.n == 0
-            || p.data.len() != panels.saturating_mul(packed.panel_len())
-            || packed.bias.len() != panels.saturating_mul(PANEL)
+    fn try_from(p: PackedBParts<'static>) -> Result<Self> {
+        let (groups, k, n) = (p.groups, p.k, p.n);
+        // The sizes the fields imply, computed without overflow (they come from a file).
+        let panels = groups.checked_mul(n.div_ceil(PANEL));
+        let bytes = k
+            .checked_next_multiple_of(K_ALIGN)
+            .and_then(|k| k.checked_mul(PANEL))
+            .zip(panels)
+            .and_then(|(panel_len, panels)| panel_len.checked_mul(panels));
+        let biases = panels.and_then(|panels| panels.checked_mul(PANEL));
+        if groups == 0
+            || k == 0
+            || n == 0
+            || bytes != Some(p.data.len())
+            || biases != Some(p.bias.len())
         {
             return Err(Error::InvalidArgument(format!(
-                "packed weights of {} groups, k {}, n {} hold {} bytes and {} biases",
-                packed.groups,
-                packed.k,
-                packed.n,
+                "packed weights of {groups} groups, k {k}, n {n} hold {} bytes and {} biases",
                 p.data.len(),
-                packed.bias.len()
+                p.bias.len()
             )));
         }
-        packed.lines = vec![Line([0; LINE]); p.data.len() / LINE];
+        let mut packed = PackedB {
+            groups,
+            k,
+            n,
+            lines: vec![Line([0; LINE]); p.data.len() / LINE],
+            bias: p.bias.into_owned(),
+        };
         packed.data_mut().copy_from_slice(&p.data);
         Ok(packed)
     }
@@ -98,20 +104,12 @@ impl Serialize for PackedB {
         &self,
         serializer: S,
     ) -> std::result::Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Parts<'a> {
-            groups: usize,
-            k: usize,
-            n: usize,
-            data: &'a [i8],
-            bias: &'a [i32],
-        }
-        Parts {
+        PackedBParts {
             groups: self.groups,
             k: self.k,
             n: self.n,
-            data: self.data(),
-            bias: &self.bias,
+            data: Cow::Borrowed(self.data()),
+            bias: Cow::Borrowed(&self.bias),
         }
         .serialize(serializer)
     }
@@ -266,7 +264,15 @@ mod tests {
                 "panels are 64-byte aligned"
             );
         }
-        let broken = json.replacen("\"k\":3", "\"k\":300", 1);
-        assert!(serde_json::from_str::<PackedB>(&broken).is_err());
+        for (field, edited) in [
+            ("\"k\":3", "\"k\":300"),
+            ("\"k\":3", &format!("\"k\":{}", usize::MAX)),
+            ("\"groups\":1", &format!("\"groups\":{}", usize::MAX / 2)),
+        ] {
+            let broken = json.replacen(field, edited, 1);
+            assert_ne!(broken, json);
+            let err = serde_json::from_str::<PackedB>(&broken).expect_err(edited);
+            assert!(err.to_string().contains("packed weights of"), "{err}");
+        }
     }
 }
