@@ -727,3 +727,53 @@ fn arena_runs_of_two_models_interleaved_from_threads_and_at_new_shapes_match_fre
         assert_eq!(output_bytes(&models[m], inputs[k].clone()), fresh[m][k]);
     });
 }
+
+#[test]
+fn batches_run_in_chunks_give_the_bytes_of_whole_batches_and_of_the_debug_model() {
+    use rayon::prelude::*;
+    let device = device();
+    let net = model(&device);
+    let x86 = QConfigMap::global(QConfig::preset(Engine::X86));
+    let prepared = calibrated(&net, &x86, &device);
+    let debug = convert_debug(&prepared).unwrap();
+    let mut whole = convert(&prepared).unwrap();
+    whole.set_batch_chunk_bytes(None);
+    assert!(!whole.chunks_batches());
+    // A budget of one byte: every image is a chunk of its own.
+    let mut chunked = convert(&prepared).unwrap();
+    chunked.set_batch_chunk_bytes(Some(1));
+    assert!(
+        chunked.chunks_batches(),
+        "an all-int8 CNN works image by image"
+    );
+    // A budget of a few images' arena: chunks of several images and a shorter last one.
+    let mut few = convert(&prepared).unwrap();
+    few.set_batch_chunk_bytes(Some(3 * 32 * 32 * 64));
+    for (seed, (n, hw)) in [(7, [32, 32]), (5, [40, 24]), (2, [16, 16])]
+        .into_iter()
+        .enumerate()
+    {
+        let x = common::images_hw(n, seed as u64, hw, &device);
+        let expected = output_bytes(&whole, x.clone());
+        let reference: Tensor<2> = debug.forward(x.clone()).unwrap();
+        let reference: Vec<f32> = reference.into_data().try_to_vec().unwrap();
+        assert_eq!(expected, reference, "batch {n}: kernels vs debug model");
+        assert_eq!(
+            output_bytes(&chunked, x.clone()),
+            expected,
+            "batch {n}, chunks of 1"
+        );
+        assert_eq!(
+            output_bytes(&few, x.clone()),
+            expected,
+            "batch {n}, chunks of a few"
+        );
+        // Chunked runs from several rayon workers at once.
+        (0..4).into_par_iter().for_each(|_| {
+            assert_eq!(output_bytes(&chunked, x.clone()), expected);
+        });
+    }
+    // A float region (dequantize, a float layer through Burn, quantize) runs batches whole.
+    let mixed = convert(&calibrated(&net, &x86.module("layer2", None), &device)).unwrap();
+    assert!(!mixed.chunks_batches());
+}

@@ -3,6 +3,7 @@
 //! interpreter runs a [`QuantizedProgram`](crate::program::QuantizedProgram) with the int8
 //! kernels.
 
+mod chunk;
 mod float;
 mod plan;
 mod quantized;

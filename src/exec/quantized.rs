@@ -15,8 +15,10 @@ use burn::backend::ops::FloatTensorOps;
 use burn::backend::{Dispatch, DispatchTensor, TensorMetadata};
 use burn::tensor::{Device, TensorData};
 
+use rayon::prelude::*;
+
 use super::plan::ShapePlan;
-use super::reference;
+use super::{chunk, reference};
 use crate::graph::{BinaryOp, ValueId, ValueShapes};
 use crate::kernels::{self, CatInput, QBinaryOp, QParams, QTensorRef};
 use crate::ops as float_ops;
@@ -61,6 +63,10 @@ pub(crate) struct QuantizedExecutor {
     plans: Mutex<HashMap<Vec<Vec<usize>>, Arc<ShapePlan>>>,
     /// Arenas not in use by a run.
     arenas: Mutex<Vec<Vec<u8>>>,
+    /// Whether the program works image by image, so a large batch may run in chunks.
+    per_sample: bool,
+    /// The arena bytes a chunk of a batch may fill, or `None` to run batches whole.
+    chunk_bytes: Option<usize>,
 }
 
 impl QuantizedExecutor {
@@ -85,7 +91,20 @@ impl QuantizedExecutor {
             float_params: Mutex::new(None),
             plans: Mutex::new(HashMap::new()),
             arenas: Mutex::new(Vec::new()),
+            per_sample: chunk::per_sample(program),
+            chunk_bytes: Some(chunk::CHUNK_ARENA_BYTES),
         })
+    }
+
+    /// Sets the arena bytes a chunk of a batch may fill (`None`: batches run whole).
+    pub(crate) fn set_chunk_bytes(&mut self, bytes: Option<usize>) {
+        self.chunk_bytes = bytes;
+    }
+
+    /// Whether large batches run in chunks: the program works image by image and chunking is
+    /// on.
+    pub(crate) fn chunks_batches(&self) -> bool {
+        self.per_sample && self.chunk_bytes.is_some()
     }
 
     /// Runs the program on float `inputs`, showing every value to `tap` as it is made.
@@ -96,7 +115,7 @@ impl QuantizedExecutor {
         inputs: Vec<DispatchTensor>,
         device: &Device,
         arithmetic: Arithmetic,
-        mut tap: Tap,
+        tap: Tap,
     ) -> Result<Vec<DispatchTensor>> {
         if arithmetic == Arithmetic::FloatReference && kernels::active_isa() != kernels::Isa::Scalar
         {
@@ -104,6 +123,44 @@ impl QuantizedExecutor {
                 self.run(program, layers, inputs, device, arithmetic, tap)
             })?;
         }
+        if arithmetic == Arithmetic::Kernels
+            && tap.is_none()
+            && let Some(chunk) = self.chunk_size(program, layers, &inputs)?
+        {
+            let chunks = chunk::split(&inputs, chunk);
+            let outputs = (chunks.into_par_iter())
+                .map(|inputs| self.run_whole(program, layers, inputs, device, arithmetic, None))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(chunk::join(outputs));
+        }
+        self.run_whole(program, layers, inputs, device, arithmetic, tap)
+    }
+
+    /// Images per chunk when `inputs` should run in chunks (see [`chunk`]), or `None`.
+    fn chunk_size(
+        &self,
+        program: &QuantizedProgram,
+        layers: &QuantizedLayers,
+        inputs: &[DispatchTensor],
+    ) -> Result<Option<usize>> {
+        let (batch, budget) = match (chunk::batch_of(inputs), self.chunk_bytes) {
+            (Some(batch), Some(budget)) if self.per_sample && batch > 1 => (batch, budget),
+            _ => return Ok(None),
+        };
+        let whole = self.plan(program, layers, inputs.iter().map(|t| t.shape().to_vec()))?;
+        Ok(chunk::chunk_size(batch, whole.size.div_ceil(batch), budget))
+    }
+
+    /// Runs the program on all of `inputs` at once.
+    fn run_whole(
+        &self,
+        program: &QuantizedProgram,
+        layers: &QuantizedLayers,
+        inputs: Vec<DispatchTensor>,
+        device: &Device,
+        arithmetic: Arithmetic,
+        mut tap: Tap,
+    ) -> Result<Vec<DispatchTensor>> {
         let plan = self.plan(program, layers, inputs.iter().map(|t| t.shape().to_vec()))?;
         let params = self.float_params(program, layers, device)?;
         let mut arena = Lease::take(&self.arenas, plan.size);

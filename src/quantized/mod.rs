@@ -88,6 +88,21 @@ impl QuantizedModel {
         self.run_with(input, Arithmetic::Kernels, Some(tap))
     }
 
+    /// Sets how large batches run: as chunks of images whose values fill at most `bytes` of
+    /// the run's arena each (at least one image per chunk), the chunks in parallel on the
+    /// current rayon pool; `None` runs every batch whole. Chunks keep a layer's values in the
+    /// caches and give threads work across images; the outputs are the same bytes either way.
+    /// The default is 8 MiB. Only programs that work image by image (every step int8, the
+    /// batch on axis 0 of every value) are chunked; see [`QuantizedModel::chunks_batches`].
+    pub fn set_batch_chunk_bytes(&mut self, bytes: Option<usize>) {
+        self.executor.set_chunk_bytes(bytes);
+    }
+
+    /// Whether large batches run in chunks (see [`QuantizedModel::set_batch_chunk_bytes`]).
+    pub fn chunks_batches(&self) -> bool {
+        self.executor.chunks_batches()
+    }
+
     /// Runs the model with the given arithmetic, showing every value to `tap` if given.
     pub(crate) fn run_with<const DI: usize, const DO: usize>(
         &self,
