@@ -2,7 +2,8 @@
 //!
 //! [`prepare`] folds BatchNorm into the layer before it, fuses ReLU/ReLU6 into conv, linear and
 //! add, merges mean chains, fuses element-wise groups into pointwise nodes (tables in int8), resolves the [`QConfigMap`], decides which nodes will run in int8 ([`Plan`]) and places
-//! the activation observers. The resulting [`PreparedModel`] runs in float like the original;
+//! the activation observers; [`prepare_with`] adds optional rewrites ([`PrepareOptions`]: cross-layer
+//! equalization). The resulting [`PreparedModel`] runs in float like the original;
 //! every run through [`PreparedModel::forward`] records what the observers see. Calibrate with
 //! any closure ([`PreparedModel::calibrate`]) or over a Burn `DataLoader`
 //! ([`PreparedModel::calibrate_loader`]).
@@ -48,11 +49,42 @@ impl std::fmt::Debug for PreparedModel {
     }
 }
 
+/// Optional rewrites [`prepare_with`] applies before placing observers; all off by default.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct PrepareOptions {
+    /// Cross-layer equalization ([`passes::equalize_layers`]): evens out the per-channel
+    /// weight ranges of consecutive conv/linear layers (through a ReLU or nothing), which
+    /// helps most where weights are quantized per tensor. Data-free; the float model computes
+    /// the same function.
+    pub equalize: bool,
+}
+
+impl PrepareOptions {
+    /// With cross-layer equalization on or off.
+    pub fn equalize(mut self, on: bool) -> Self {
+        self.equalize = on;
+        self
+    }
+}
+
 /// Prepares a captured graph for quantization under `qconfig` (PyTorch's `prepare_fx`).
 pub fn prepare(graph: &Graph, qconfig: &QConfigMap) -> Result<PreparedModel> {
+    prepare_with(graph, qconfig, &PrepareOptions::default())
+}
+
+/// [`prepare`] with [`PrepareOptions`].
+pub fn prepare_with(
+    graph: &Graph,
+    qconfig: &QConfigMap,
+    options: &PrepareOptions,
+) -> Result<PreparedModel> {
     let mut graph = graph.clone();
     passes::fold_batch_norm(&mut graph);
     passes::fuse_activations(&mut graph);
+    if options.equalize {
+        passes::equalize_layers(&mut graph);
+    }
     passes::merge_means(&mut graph);
     passes::fuse_pointwise(&mut graph);
     passes::remove_dead_nodes(&mut graph);

@@ -3,6 +3,7 @@
 
 mod batch_norm;
 mod dead;
+mod equalize;
 mod fuse;
 mod linear;
 mod pointwise;
@@ -10,6 +11,7 @@ mod reduce;
 
 pub use batch_norm::fold_batch_norm;
 pub use dead::remove_dead_nodes;
+pub use equalize::equalize_layers;
 pub use fuse::fuse_activations;
 pub use linear::fuse_linear;
 pub use pointwise::{ELEMENTWISE_FALLBACKS, fuse_pointwise};
