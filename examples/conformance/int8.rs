@@ -1,8 +1,8 @@
 //! `conformance -- int8`: ResNet-18 and the narrow ResNet quantized with the fbgemm and x86
 //! presets, calibrated on all 20 golden images, against PyTorch FX's float and int8 logits; the
 //! record's size against the float model's burnpack; and a save/reload round trip. A third row
-//! per model quantizes with fbgemm after cross-layer equalization, which must not lower the
-//! agreement with the float model.
+//! per model quantizes with fbgemm after cross-layer equalization, a fourth with equalization
+//! and bias correction; neither may lower the agreement with the float model.
 
 use std::path::Path;
 
@@ -33,7 +33,7 @@ pub fn run(goldens: &Path) -> Result<bool, Box<dyn std::error::Error>> {
     let mut passed = true;
     let mut last = String::new();
     println!(
-        "{:<12} {:<9} {:>13} {:>15} {:>10} {:>10} {:>7}",
+        "{:<12} {:<12} {:>13} {:>15} {:>10} {:>10} {:>7}",
         "model", "engine", "cos_vs_float", "cos_vs_pytorch", "top1_agree", "size_ratio", "reload"
     );
     // resnet18 last: its figures make the last line.
@@ -47,13 +47,16 @@ pub fn run(goldens: &Path) -> Result<bool, Box<dyn std::error::Error>> {
         let float_size = std::fs::metadata(&float_path)?.len() as f64;
 
         let graph = Graph::capture(&model, &images.first::<4>(2, &device))?;
-        for (engine, key, equalize) in [
-            (Engine::Fbgemm, "int8_fbgemm_logits", false),
-            (Engine::X86, "int8_x86_logits", false),
-            (Engine::Fbgemm, "int8_fbgemm_logits", true),
+        for (engine, key, equalize, correct) in [
+            (Engine::Fbgemm, "int8_fbgemm_logits", false, false),
+            (Engine::X86, "int8_x86_logits", false, false),
+            (Engine::Fbgemm, "int8_fbgemm_logits", true, false),
+            (Engine::Fbgemm, "int8_fbgemm_logits", true, true),
         ] {
             let qconfig = QConfigMap::global(QConfig::preset(engine));
-            let options = PrepareOptions::default().equalize(equalize);
+            let options = PrepareOptions::default()
+                .equalize(equalize)
+                .bias_correction(correct);
             let mut prepared = prepare_with(&graph, &qconfig, &options)?;
             let _: Tensor<2> = prepared.forward(calibration.clone())?;
             let qmodel = convert(&prepared)?;
@@ -65,7 +68,11 @@ pub fn run(goldens: &Path) -> Result<bool, Box<dyn std::error::Error>> {
             let pytorch = read_tensor(&golden, key)?.values;
             let classes = ours.len() / n_eval;
 
-            let label = format!("{engine:?}{}", if equalize { "+eq" } else { "" });
+            let label = format!(
+                "{engine:?}{}{}",
+                if equalize { "+eq" } else { "" },
+                if correct { "+bc" } else { "" }
+            );
             let path = scratch.join(format!("{name}_{label}.bpk"));
             qmodel.save_file(&path)?;
             let size_ratio = std::fs::metadata(&path)?.len() as f64 / float_size;
@@ -95,7 +102,7 @@ pub fn run(goldens: &Path) -> Result<bool, Box<dyn std::error::Error>> {
                 && reload_identical;
             let yes = if reload_identical { "yes" } else { "no" };
             println!(
-                "{name:<12} {label:<9} {cos_float:>13.5} {cos_pytorch:>15.5} {agree:>10.3} {size_ratio:>10.4} {yes:>7}"
+                "{name:<12} {label:<12} {cos_float:>13.5} {cos_pytorch:>15.5} {agree:>10.3} {size_ratio:>10.4} {yes:>7}"
             );
             if name == "resnet18" && engine == Engine::Fbgemm && !equalize {
                 last = format!(

@@ -38,6 +38,7 @@ pub fn to_program(prepared: &PreparedModel) -> Result<(QuantizedProgram, Quantiz
         .collect::<Result<Vec<_>>>()?;
     let mut b = Builder {
         graph,
+        prepared,
         qparams_of: &prepared.plan().qparams_of,
         activations: &activations,
         values: graph.values.clone(),
@@ -128,6 +129,8 @@ fn activation_qparams(qp: &observe::QParams, what: &str) -> Result<QParams> {
 
 struct Builder<'a> {
     graph: &'a Graph,
+    /// The calibrated model: its bias-correction statistics.
+    prepared: &'a PreparedModel,
     qparams_of: &'a HashMap<ValueId, usize>,
     activations: &'a [QParams],
     values: Vec<ValueInfo>,
@@ -278,14 +281,7 @@ impl Builder<'_> {
                     dilation: a.dilation,
                     groups: a.groups,
                 };
-                let w = quantize_weights(
-                    &weight,
-                    &shape,
-                    bias.as_deref(),
-                    x_scale,
-                    qconfig,
-                    &node.name,
-                )?;
+                let w = self.layer_weights(node, &weight, &shape, bias, x_scale, qconfig)?;
                 let layer = QConv2d::new(geometry, w, spec.clone(), &self.device)?;
                 self.layers.convs.push(layer);
                 let name = node.name.clone();
@@ -308,14 +304,7 @@ impl Builder<'_> {
                     .map(|k| weight[(k % inputs) * outputs + k / inputs])
                     .collect();
                 let shape = [outputs, inputs];
-                let w = quantize_weights(
-                    &transposed,
-                    &shape,
-                    bias.as_deref(),
-                    x_scale,
-                    qconfig,
-                    &node.name,
-                )?;
+                let w = self.layer_weights(node, &transposed, &shape, bias, x_scale, qconfig)?;
                 let layer = QLinear::new(outputs, inputs, w, spec.clone(), &self.device)?;
                 self.layers.linears.push(layer);
                 self.linears.push(LinearLayer {
@@ -494,6 +483,35 @@ impl Builder<'_> {
         let mut table = vec![0u8; 256];
         kernels::quantize(&float_values::<f32>(&y)?, out_qp, &mut table)?;
         Table::new(&table)
+    }
+
+    /// A layer's weights `[out, ...]` and bias quantized; with bias correction on, the bias
+    /// first lowered by the mean output shift the weight rounding causes on the calibration
+    /// data (see `prepare::PrepareOptions::bias_correction`).
+    fn layer_weights(
+        &self,
+        node: &Node,
+        weight: &[f32],
+        shape: &[usize],
+        bias: Option<Vec<f32>>,
+        x_scale: f32,
+        qconfig: &QConfig,
+    ) -> Result<QWeights> {
+        let name = &node.name;
+        let quantized = quantize_weights(weight, shape, bias.as_deref(), x_scale, qconfig, name)?;
+        let Some(means) = self.prepared.input_means(name) else {
+            return Ok(quantized);
+        };
+        let per_channel = weight.len() / shape[0];
+        let error: Vec<f32> = (weight.iter().zip(&quantized.weight).enumerate())
+            .map(|(k, (&w, &q))| f32::from(q) * quantized.scales[k / per_channel] - w)
+            .collect();
+        let shift = means.shift(&error)?;
+        let bias: Vec<f32> = match bias {
+            Some(bias) => bias.iter().zip(&shift).map(|(b, s)| b - s).collect(),
+            None => shift.iter().map(|s| -s).collect(),
+        };
+        quantize_weights(weight, shape, Some(&bias), x_scale, qconfig, name)
     }
 
     /// The float weight and optional bias of a conv or linear node.
