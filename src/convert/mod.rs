@@ -11,8 +11,10 @@ use std::collections::HashMap;
 use burn::module::{Param, ParamId};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::graph::{Activation, Graph, Node, Op, PadMode, ValueId, ValueInfo, ValueKind};
-use crate::kernels::{self, Conv2dGeometry, QParams, Table};
+use crate::graph::{
+    Activation, Graph, LayerLayout, Node, Op, PadMode, ValueId, ValueInfo, ValueKind,
+};
+use crate::kernels::{self, QParams, Table};
 use crate::nn::{QConv2d, QLayerSpec, QLinear, QWeights};
 use crate::observe::{self, QDType};
 use crate::ops::{float_values, pointwise};
@@ -271,16 +273,10 @@ impl Builder<'_> {
         let shape = self.graph.tensors[&node.inputs[1]].shape().to_vec();
         let x_scale = spec.input.scale;
         match (op, &node.op) {
-            (Int8Op::Conv2d, Op::Conv2d(a)) => {
-                let geometry = Conv2dGeometry {
-                    in_channels: shape[1] * a.groups,
-                    out_channels: shape[0],
-                    kernel: [shape[2], shape[3]],
-                    stride: a.stride,
-                    padding: a.padding,
-                    dilation: a.dilation,
-                    groups: a.groups,
-                };
+            (Int8Op::Conv2d, Op::Conv2d(_)) => {
+                let geometry = LayerLayout::from_weight(&node.op, &shape)
+                    .ok_or_else(|| Error::Unsupported(format!("conv2d weight of shape {shape:?}")))?
+                    .geometry;
                 let w = self.layer_weights(node, &weight, &shape, bias, x_scale, qconfig)?;
                 let layer = QConv2d::new(geometry, w, spec.clone(), &self.device)?;
                 self.layers.convs.push(layer);

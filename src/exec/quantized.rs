@@ -123,57 +123,66 @@ impl QuantizedExecutor {
                 self.run(program, layers, inputs, device, arithmetic, tap)
             })?;
         }
+        let plan = self.plan(program, layers, &inputs)?;
         if arithmetic == Arithmetic::Kernels
             && tap.is_none()
-            && let Some(chunk) = self.chunk_size(program, layers, &inputs)?
+            && let Some(chunk) = self.chunk_size(&plan, &inputs)
         {
             let chunks = chunk::split(&inputs, chunk);
             let outputs = (chunks.into_par_iter())
-                .map(|inputs| self.run_whole(program, layers, inputs, device, arithmetic, None))
+                .map(|inputs| {
+                    let plan = self.plan(program, layers, &inputs)?;
+                    let run = self.run_of(program, layers, &plan, device, arithmetic)?;
+                    self.run_whole(&run, inputs, None)
+                })
                 .collect::<Result<Vec<_>>>()?;
             return Ok(chunk::join(outputs));
         }
-        self.run_whole(program, layers, inputs, device, arithmetic, tap)
+        let run = self.run_of(program, layers, &plan, device, arithmetic)?;
+        self.run_whole(&run, inputs, tap)
     }
 
-    /// Images per chunk when `inputs` should run in chunks (see [`chunk`]), or `None`.
-    fn chunk_size(
+    /// Images per chunk when inputs whose whole-batch plan is `whole` should run in chunks
+    /// (see [`chunk`]), or `None`.
+    fn chunk_size(&self, whole: &ShapePlan, inputs: &[DispatchTensor]) -> Option<usize> {
+        match (chunk::batch_of(inputs), self.chunk_bytes) {
+            (Some(batch), Some(budget)) if self.per_sample && batch > 1 => {
+                chunk::chunk_size(batch, whole.size.div_ceil(batch), budget)
+            }
+            _ => None,
+        }
+    }
+
+    /// The context of one run of `program` under `plan`.
+    fn run_of<'a>(
         &self,
-        program: &QuantizedProgram,
-        layers: &QuantizedLayers,
-        inputs: &[DispatchTensor],
-    ) -> Result<Option<usize>> {
-        let (batch, budget) = match (chunk::batch_of(inputs), self.chunk_bytes) {
-            (Some(batch), Some(budget)) if self.per_sample && batch > 1 => (batch, budget),
-            _ => return Ok(None),
-        };
-        let whole = self.plan(program, layers, inputs.iter().map(|t| t.shape().to_vec()))?;
-        Ok(chunk::chunk_size(batch, whole.size.div_ceil(batch), budget))
+        program: &'a QuantizedProgram,
+        layers: &'a QuantizedLayers,
+        plan: &'a ShapePlan,
+        device: &'a Device,
+        arithmetic: Arithmetic,
+    ) -> Result<Run<'a>> {
+        Ok(Run {
+            program,
+            layers,
+            device,
+            arithmetic,
+            plan,
+            params: self.float_params(program, layers, device)?,
+        })
     }
 
     /// Runs the program on all of `inputs` at once.
     fn run_whole(
         &self,
-        program: &QuantizedProgram,
-        layers: &QuantizedLayers,
+        run: &Run<'_>,
         inputs: Vec<DispatchTensor>,
-        device: &Device,
-        arithmetic: Arithmetic,
         mut tap: Tap,
     ) -> Result<Vec<DispatchTensor>> {
-        let plan = self.plan(program, layers, inputs.iter().map(|t| t.shape().to_vec()))?;
-        let params = self.float_params(program, layers, device)?;
-        let mut arena = Lease::take(&self.arenas, plan.size);
+        let program = run.program;
+        let mut arena = Lease::take(&self.arenas, run.plan.size);
         let mut floats: HashMap<ValueId, DispatchTensor> =
             program.inputs.iter().copied().zip(inputs).collect();
-        let run = Run {
-            program,
-            layers,
-            device,
-            arithmetic,
-            plan: &plan,
-            params: &params,
-        };
         for (step, frees) in program.steps.iter().zip(&self.frees) {
             run.step(step, &mut arena.bytes, &mut floats)?;
             if let Some(tap) = tap.as_mut() {
@@ -192,14 +201,14 @@ impl QuantizedExecutor {
             .collect()
     }
 
-    /// The plan of runs whose inputs have `input_shapes`: cached, or made and cached.
+    /// The plan of runs on inputs of the shapes of `inputs`: cached, or made and cached.
     fn plan(
         &self,
         program: &QuantizedProgram,
         layers: &QuantizedLayers,
-        input_shapes: impl Iterator<Item = Vec<usize>>,
+        inputs: &[DispatchTensor],
     ) -> Result<Arc<ShapePlan>> {
-        let key: Vec<Vec<usize>> = input_shapes.collect();
+        let key: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
         if let Some(plan) = self.plans.lock().map_err(poisoned)?.get(&key) {
             return Ok(Arc::clone(plan));
         }
@@ -350,7 +359,7 @@ struct Run<'a> {
     device: &'a Device,
     arithmetic: Arithmetic,
     plan: &'a ShapePlan,
-    params: &'a FloatParams,
+    params: Arc<FloatParams>,
 }
 
 impl Run<'_> {

@@ -15,8 +15,7 @@
 
 use std::collections::HashMap;
 
-use super::{Node, Op, ValueId, ValueShapes};
-use crate::kernels::Conv2dGeometry;
+use super::{LayerLayout, Node, Op, ValueId, ValueShapes};
 use crate::{Error, Result};
 
 /// The concrete shapes of one run of a program over values (a graph or a quantized program).
@@ -125,27 +124,20 @@ fn output_shape(op: &Op, inputs: &[Vec<usize>]) -> std::result::Result<Vec<usize
         <[usize; 4]>::try_from(x.as_slice()).map_err(|_| format!("{x:?} is not a 4-D image"))
     };
     Ok(match op {
-        Op::Conv2d(a) => {
+        Op::Conv2d(_) => {
             let [n, c, h, w] = image()?;
             let weight = inputs.get(1).ok_or("no weight")?;
-            let (out, per_group) = (weight[0], weight[1]);
-            if c != per_group * a.groups {
+            let geometry = LayerLayout::from_weight(op, weight)
+                .ok_or_else(|| format!("a conv2d weight of shape {weight:?}"))?
+                .geometry;
+            if c != geometry.in_channels {
                 return Err(format!(
                     "an input with {c} channels; the weight takes {}",
-                    per_group * a.groups
+                    geometry.in_channels
                 ));
             }
-            let geometry = Conv2dGeometry {
-                in_channels: c,
-                out_channels: out,
-                kernel: [weight[2], weight[3]],
-                stride: a.stride,
-                padding: a.padding,
-                dilation: a.dilation,
-                groups: a.groups,
-            };
             let (oh, ow) = geometry.output_size(h, w).map_err(|e| e.to_string())?;
-            vec![n, out, oh, ow]
+            vec![n, geometry.out_channels, oh, ow]
         }
         Op::Linear => {
             let weight = inputs.get(1).ok_or("no weight")?;

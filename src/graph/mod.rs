@@ -13,6 +13,7 @@
 mod batch;
 mod display;
 pub(crate) mod infer;
+mod layer;
 pub(crate) mod lower;
 mod op;
 pub mod passes;
@@ -27,6 +28,7 @@ use crate::{Error, Result};
 
 pub(crate) use batch::make_batch_free;
 pub(crate) use infer::{RunShapes, broadcast_all, cat_shape, reshape_target};
+pub(crate) use layer::LayerLayout;
 pub(crate) use op::fallback_name;
 pub use op::{Activation, BinaryOp, Conv2dAttrs, Op, PadMode, Pool2dAttrs, ReduceOp, SliceRange};
 pub use shapes::ValueShapes;

@@ -10,75 +10,36 @@
 //! `ε·E[x]` from the bias. On the calibration data the layer with `Q(W)` and the corrected
 //! bias then has the float layer's per-channel mean output.
 
-use crate::graph::{Graph, Op};
+use crate::graph::{Graph, LayerLayout};
 use crate::{Error, Result};
 
 /// The mean input of one conv or linear layer, per column of its im2col matrix.
 #[derive(Clone, Debug)]
 pub(crate) struct InputMeans {
-    window: Window,
+    layout: LayerLayout,
     /// Sums over all output positions seen, `[in_channels, kernel_h, kernel_w]`.
     sums: Vec<f64>,
     /// Output positions seen.
     positions: u64,
 }
 
-/// A layer's input window; a linear layer is a 1x1 convolution over its features.
-#[derive(Clone, Copy, Debug)]
-struct Window {
-    in_channels: usize,
-    out_channels: usize,
-    groups: usize,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    /// `[top, left, bottom, right]`.
-    padding: [usize; 4],
-    dilation: [usize; 2],
-    /// Whether the layer is linear: its input is `[..., features]`.
-    linear: bool,
-}
-
 impl InputMeans {
     /// Empty statistics for graph node `n`, a conv or linear layer with weight data; `None`
     /// for any other node.
     pub(crate) fn of(graph: &Graph, n: usize) -> Option<InputMeans> {
-        let node = &graph.nodes[n];
-        let shape = graph.tensors.get(node.inputs.get(1)?)?.shape().to_vec();
-        let window = match node.op {
-            Op::Conv2d(a) if shape.len() == 4 => Window {
-                in_channels: shape[1] * a.groups,
-                out_channels: shape[0],
-                groups: a.groups,
-                kernel: [shape[2], shape[3]],
-                stride: a.stride,
-                padding: a.padding,
-                dilation: a.dilation,
-                linear: false,
-            },
-            Op::Linear if shape.len() == 2 => Window {
-                in_channels: shape[0],
-                out_channels: shape[1],
-                groups: 1,
-                kernel: [1, 1],
-                stride: [1, 1],
-                padding: [0; 4],
-                dilation: [1, 1],
-                linear: true,
-            },
-            _ => return None,
-        };
-        let [kh, kw] = window.kernel;
+        let layout = LayerLayout::of(graph, n)?;
+        let g = layout.geometry;
         Some(InputMeans {
-            window,
-            sums: vec![0.0; window.in_channels * kh * kw],
+            layout,
+            sums: vec![0.0; g.in_channels * g.kernel[0] * g.kernel[1]],
             positions: 0,
         })
     }
 
     /// Adds one input batch of shape `shape` (NCHW for a convolution).
     pub(crate) fn observe(&mut self, values: &[f32], shape: &[usize]) -> Result<()> {
-        let w = self.window;
-        if w.linear {
+        let w = self.layout.geometry;
+        if self.layout.linear {
             let features = shape.last().copied().unwrap_or(0);
             if features != w.in_channels || !values.len().is_multiple_of(features.max(1)) {
                 return Err(self.mismatch(shape));
@@ -94,52 +55,43 @@ impl InputMeans {
         let &[n, c, h, width] = shape else {
             return Err(self.mismatch(shape));
         };
-        if c != w.in_channels || h * width == 0 || values.len() != n * c * h * width {
+        if c != w.in_channels || values.len() != n * c * h * width {
             return Err(self.mismatch(shape));
         }
-        let rows = taps(
-            h,
-            w.kernel[0],
-            w.stride[0],
-            w.padding[0],
-            w.padding[2],
-            w.dilation[0],
-        );
+        let (oh, ow) = w.output_size(h, width)?;
+        let rows = taps(h, oh, w.kernel[0], w.stride[0], w.padding[0], w.dilation[0]);
         let cols = taps(
             width,
+            ow,
             w.kernel[1],
             w.stride[1],
             w.padding[1],
-            w.padding[3],
             w.dilation[1],
         );
-        let (Some(rows), Some(cols)) = (rows, cols) else {
-            return Err(self.mismatch(shape));
-        };
         let [kh, kw] = w.kernel;
         let mut row_sums = vec![0.0f64; kw * h];
         for (plane, image) in values.chunks_exact(h * width).enumerate() {
             // row_sums[j][y]: the row y of the image over the columns tap j reads.
-            for (j, cols) in cols.taps.iter().enumerate() {
+            for (j, cols) in cols.iter().enumerate() {
                 for (y, line) in image.chunks_exact(width).enumerate() {
                     row_sums[j * h + y] = cols.iter().map(|&x| f64::from(line[x])).sum();
                 }
             }
             let sums = &mut self.sums[(plane % c) * kh * kw..][..kh * kw];
-            for (i, rows) in rows.taps.iter().enumerate() {
+            for (i, rows) in rows.iter().enumerate() {
                 for j in 0..kw {
                     sums[i * kw + j] += rows.iter().map(|&y| row_sums[j * h + y]).sum::<f64>();
                 }
             }
         }
-        self.positions += (n * rows.outputs * cols.outputs) as u64;
+        self.positions += (n * oh * ow) as u64;
         Ok(())
     }
 
     /// `ε·E[x]` per output channel for the weight error `ε = Q(W) − W`, laid out
     /// `[out, in/groups, kh, kw]` (a linear layer's as `[out, in]`).
     pub(crate) fn shift(&self, error: &[f32]) -> Result<Vec<f32>> {
-        let w = self.window;
+        let w = self.layout.geometry;
         let taps = w.kernel[0] * w.kernel[1];
         let per_group = w.in_channels / w.groups;
         let per_out = per_group * taps;
@@ -169,50 +121,39 @@ impl InputMeans {
     fn mismatch(&self, shape: &[usize]) -> Error {
         Error::Calibration(format!(
             "bias correction: a layer with {} input channels got an input of shape {shape:?}",
-            self.window.in_channels
+            self.layout.geometry.in_channels
         ))
     }
 }
 
-/// For one axis of a convolution: the input positions each kernel tap reads over all outputs.
-struct Taps {
-    taps: Vec<Vec<usize>>,
-    outputs: usize,
-}
-
-/// The [`Taps`] of an axis of `size` inputs, or `None` when the window does not fit it.
+/// For one axis of a convolution with `outputs` output positions: the input positions (of
+/// `size`) each of the `kernel` taps reads, padding left out.
 fn taps(
     size: usize,
+    outputs: usize,
     kernel: usize,
     stride: usize,
     before: usize,
-    after: usize,
     dilation: usize,
-) -> Option<Taps> {
-    let span = dilation.checked_mul(kernel.checked_sub(1)?)? + 1;
-    let padded = size + before + after;
-    if stride == 0 || padded < span {
-        return None;
-    }
-    let outputs = (padded - span) / stride + 1;
-    let taps = (0..kernel)
+) -> Vec<Vec<usize>> {
+    (0..kernel)
         .map(|k| {
             (0..outputs)
                 .filter_map(|o| (o * stride + k * dilation).checked_sub(before))
                 .filter(|&x| x < size)
                 .collect()
         })
-        .collect();
-    Some(Taps { taps, outputs })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Conv2dGeometry;
 
     /// The window of a convolution with the given geometry.
     fn conv(c: usize, groups: usize, k: [usize; 2], s: [usize; 2], p: [usize; 4]) -> InputMeans {
-        let window = Window {
+        let geometry = Conv2dGeometry {
             in_channels: c,
             out_channels: 2 * groups,
             groups,
@@ -220,10 +161,12 @@ mod tests {
             stride: s,
             padding: p,
             dilation: [1, 2],
-            linear: false,
         };
         InputMeans {
-            window,
+            layout: LayerLayout {
+                geometry,
+                linear: false,
+            },
             sums: vec![0.0; c * k[0] * k[1]],
             positions: 0,
         }
@@ -231,7 +174,7 @@ mod tests {
 
     /// The column means of the im2col matrix, built pixel by pixel.
     fn im2col_means(m: &InputMeans, x: &[f32], [n, c, h, w]: [usize; 4]) -> (Vec<f64>, u64) {
-        let win = m.window;
+        let win = m.layout.geometry;
         let out = |size: usize, k: usize, s: usize, p: usize, q: usize, d: usize| {
             (size + p + q - d * (k - 1) - 1) / s + 1
         };
@@ -305,7 +248,7 @@ mod tests {
     fn shift_pairs_each_output_with_its_group_s_inputs() {
         // 2 groups of 2 input channels, 1x1 kernel, 2 outputs per group.
         let mut m = conv(4, 2, [1, 1], [1, 1], [0; 4]);
-        m.window.dilation = [1, 1];
+        m.layout.geometry.dilation = [1, 1];
         let x = [1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0];
         m.observe(&x, &[1, 4, 1, 2]).unwrap();
         let error = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, -1.0, 0.0];

@@ -12,7 +12,7 @@
 
 use burn::tensor::TensorData;
 
-use crate::graph::{Graph, Op, ParamRef, ValueId, ValueInfo, ValueKind};
+use crate::graph::{Graph, LayerLayout, Op, ParamRef, ValueId, ValueInfo, ValueKind};
 
 /// Folds every BatchNorm whose input is a convolution or linear layer that nothing else reads.
 /// Returns how many were folded.
@@ -51,9 +51,19 @@ fn foldable_into(graph: &Graph, bn: usize) -> Option<usize> {
         _ => false,
     };
     let weights_known = producer.inputs[1..].iter().all(|&v| has_data(graph, v));
+    let channels = graph.tensors[&node.inputs[1]]
+        .shape()
+        .iter()
+        .product::<usize>();
+    let channels_match =
+        LayerLayout::of(graph, layer).is_some_and(|l| l.geometry.out_channels == channels);
     let sole_reader = graph.consumers(x) == [bn] && !graph.outputs.contains(&x);
-    (channel_axis_ok && weights_known && sole_reader && producer.activation.is_none())
-        .then_some(layer)
+    (channel_axis_ok
+        && weights_known
+        && channels_match
+        && sole_reader
+        && producer.activation.is_none())
+    .then_some(layer)
 }
 
 fn has_data(graph: &Graph, id: ValueId) -> bool {
@@ -80,17 +90,10 @@ fn fold(graph: &mut Graph, layer: usize, bn: usize) {
     let node = &graph.nodes[layer];
     let (weight_id, bias_id) = (node.inputs[1], node.inputs.get(2).copied());
     let weight_shape = graph.tensors[&weight_id].shape().to_vec();
+    let layout = LayerLayout::of(graph, layer).expect("checked by foldable_into");
     let mut weight = values(graph, weight_id);
-    let is_linear = node.op == Op::Linear;
-    let per_channel = weight.len() / channels;
     for (k, w) in weight.iter_mut().enumerate() {
-        // Conv weights are [out, in/groups, kh, kw]; Burn's linear weights are [in, out].
-        let c = if is_linear {
-            k % channels
-        } else {
-            k / per_channel
-        };
-        *w *= scale[c];
+        *w *= scale[layout.out_channel(k)];
     }
     let bias_in = bias_id
         .map(|b| values(graph, b))

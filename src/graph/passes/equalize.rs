@@ -21,7 +21,7 @@
 
 use burn::tensor::TensorData;
 
-use crate::graph::{Activation, Graph, Op, ValueId};
+use crate::graph::{Activation, Graph, LayerLayout, Op, ValueId};
 
 /// Sweeps over all pairs at most this many times.
 const MAX_SWEEPS: usize = 20;
@@ -68,7 +68,10 @@ fn equalizable_pair(graph: &Graph, a: usize) -> Option<usize> {
         && !graph.outputs.contains(&x)
         && owned_data(graph, a)
         && owned_data(graph, b)
-        && Layout::of(graph, a).out_channels == Layout::of(graph, b).in_channels;
+        && matches!(
+            (LayerLayout::of(graph, a), LayerLayout::of(graph, b)),
+            (Some(la), Some(lb)) if la.geometry.out_channels == lb.geometry.in_channels
+        );
     ok.then_some(b)
 }
 
@@ -79,65 +82,13 @@ fn owned_data(graph: &Graph, n: usize) -> bool {
         .all(|&v| graph.tensors.contains_key(&v) && graph.consumers(v) == [n])
 }
 
-/// Where a layer's weight elements sit in its input and output channels.
-struct Layout {
-    out_channels: usize,
-    in_channels: usize,
-    /// Conv: `[out, in/groups, kh, kw]`; linear: `[in, out]` (Burn's layout).
-    shape: Vec<usize>,
-    groups: usize,
-    linear: bool,
-}
-
-impl Layout {
-    fn of(graph: &Graph, n: usize) -> Layout {
-        let node = &graph.nodes[n];
-        let shape = graph.tensors[&node.inputs[1]].shape().to_vec();
-        match node.op {
-            Op::Conv2d(attrs) => Layout {
-                out_channels: shape[0],
-                in_channels: shape[1] * attrs.groups,
-                groups: attrs.groups,
-                shape,
-                linear: false,
-            },
-            _ => Layout {
-                out_channels: shape[1],
-                in_channels: shape[0],
-                groups: 1,
-                shape,
-                linear: true,
-            },
-        }
-    }
-
-    /// The output channel of weight element `k`.
-    fn out_channel(&self, k: usize) -> usize {
-        if self.linear {
-            k % self.out_channels
-        } else {
-            k / (self.shape[1..].iter().product::<usize>())
-        }
-    }
-
-    /// The input channel of weight element `k`.
-    fn in_channel(&self, k: usize) -> usize {
-        if self.linear {
-            return k / self.out_channels;
-        }
-        let per_group = self.shape[1];
-        let local = (k / (self.shape[2] * self.shape[3])) % per_group;
-        let group = self.out_channel(k) / (self.out_channels / self.groups);
-        group * per_group + local
-    }
-}
-
 /// Equalizes the channels between layers `a` and `b` once; returns the scales applied.
 fn equalize_pair(graph: &mut Graph, a: usize, b: usize) -> Vec<f32> {
-    let (la, lb) = (Layout::of(graph, a), Layout::of(graph, b));
+    let layout = |n| LayerLayout::of(graph, n).expect("checked by the pair search");
+    let (la, lb) = (layout(a), layout(b));
     let (wa, wb) = (graph.nodes[a].inputs[1], graph.nodes[b].inputs[1]);
-    let r1 = channel_ranges(graph, wa, la.out_channels, |k| la.out_channel(k));
-    let r2 = channel_ranges(graph, wb, lb.in_channels, |k| lb.in_channel(k));
+    let r1 = channel_ranges(graph, wa, la.geometry.out_channels, |k| la.out_channel(k));
+    let r2 = channel_ranges(graph, wb, lb.geometry.in_channels, |k| lb.in_channel(k));
     let scales: Vec<f32> = r1
         .iter()
         .zip(&r2)
