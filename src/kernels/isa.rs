@@ -84,11 +84,13 @@ pub fn available_isas() -> Vec<Isa> {
             Isa::ALL
                 .into_iter()
                 .filter(|&isa| cpu_supports(isa))
-                .filter(|&isa| match super::gemm::self_check(isa) {
-                    Ok(()) => true,
-                    Err(why) => {
-                        eprintln!("burn-quantize: disabling the {isa} kernels: {why}");
-                        false
+                .filter(|&isa| {
+                    match super::gemm::self_check(isa).and_then(|()| super::wide::self_check(isa)) {
+                        Ok(()) => true,
+                        Err(why) => {
+                            eprintln!("burn-quantize: disabling the {isa} kernels: {why}");
+                            false
+                        }
                     }
                 })
                 .collect()

@@ -48,6 +48,7 @@ mod peak;
 mod pool;
 mod simd;
 mod table;
+mod wide;
 
 pub use binary::{QBinaryOp, QTensorRef, qadd, qbinary};
 pub use conv::{Conv2dGeometry, PackedConv2d, qconv2d, qconv2d_prepared};
@@ -68,3 +69,7 @@ pub use pool::{
     qglobal_avg_pool, qmax_pool2d,
 };
 pub use table::{Table, lookup, lookup_in_place};
+pub use wide::{
+    PackedWide, PackedWideConv2d, RequantWide, WideInput, WideOutput, qconv2d_wide, qlinear_wide,
+    requantize_wide,
+};

@@ -53,7 +53,7 @@ macro_rules! by_rows {
     };
 }
 #[cfg(target_arch = "x86_64")]
-use by_rows;
+pub(crate) use by_rows;
 
 /// One microkernel call: an `m × n` block of outputs over the whole reduction.
 ///

@@ -1,0 +1,215 @@
+//! Wide convolutions: im2col rows made block by block for the wide GEMM, and a direct
+//! depthwise kernel.
+
+use rayon::prelude::*;
+
+use super::gemm::{WideGemm, check_zero_point, kernel};
+use super::pack::PackedWide;
+use super::{RequantWide, WideInput, WideOutput, requantize_wide};
+use crate::Result;
+use crate::kernels::Conv2dGeometry;
+use crate::kernels::active_isa;
+use crate::kernels::params::expect_len;
+
+/// A convolution's weights packed for the wide kernels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedWideConv2d {
+    geometry: Conv2dGeometry,
+    weights: Weights,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Weights {
+    /// Im2col rows times packed weights, group by group.
+    Gemm(PackedWide),
+    /// One filter per channel: `taps[t·C + c]`, with `bias[c]`.
+    Depthwise { taps: Vec<i32>, bias: Vec<i32> },
+}
+
+impl PackedWideConv2d {
+    /// Packs `weight` (`[out, in/groups, kh, kw]`, PyTorch's layout) and `bias` (`[out]`).
+    pub fn new(geometry: Conv2dGeometry, weight: &[i8], bias: &[i32]) -> Result<Self> {
+        geometry.check()?;
+        let g = &geometry;
+        let [kh, kw] = g.kernel;
+        let per_group = g.in_channels / g.groups;
+        expect_len(
+            "wide conv2d weight",
+            weight.len(),
+            g.out_channels * per_group * kh * kw,
+        )?;
+        expect_len("wide conv2d bias", bias.len(), g.out_channels)?;
+        let depthwise = g.groups == g.in_channels
+            && g.groups == g.out_channels
+            && kh * kw <= MAX_DEPTHWISE_TAPS;
+        let weights = if depthwise {
+            let taps = (0..kh * kw * g.out_channels)
+                .map(|i| i32::from(weight[(i % g.out_channels) * kh * kw + i / g.out_channels]))
+                .collect();
+            Weights::Depthwise {
+                taps,
+                bias: bias.to_vec(),
+            }
+        } else {
+            let out_per_group = g.out_channels / g.groups;
+            let packed = PackedWide::new(
+                g.groups,
+                kh * kw * per_group,
+                out_per_group,
+                bias,
+                |grp, col, k| {
+                    let (tap, c) = (k / per_group, k % per_group);
+                    weight[((grp * out_per_group + col) * per_group + c) * kh * kw + tap]
+                },
+            )?;
+            Weights::Gemm(packed)
+        };
+        Ok(PackedWideConv2d { geometry, weights })
+    }
+
+    /// The convolution's shape.
+    pub fn geometry(&self) -> &Conv2dGeometry {
+        &self.geometry
+    }
+}
+
+/// A wide convolution of `batch` NHWC images of `h × w` (inputs of type `I`, zero point
+/// `zero_point`, which padding reads) into NHWC outputs of type `O`.
+#[allow(clippy::too_many_arguments)]
+pub fn qconv2d_wide<I: WideInput, O: WideOutput>(
+    input: &[I],
+    [batch, h, w]: [usize; 3],
+    zero_point: u16,
+    conv: &PackedWideConv2d,
+    requant: &RequantWide,
+    out: &mut [O],
+) -> Result<()> {
+    let g = &conv.geometry;
+    let (oh, ow) = g.output_size(h, w)?;
+    expect_len(
+        "wide conv2d input",
+        input.len(),
+        batch * h * w * g.in_channels,
+    )?;
+    expect_len(
+        "wide conv2d output",
+        out.len(),
+        batch * oh * ow * g.out_channels,
+    )?;
+    check_zero_point::<I>(zero_point)?;
+    requant.check::<O>(g.out_channels)?;
+    let image = Image {
+        input,
+        size: [h, w],
+        out_size: [oh, ow],
+        zero_point,
+        geometry: g,
+    };
+    match &conv.weights {
+        Weights::Gemm(packed) => {
+            let gemm = WideGemm::new::<I>(packed, zero_point, requant);
+            let fill = |grp: usize, first: usize, dst: &mut [i16]| image.im2col(grp, first, dst);
+            gemm.run(kernel(active_isa()), &fill, out);
+        }
+        Weights::Depthwise { taps, bias } => {
+            out.par_chunks_mut(ow * g.out_channels)
+                .enumerate()
+                .for_each(|(row, out)| image.depthwise_row(row, taps, bias, requant, out));
+        }
+    }
+    Ok(())
+}
+
+/// The input of one convolution call.
+struct Image<'a, I> {
+    input: &'a [I],
+    size: [usize; 2],
+    out_size: [usize; 2],
+    zero_point: u16,
+    geometry: &'a Conv2dGeometry,
+}
+
+impl<I: WideInput> Image<'_, I> {
+    /// The input pixel `(y, x)` of image `b` that output `(oy, ox)` reads at tap `(ky, kx)`,
+    /// or `None` on padding.
+    fn source(&self, b: usize, [oy, ox]: [usize; 2], [ky, kx]: [usize; 2]) -> Option<usize> {
+        let g = self.geometry;
+        let [h, w] = self.size;
+        let y = (oy * g.stride[0] + ky * g.dilation[0]).checked_sub(g.padding[0])?;
+        let x = (ox * g.stride[1] + kx * g.dilation[1]).checked_sub(g.padding[1])?;
+        (y < h && x < w).then(|| (b * h + y) * w + x)
+    }
+
+    /// Writes im2col rows `first..` of group `grp` (taps outer, channels inner, as packed) to
+    /// `dst`, `dst.len() / rows` values per row.
+    fn im2col(&self, grp: usize, first: usize, dst: &mut [i16]) {
+        let g = self.geometry;
+        let [oh, ow] = self.out_size;
+        let per_group = g.in_channels / g.groups;
+        let pad = (i32::from(self.zero_point) - I::OFFSET) as i16;
+        let k = per_group * g.kernel[0] * g.kernel[1];
+        let lda = k.div_ceil(2) * 2;
+        for (i, row) in dst.chunks_exact_mut(lda).enumerate() {
+            let r = first + i;
+            let (b, oy, ox) = (r / (oh * ow), r / ow % oh, r % ow);
+            for (t, taps) in row[..k].chunks_exact_mut(per_group).enumerate() {
+                let tap = [t / g.kernel[1], t % g.kernel[1]];
+                match self.source(b, [oy, ox], tap) {
+                    Some(p) => {
+                        let pixel = &self.input[p * g.in_channels + grp * per_group..];
+                        for (d, &x) in taps.iter_mut().zip(pixel) {
+                            *d = x.to_i16();
+                        }
+                    }
+                    None => taps.fill(pad),
+                }
+            }
+        }
+    }
+
+    /// Output row `row` (image `row / oh`, line `row % oh`) of a depthwise convolution:
+    /// `Σ (q_x − z_x)·w + bias` over the taps inside the image, in `i32` (at most
+    /// [`MAX_DEPTHWISE_TAPS`] terms of magnitude `2^23`).
+    fn depthwise_row<O: WideOutput>(
+        &self,
+        row: usize,
+        taps: &[i32],
+        bias: &[i32],
+        requant: &RequantWide,
+        out: &mut [O],
+    ) {
+        let g = self.geometry;
+        let (c, [oh, ow]) = (g.out_channels, self.out_size);
+        let (b, oy) = (row / oh, row % oh);
+        let z = i32::from(self.zero_point);
+        let mut acc = vec![0i32; c];
+        for (ox, out) in out.chunks_exact_mut(c).enumerate().take(ow) {
+            acc.copy_from_slice(bias);
+            for (t, w) in taps.chunks_exact(c).enumerate() {
+                let tap = [t / g.kernel[1], t % g.kernel[1]];
+                if let Some(p) = self.source(b, [oy, ox], tap) {
+                    let pixel = &self.input[p * c..][..c];
+                    for ((acc, &x), &w) in acc.iter_mut().zip(pixel).zip(w) {
+                        *acc += (x.get() - z) * w;
+                    }
+                }
+            }
+            for (ch, (out, &acc)) in out.iter_mut().zip(&acc).enumerate() {
+                let m = requant.multiplier(ch);
+                let q = requantize_wide(
+                    i64::from(acc),
+                    m,
+                    requant.zero_point,
+                    requant.qmin,
+                    requant.qmax,
+                );
+                *out = O::from_clamped(q);
+            }
+        }
+    }
+}
+
+/// The most kernel taps the depthwise kernel sums in `i32` (255 terms of magnitude up to
+/// `65535·128 < 2^23`, plus a bias below `2^30`, stay below `2^31`); larger kernels run as a
+/// grouped GEMM.
+const MAX_DEPTHWISE_TAPS: usize = 127;

@@ -1,0 +1,158 @@
+//! Kernels for 16-bit activations (W8A16): `u8` or `u16` activations times `i8` weights,
+//! written as `u8` or `u16`.
+//!
+//! A 16-bit activation is affine `u16`: `x = s·(q − z)`, `q` and `z` in `0..=65535`, the same
+//! convention as the `u8` activations with twice the bits (chosen over symmetric `i16` so that
+//! a ReLU output uses all 16 bits). A layer may read 8-bit and write 16-bit values and back, so
+//! one sensitive edge costs one wider layer, not a float island.
+//!
+//! # Arithmetic
+//!
+//! * Conv / linear: `acc = Σ (q_x − z_x)·q_w + bias_i32`, exact in `i64`. The kernels read each
+//!   activation as `a = q_x − OFFSET` in `i16` (`OFFSET` is 32768 for `u16`, 0 for `u8`), sum
+//!   `a·q_w` pair by pair with `vpmaddwd` (AVX-512 BW, AVX2) or plain multiplies (scalar) in
+//!   `i32` over blocks of at most [`gemm::BLOCK_PAIRS`] pairs — `|a·w| ≤ 2^22`, so a block
+//!   never overflows — and widen each block's sums to `i64`; the constant
+//!   `(OFFSET − z_x)·Σ q_w + bias_i32` is added per column.
+//! * The accumulator becomes the output through [`requantize_wide`], one scalar definition in
+//!   `f64` that all paths share.
+//! * Depthwise convolutions sum `(q_x − z_x)·q_w` over at most `i32::MAX / 2^23` taps in `i32`.
+
+mod avx2;
+mod avx512;
+mod conv;
+mod gemm;
+mod pack;
+#[cfg(test)]
+mod tests;
+
+pub use conv::{PackedWideConv2d, qconv2d_wide};
+pub use gemm::qlinear_wide;
+pub use pack::PackedWide;
+
+pub(crate) use gemm::self_check;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// An activation element the wide kernels read: `u8` or `u16`.
+pub trait WideInput: Copy + Send + Sync + sealed::Sealed {
+    /// Subtracted from every value so that it fits an `i16` (see the module docs).
+    const OFFSET: i32;
+    /// The largest value.
+    const MAX: u16;
+    /// `self − OFFSET`.
+    fn to_i16(self) -> i16;
+    /// The value.
+    fn get(self) -> i32;
+}
+
+/// An output element the wide kernels write: `u8` or `u16`.
+pub trait WideOutput: Copy + Default + Send + Sync + sealed::Sealed {
+    /// The largest value.
+    const MAX: u16;
+    /// `v`, which the caller has clamped to `0..=MAX`.
+    fn from_clamped(v: i64) -> Self;
+}
+
+impl WideInput for u8 {
+    const OFFSET: i32 = 0;
+    const MAX: u16 = 255;
+    fn to_i16(self) -> i16 {
+        i16::from(self)
+    }
+    fn get(self) -> i32 {
+        i32::from(self)
+    }
+}
+
+impl WideInput for u16 {
+    const OFFSET: i32 = 32768;
+    const MAX: u16 = u16::MAX;
+    fn to_i16(self) -> i16 {
+        (self ^ 0x8000) as i16
+    }
+    fn get(self) -> i32 {
+        i32::from(self)
+    }
+}
+
+impl WideOutput for u8 {
+    const MAX: u16 = 255;
+    fn from_clamped(v: i64) -> Self {
+        v as u8
+    }
+}
+
+impl WideOutput for u16 {
+    const MAX: u16 = u16::MAX;
+    fn from_clamped(v: i64) -> Self {
+        v as u16
+    }
+}
+
+mod sealed {
+    /// Only `u8` and `u16`.
+    pub trait Sealed {}
+    impl Sealed for u8 {}
+    impl Sealed for u16 {}
+}
+
+/// How the `i64` accumulator of a wide conv or linear layer becomes its output:
+/// `clamp(round_half_even(acc·m[c]) + z, qmin, qmax)` ([`requantize_wide`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequantWide {
+    /// `s_x·s_w[c] / s_y` per output channel, or one value for all.
+    pub multipliers: Vec<f32>,
+    /// The output zero point.
+    pub zero_point: u16,
+    /// The lowest output value (the zero point for a fused ReLU).
+    pub qmin: u16,
+    /// The highest output value (255 or 65535 without a fused clamp).
+    pub qmax: u16,
+}
+
+impl RequantWide {
+    /// No fused activation, for outputs of up to `qmax`.
+    pub fn new(multipliers: Vec<f32>, zero_point: u16, qmax: u16) -> Self {
+        RequantWide {
+            multipliers,
+            zero_point,
+            qmin: 0,
+            qmax,
+        }
+    }
+
+    /// The multiplier of channel `c`.
+    fn multiplier(&self, c: usize) -> f32 {
+        if self.multipliers.len() == 1 {
+            self.multipliers[0]
+        } else {
+            self.multipliers[c]
+        }
+    }
+
+    /// `Err(InvalidArgument)` unless it fits `channels` outputs of type `O`.
+    fn check<O: WideOutput>(&self, channels: usize) -> Result<()> {
+        let count_ok = self.multipliers.len() == 1 || self.multipliers.len() == channels;
+        let finite = self.multipliers.iter().all(|m| m.is_finite());
+        let bounds_ok = self.qmin <= self.qmax && self.qmax <= O::MAX && self.zero_point <= O::MAX;
+        if count_ok && finite && bounds_ok {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "wide requantization for {channels} channels of at most {}: {self:?}",
+                O::MAX
+            )))
+        }
+    }
+}
+
+/// The requantization of the wide kernels: `v = (acc as f64)·(multiplier as f64)`, rounded half
+/// to even, plus `zero_point`, clamped to `[qmin, qmax]`.
+pub fn requantize_wide(acc: i64, multiplier: f32, zero_point: u16, qmin: u16, qmax: u16) -> i64 {
+    let v = (acc as f64 * f64::from(multiplier)).round_ties_even();
+    let v = v.clamp(-1e12, 1e12) as i64 + i64::from(zero_point);
+    v.clamp(i64::from(qmin), i64::from(qmax))
+}

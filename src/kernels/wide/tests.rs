@@ -1,0 +1,265 @@
+//! The wide kernels against plain `i64` references, exactly, on every available path.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::kernels::{Conv2dGeometry, Isa, available_isas, with_isa};
+
+/// The tiers' paths this CPU runs (one per wide microkernel).
+fn paths() -> Vec<Isa> {
+    let paths: Vec<Isa> = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
+        .into_iter()
+        .filter(|isa| available_isas().contains(isa))
+        .collect();
+    for isa in [Isa::Avx2, Isa::Avx512Vnni] {
+        if !paths.contains(&isa) {
+            eprintln!("SKIPPED: the wide {isa} kernel cannot run on this CPU");
+        }
+    }
+    paths
+}
+
+/// A deterministic value in `0..=max` from a seed and an index.
+fn value(seed: u64, i: usize, max: u32) -> u32 {
+    let mut x = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 29;
+    (x % (u64::from(max) + 1)) as u32
+}
+
+fn weights(seed: u64, len: usize) -> Vec<i8> {
+    (0..len).map(|i| value(seed, i, 255) as u8 as i8).collect()
+}
+
+fn inputs<I: WideInput + TryFrom<u32>>(seed: u64, len: usize) -> Vec<I> {
+    (0..len)
+        .map(|i| {
+            // Every seventh value at an extreme, to reach the accumulator bounds.
+            let v = match i % 7 {
+                0 => 0,
+                1 => u32::from(I::MAX),
+                _ => value(seed, i, u32::from(I::MAX)),
+            };
+            I::try_from(v).ok().expect("in range")
+        })
+        .collect()
+}
+
+/// `Σ (x − z)·w + bias` per output, requantized: the definition, in `i64`.
+fn reference_conv<I: WideInput, O: WideOutput>(
+    x: &[I],
+    [n, h, w]: [usize; 3],
+    z: u16,
+    g: &Conv2dGeometry,
+    weight: &[i8],
+    bias: &[i32],
+    requant: &RequantWide,
+) -> Vec<O> {
+    let (oh, ow) = g.output_size(h, w).unwrap();
+    let (cin, cout) = (g.in_channels, g.out_channels);
+    let (ipg, opg) = (cin / g.groups, cout / g.groups);
+    let [kh, kw] = g.kernel;
+    let mut out = Vec::new();
+    for (b, oy, ox) in
+        (0..n).flat_map(|b| (0..oh).flat_map(move |y| (0..ow).map(move |x| (b, y, x))))
+    {
+        for o in 0..cout {
+            let mut acc = i64::from(bias[o]);
+            for (c, ky, kx) in
+                (0..ipg).flat_map(|c| (0..kh).flat_map(move |i| (0..kw).map(move |j| (c, i, j))))
+            {
+                let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.padding[0] as isize;
+                let ix = (ox * g.stride[1] + kx * g.dilation[1]) as isize - g.padding[1] as isize;
+                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                    continue;
+                }
+                let ch = (o / opg) * ipg + c;
+                let q = x[((b * h + iy as usize) * w + ix as usize) * cin + ch].get();
+                let wt = weight[((o * ipg + c) * kh + ky) * kw + kx];
+                acc += i64::from(q - i32::from(z)) * i64::from(wt);
+            }
+            let m = requant.multiplier(o);
+            let q = requantize_wide(acc, m, requant.zero_point, requant.qmin, requant.qmax);
+            out.push(O::from_clamped(q));
+        }
+    }
+    out
+}
+
+/// Runs one random convolution on every path and compares with the reference.
+fn check_conv<I: WideInput + TryFrom<u32>, O: WideOutput + PartialEq + std::fmt::Debug>(
+    g: Conv2dGeometry,
+    [n, h, w]: [usize; 3],
+    seed: u64,
+) {
+    let ipg = g.in_channels / g.groups;
+    let weight = weights(seed, g.out_channels * ipg * g.kernel[0] * g.kernel[1]);
+    let bias: Vec<i32> = (0..g.out_channels)
+        .map(|i| value(seed ^ 1, i, 2_000_000) as i32 - 1_000_000)
+        .collect();
+    let x: Vec<I> = inputs(seed ^ 2, n * h * w * g.in_channels);
+    let z = value(seed ^ 3, 0, u32::from(I::MAX)) as u16;
+    let zy = value(seed ^ 4, 0, u32::from(O::MAX)) as u16;
+    let m: Vec<f32> = (0..g.out_channels)
+        .map(|i| 1e-5 * (1 + value(seed ^ 5, i, 1000)) as f32)
+        .collect();
+    let mut requant = RequantWide::new(m, zy, O::MAX);
+    requant.qmin = zy.min(O::MAX / 8);
+    let expected: Vec<O> = reference_conv(&x, [n, h, w], z, &g, &weight, &bias, &requant);
+    let packed = PackedWideConv2d::new(g, &weight, &bias).unwrap();
+    for isa in paths() {
+        let mut out = vec![O::default(); expected.len()];
+        with_isa(isa, || {
+            qconv2d_wide(&x, [n, h, w], z, &packed, &requant, &mut out)
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(out, expected, "{isa} {g:?} {n}x{h}x{w}");
+    }
+}
+
+fn geometry(
+    cin: usize,
+    cout: usize,
+    groups: usize,
+    k: [usize; 2],
+    s: usize,
+    p: usize,
+    d: usize,
+) -> Conv2dGeometry {
+    Conv2dGeometry {
+        in_channels: cin,
+        out_channels: cout,
+        kernel: k,
+        stride: [s, s],
+        padding: [p, p, p + 1, p],
+        dilation: [d, 1],
+        groups,
+    }
+}
+
+#[test]
+fn self_check_passes_on_every_tier_this_cpu_has() {
+    // Called directly, not through `available_isas` (which drops a path that fails it).
+    assert_eq!(self_check(Isa::Scalar), Ok(()));
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") {
+            assert_eq!(self_check(Isa::Avx2), Ok(()));
+        }
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+            assert_eq!(self_check(Isa::Avx512Vnni), Ok(()));
+        }
+    }
+}
+
+#[test]
+fn long_reductions_of_extreme_values_stay_exact() {
+    // K = 3·3·96 = 864 taps of 65535 against -128: past the i32 range of one block.
+    let g = geometry(96, 17, 1, [3, 3], 1, 1, 1);
+    let weight = vec![-128i8; 17 * 96 * 9];
+    let x = vec![u16::MAX; 5 * 5 * 96];
+    let requant = RequantWide::new(vec![1e-9], 0, u16::MAX);
+    let packed = PackedWideConv2d::new(g, &weight, &[0; 17]).unwrap();
+    let expected: Vec<u16> = reference_conv(&x, [1, 5, 5], 0, &g, &weight, &[0; 17], &requant);
+    // The centre output sums 864 products of 65535·(-128) = -7,247,708,160 (i32 would wrap).
+    assert!(expected.iter().all(|&q| q == 0));
+    let requant = RequantWide::new(vec![-1e-6], 0, u16::MAX);
+    let expected: Vec<u16> = reference_conv(&x, [1, 5, 5], 0, &g, &weight, &[0; 17], &requant);
+    assert_eq!(expected[2 * 5 * 17 + 2 * 17], 7248);
+    for isa in paths() {
+        let mut out = vec![0u16; expected.len()];
+        with_isa(isa, || {
+            qconv2d_wide(&x, [1, 5, 5], 0, &packed, &requant, &mut out)
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(out, expected, "{isa}");
+    }
+}
+
+#[test]
+fn bad_shapes_and_parameters_are_errors() {
+    let g = geometry(4, 4, 1, [3, 3], 1, 1, 1);
+    assert!(PackedWideConv2d::new(g, &[0; 10], &[0; 4]).is_err());
+    let packed = PackedWideConv2d::new(g, &[0; 144], &[0; 4]).unwrap();
+    let requant = RequantWide::new(vec![1.0], 0, 255);
+    let mut out = vec![0u8; 4 * 4 * 4];
+    assert!(qconv2d_wide(&[0u16; 63], [1, 4, 4], 0, &packed, &requant, &mut out).is_err());
+    assert!(qconv2d_wide(&[0u8; 64], [1, 4, 4], 300, &packed, &requant, &mut out).is_err());
+    let too_wide = RequantWide::new(vec![1.0], 0, 256);
+    assert!(qconv2d_wide(&[0u16; 64], [1, 4, 4], 0, &packed, &too_wide, &mut out).is_err());
+    let linear = PackedWide::new(1, 5, 3, &[0; 3], |_, _, _| 1).unwrap();
+    assert!(qlinear_wide(&[0u16; 9], 0, &linear, &requant, &mut [0u8; 6]).is_err());
+    assert!(PackedWide::new(1, 5, 3, &[0; 2], |_, _, _| 1).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn wide_convolutions_match_the_reference_on_every_path(
+        cin_per_group in 1usize..=40,
+        cout_per_group in 1usize..=40,
+        groups in 1usize..=3,
+        k in (1usize..=3, 1usize..=3),
+        s in 1usize..=2,
+        p in 0usize..=1,
+        d in 1usize..=2,
+        (h, w) in (3usize..=9, 3usize..=9),
+        n in 1usize..=2,
+        seed in any::<u64>(),
+        widths in 0usize..4,
+    ) {
+        let g = geometry(cin_per_group * groups, cout_per_group * groups, groups, [k.0, k.1], s, p, d);
+        prop_assume!(g.output_size(h, w).is_ok());
+        match widths {
+            0 => check_conv::<u16, u16>(g, [n, h, w], seed),
+            1 => check_conv::<u16, u8>(g, [n, h, w], seed),
+            2 => check_conv::<u8, u16>(g, [n, h, w], seed),
+            _ => check_conv::<u8, u8>(g, [n, h, w], seed),
+        }
+    }
+
+    #[test]
+    fn wide_depthwise_convolutions_match_the_reference(
+        c in 1usize..=70,
+        k in 1usize..=5,
+        s in 1usize..=2,
+        p in 0usize..=2,
+        (h, w) in (5usize..=12, 5usize..=12),
+        seed in any::<u64>(),
+        wide_out in any::<bool>(),
+    ) {
+        let g = geometry(c, c, c, [k, k], s, p, 1);
+        if wide_out {
+            check_conv::<u16, u16>(g, [2, h, w], seed);
+        } else {
+            check_conv::<u16, u8>(g, [2, h, w], seed);
+        }
+    }
+
+    #[test]
+    fn wide_linear_layers_match_the_reference(
+        rows in 1usize..=70,
+        k in 1usize..=700,
+        n in 1usize..=50,
+        seed in any::<u64>(),
+    ) {
+        // A linear layer is a 1x1 convolution over a 1-pixel-wide image of `rows` lines.
+        let g = geometry(k, n, 1, [1, 1], 1, 0, 1);
+        let g = Conv2dGeometry { padding: [0; 4], ..g };
+        let weight = weights(seed, n * k);
+        let bias: Vec<i32> = (0..n).map(|i| value(seed, i, 1000) as i32 - 500).collect();
+        let x: Vec<u16> = inputs(seed ^ 9, rows * k);
+        let requant = RequantWide::new(vec![3e-6], 31000, u16::MAX);
+        let expected: Vec<u16> = reference_conv(&x, [1, rows, 1], 1234, &g, &weight, &bias, &requant);
+        let packed = PackedWide::new(1, k, n, &bias, |_, c, kk| weight[c * k + kk]).unwrap();
+        for isa in paths() {
+            let mut out = vec![0u16; rows * n];
+            with_isa(isa, || qlinear_wide(&x, 1234, &packed, &requant, &mut out)).unwrap().unwrap();
+            prop_assert_eq!(&out, &expected, "{}", isa);
+        }
+    }
+}
