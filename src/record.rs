@@ -106,15 +106,17 @@ fn read_program(path: &Path) -> Result<QuantizedProgram> {
     let json = metadata
         .get(KEY_PROGRAM)
         .ok_or_else(|| bad("no program in the record".into()))?;
-    let program: QuantizedProgram =
+    // The version first: another version's program need not parse as this one's.
+    let value: serde_json::Value =
         serde_json::from_str(json).map_err(|e| bad(format!("program: {e}")))?;
-    if program.version != PROGRAM_FORMAT_VERSION {
+    let version = value.get("version").and_then(serde_json::Value::as_u64);
+    if version != Some(u64::from(PROGRAM_FORMAT_VERSION)) {
         return Err(bad(format!(
             "program format version {}; this build reads {PROGRAM_FORMAT_VERSION}",
-            program.version
+            version.map_or("missing".into(), |v| v.to_string())
         )));
     }
-    Ok(program)
+    serde_json::from_value(value).map_err(|e| bad(format!("program: {e}")))
 }
 
 /// Layers of the right shapes and types, holding zeros, for a record to be loaded into.

@@ -173,7 +173,7 @@ fn every_table_activation_runs_in_int8_matches_the_debug_model_and_float_within_
         });
         let mut tables = vec![(
             fused_table,
-            fused.spec.output,
+            fused.spec.output.as_u8().unwrap(),
             program.qparams(fused_out.unwrap()).unwrap(),
         )];
         for step in &program.steps {

@@ -641,7 +641,7 @@ fn channels_with_tiny_weights_keep_their_bias() {
         .into_data()
         .try_to_vec()
         .unwrap();
-    let step = qmodel.program().convs[0].spec.output.scale;
+    let step = qmodel.program().convs[0].spec.output.scale();
     for out in [
         qmodel.forward::<4, 4>(x.clone()).unwrap(),
         debug.forward::<4, 4>(x).unwrap(),

@@ -14,7 +14,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::graph::{
     Activation, Graph, LayerLayout, Node, Op, PadMode, ValueId, ValueInfo, ValueKind,
 };
-use crate::kernels::{self, QParams, Table};
+use crate::kernels::{self, ActQParams, QParams, Table, WideQParams};
 use crate::nn::{QConv2d, QLayerSpec, QLinear, QWeights};
 use crate::observe::{self, QDType};
 use crate::ops::{float_values, pointwise};
@@ -34,7 +34,7 @@ pub fn to_program(prepared: &PreparedModel) -> Result<(QuantizedProgram, Quantiz
     let plan = prepared.plan();
     let activations = (prepared.observers().iter().zip(&plan.observed).enumerate())
         .map(|(k, (o, observed))| match plan.fixed.get(&k) {
-            Some(&(scale, zero_point)) => Ok(QParams::new(scale, zero_point)),
+            Some(&(scale, zero_point)) => Ok(ActQParams::U8(QParams::new(scale, zero_point))),
             None => activation_qparams(&o.qparams()?, &describe(graph, observed.value)),
         })
         .collect::<Result<Vec<_>>>()?;
@@ -80,10 +80,20 @@ pub fn to_program(prepared: &PreparedModel) -> Result<(QuantizedProgram, Quantiz
         if let Some(layer) = fused_into {
             op = format!("{op} (fused into `{layer}`)");
         }
+        let bits = (node.outputs.iter())
+            .filter_map(|v| b.domains[v.index()].act_qparams())
+            .map(|qp| qp.bits())
+            .collect();
+        let narrowed = node
+            .outputs
+            .iter()
+            .find_map(|v| plan.narrowed.get(v).cloned());
         report.push(NodeReport {
             name: node.name.clone(),
             op,
             placement: placement.clone(),
+            bits,
+            narrowed,
         });
     }
     let outputs = graph.outputs.iter().map(|&v| b.float_version(v)).collect();
@@ -111,22 +121,30 @@ fn describe(graph: &Graph, value: ValueId) -> String {
     }
 }
 
-/// The kernels' `u8` parameters from an activation observer's.
-fn activation_qparams(qp: &observe::QParams, what: &str) -> Result<QParams> {
-    if qp.dtype != QDType::QUInt8 || qp.scale.len() != 1 {
+/// The kernels' `u8` or `u16` parameters from an activation observer's.
+fn activation_qparams(qp: &observe::QParams, what: &str) -> Result<ActQParams> {
+    let wide = qp.dtype == QDType::QUInt16;
+    if !(qp.dtype == QDType::QUInt8 || wide) || qp.scale.len() != 1 {
         return Err(Error::Unsupported(format!(
-            "activation quantization of {what}: the int8 kernels take per-tensor u8 activations, got {:?} with {} scale(s)",
+            "activation quantization of {what}: the kernels take per-tensor u8 or u16 activations, got {:?} with {} scale(s)",
             qp.dtype,
             qp.scale.len()
         )));
     }
-    let zero_point = u8::try_from(qp.zero_point[0]).map_err(|_| {
+    let out_of_range = || {
         Error::InvalidArgument(format!(
-            "zero point {} of {what} is outside 0..=255",
-            qp.zero_point[0]
+            "zero point {} of {what} is outside the range of {:?}",
+            qp.zero_point[0], qp.dtype
         ))
-    })?;
-    Ok(QParams::new(qp.scale[0], zero_point))
+    };
+    let (scale, z) = (qp.scale[0], qp.zero_point[0]);
+    Ok(if wide {
+        let z = u16::try_from(z).map_err(|_| out_of_range())?;
+        ActQParams::U16(WideQParams::new(scale, z))
+    } else {
+        let z = u8::try_from(z).map_err(|_| out_of_range())?;
+        ActQParams::U8(QParams::new(scale, z))
+    })
 }
 
 struct Builder<'a> {
@@ -134,7 +152,7 @@ struct Builder<'a> {
     /// The calibrated model: its bias-correction statistics.
     prepared: &'a PreparedModel,
     qparams_of: &'a HashMap<ValueId, usize>,
-    activations: &'a [QParams],
+    activations: &'a [ActQParams],
     values: Vec<ValueInfo>,
     domains: Vec<Domain>,
     steps: Vec<Step>,
@@ -154,7 +172,8 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn qparams(&self, value: ValueId) -> Result<QParams> {
+    /// The quantization parameters of `value` (8 or 16 bits).
+    fn act_qparams(&self, value: ValueId) -> Result<ActQParams> {
         let k = self.qparams_of.get(&value).ok_or_else(|| {
             Error::InvalidGraph(format!(
                 "{} is read by an int8 node but has no observer",
@@ -162,6 +181,16 @@ impl Builder<'_> {
             ))
         })?;
         Ok(self.activations[*k])
+    }
+
+    /// The `u8` parameters of `value`, which the plan keeps at 8 bits.
+    fn qparams(&self, value: ValueId) -> Result<QParams> {
+        self.act_qparams(value)?.as_u8().ok_or_else(|| {
+            Error::InvalidGraph(format!(
+                "{} is 16-bit but read by an op without 16-bit kernels",
+                describe(self.graph, value)
+            ))
+        })
     }
 
     fn copy_of(&mut self, value: ValueId, domain: Domain) -> ValueId {
@@ -173,15 +202,15 @@ impl Builder<'_> {
         ValueId((self.values.len() - 1) as u32)
     }
 
-    /// `value` as an int8 value: itself, or a quantized copy of the float value.
+    /// `value` as a quantized value: itself, or a quantized copy of the float value.
     fn int8_version(&mut self, value: ValueId) -> Result<ValueId> {
-        if matches!(self.domains[value.index()], Domain::Int8(_)) {
+        if self.domains[value.index()].is_quantized() {
             return Ok(value);
         }
         if let Some(&copy) = self.int8_copy.get(&value) {
             return Ok(copy);
         }
-        let copy = self.copy_of(value, Domain::Int8(self.qparams(value)?));
+        let copy = self.copy_of(value, Domain::of(self.act_qparams(value)?));
         self.steps.push(Step::Quantize {
             input: value,
             output: copy,
@@ -190,9 +219,9 @@ impl Builder<'_> {
         Ok(copy)
     }
 
-    /// `value` as a float value: itself, or a dequantized copy of the int8 value.
+    /// `value` as a float value: itself, or a dequantized copy of the quantized value.
     fn float_version(&mut self, value: ValueId) -> ValueId {
-        if !matches!(self.domains[value.index()], Domain::Int8(_)) {
+        if !self.domains[value.index()].is_quantized() {
             return value;
         }
         *self.float_copy.entry(value).or_insert_with(|| {
@@ -234,27 +263,33 @@ impl Builder<'_> {
     /// Adds the step of a node that runs in int8 (and its layer, for conv and linear nodes).
     fn int8_node(&mut self, node: &Node, op: Int8Op, qconfig: &QConfig) -> Result<()> {
         let output = node.outputs[0];
-        let out_qp = self.qparams(output)?;
-        self.domains[output.index()] = Domain::Int8(out_qp);
+        let out_qp = self.act_qparams(output)?;
+        self.domains[output.index()] = Domain::of(out_qp);
         let input = self.int8_version(node.inputs[0])?;
-        let in_qp = self.qparams(node.inputs[0])?;
         let step = match (op, &node.op) {
             (Int8Op::Conv2d | Int8Op::Linear, _) => {
                 let mut spec = QLayerSpec {
-                    input: in_qp,
+                    input: self.act_qparams(node.inputs[0])?,
                     output: out_qp,
                     activation: node.activation,
                     table: None,
                 };
                 let mut output = output;
-                if let Some((table, out)) = self.fusable_table(node)? {
+                if !spec.is_wide()
+                    && let Some((table, out)) = self.fusable_table(node)?
+                {
                     spec.table = Some(table);
                     output = out;
                 }
                 self.layer_step(node, op, spec, qconfig, [input, output])?
             }
-            (Int8Op::Pad | Int8Op::Clamp, _) => self.constant_step(node, op, out_qp, input)?,
-            _ => self.value_step(node, op, [in_qp, out_qp], input)?,
+            (Int8Op::Pad | Int8Op::Clamp, _) => {
+                self.constant_step(node, op, self.qparams(output)?, input)?
+            }
+            _ => {
+                let qparams = [self.qparams(node.inputs[0])?, self.qparams(output)?];
+                self.value_step(node, op, qparams, input)?
+            }
         };
         self.steps.push(step);
         Ok(())
@@ -271,7 +306,7 @@ impl Builder<'_> {
     ) -> Result<Step> {
         let (weight, bias) = self.layer_data(node)?;
         let shape = self.graph.tensors[&node.inputs[1]].shape().to_vec();
-        let x_scale = spec.input.scale;
+        let x_scale = spec.input.scale();
         match (op, &node.op) {
             (Int8Op::Conv2d, Op::Conv2d(_)) => {
                 let geometry = LayerLayout::from_weight(&node.op, &shape)

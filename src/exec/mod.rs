@@ -11,4 +11,5 @@ mod reference;
 
 pub use float::FloatExecutor;
 pub use quantized::RunValue;
+pub(crate) use quantized::nc_plane;
 pub(crate) use quantized::{Arithmetic, QuantizedExecutor, Tap};

@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use crate::graph::{RunShapes, ValueId, broadcast_all, cat_shape, reshape_target};
 use crate::kernels;
-use crate::program::{Domain, QuantizedLayers, QuantizedProgram, Step};
+use crate::program::{QuantizedLayers, QuantizedProgram, Step};
 use crate::{Error, Result};
 
 /// Byte alignment of every buffer in the arena (a cache line).
@@ -26,7 +26,7 @@ pub(super) struct ShapePlan {
     shapes: Vec<Option<Vec<usize>>>,
     /// The shape of each `u8` value's bytes: NHWC for 4-D values, the shape otherwise.
     physical: Vec<Option<Vec<usize>>>,
-    /// The arena bytes of each `u8` value.
+    /// The arena bytes of each quantized (`u8` or `u16`) value.
     slots: Vec<Option<Range<usize>>>,
     /// The arena size in bytes.
     pub(super) size: usize,
@@ -111,7 +111,7 @@ impl ShapePlan {
                 }
             }
             for &id in step.outputs() {
-                if !matches!(program.domains[id.index()], Domain::Int8(_)) {
+                if !program.domains[id.index()].is_quantized() {
                     continue;
                 }
                 match step {
@@ -126,14 +126,15 @@ impl ShapePlan {
         let mut own: Vec<Option<Range<usize>>> = vec![None; n];
         for (v, lived) in life.iter().enumerate() {
             let Some((start, end)) = *lived else { continue };
-            let len = self.shapes[v].as_ref().map_or(0, |s| s.iter().product());
+            let elements: usize = self.shapes[v].as_ref().map_or(0, |s| s.iter().product());
+            let len = elements * program.domains[v].bytes();
             let offset = first_fit(&placed, start, end, len);
             self.size = self.size.max(offset + len);
             placed.push((start, end, offset..offset + len));
             own[v] = Some(offset..offset + len);
         }
         for v in 0..n {
-            if matches!(program.domains[v], Domain::Int8(_)) {
+            if program.domains[v].is_quantized() {
                 self.slots[v] = own[owner[v]].clone();
             }
         }

@@ -21,6 +21,7 @@ use super::plan::ShapePlan;
 use super::{chunk, reference};
 use crate::graph::{BinaryOp, ValueId, ValueShapes};
 use crate::kernels::{self, CatInput, QBinaryOp, QParams, QTensorRef};
+use crate::nn::{QConv2d, QLayerSpec, QLinear};
 use crate::ops as float_ops;
 use crate::program::{Domain, QuantizedLayers, QuantizedProgram, Step};
 use crate::{Error, Result};
@@ -32,6 +33,8 @@ pub enum RunValue {
     Float(DispatchTensor),
     /// `u8` values: NHWC for 4-D values, row-major otherwise.
     Int8(Vec<u8>),
+    /// `u16` values (W8A16), laid out as `Int8` values.
+    Int16(Vec<u16>),
 }
 
 /// How the int8 steps are computed.
@@ -441,6 +444,9 @@ impl Run<'_> {
         for &id in step.outputs() {
             let value = match self.program.domains[id.index()] {
                 Domain::Int8(_) => RunValue::Int8(arena[self.plan.slot(id)?].to_vec()),
+                Domain::Int16(_) => {
+                    RunValue::Int16(kernels::as_u16(&arena[self.plan.slot(id)?])?.to_vec())
+                }
                 Domain::Float => RunValue::Float(self.float(floats, id)?),
             };
             tap(id, &value)?;
@@ -453,22 +459,33 @@ impl Run<'_> {
         around.get(self.plan.slot(id)?)
     }
 
-    /// Float to `u8` in one pass (NCHW float to NHWC `u8` for images).
+    /// Float to `u8` or `u16` in one pass (NCHW float to NHWC for images).
     fn quantize(&self, x: &DispatchTensor, output: ValueId, out: &mut [u8]) -> Result<()> {
-        let (shape, qp) = (self.plan.shape(output)?, self.qparams(output)?);
+        let shape = self.plan.shape(output)?;
+        if let Domain::Int16(qp) = self.program.domains[output.index()] {
+            let dims = nc_plane(shape);
+            let out = kernels::as_u16_mut(out)?;
+            return float_ops::with_f32_values(x, |x| kernels::quantize_wide(x, dims, qp, out))?;
+        }
+        let qp = self.qparams(output)?;
         float_ops::with_f32_values(x, |x| match *shape {
             [n, c, h, w] => kernels::quantize_nchw_to_nhwc(x, n, c, h, w, qp, out),
             _ => kernels::quantize(x, qp, out),
         })?
     }
 
-    /// `u8` to a float tensor (NHWC `u8` to NCHW float for images).
+    /// `u8` or `u16` to a float tensor (NHWC to NCHW float for images).
     fn dequantize(&self, input: ValueId, q: &[u8]) -> Result<DispatchTensor> {
-        let (shape, qp) = (self.plan.shape(input)?, self.qparams(input)?);
-        let mut x = vec![0f32; q.len()];
-        match *shape {
-            [n, c, h, w] => kernels::dequantize_nhwc_to_nchw(q, n, h, w, c, qp, &mut x)?,
-            _ => kernels::dequantize(q, qp, &mut x)?,
+        let shape = self.plan.shape(input)?;
+        let mut x = vec![0f32; shape.iter().product()];
+        match (self.program.domains[input.index()], shape) {
+            (Domain::Int16(qp), _) => {
+                kernels::dequantize_wide(kernels::as_u16(q)?, nc_plane(shape), qp, &mut x)?
+            }
+            (_, &[n, c, h, w]) => {
+                kernels::dequantize_nhwc_to_nchw(q, n, h, w, c, self.qparams(input)?, &mut x)?
+            }
+            _ => kernels::dequantize(q, self.qparams(input)?, &mut x)?,
         }
         let data = TensorData::new(x, shape.to_vec());
         Ok(Dispatch::float_from_data(data, self.device.as_dispatch()))
@@ -477,22 +494,35 @@ impl Run<'_> {
     /// A convolution or linear layer, on the kernels or (debug model) in float.
     fn layer(&self, step: &Step, around: &Around, out: &mut [u8]) -> Result<()> {
         let reference = self.arithmetic == Arithmetic::FloatReference;
+        let (input, output) = (step.inputs()[0], step.outputs()[0]);
+        let x = self.bytes(around, input)?;
+        let wide = |layer: &QLayerSpec| {
+            layer.is_wide().then(|| LayerIo {
+                input: self.program.domains[input.index()],
+                output: self.program.domains[output.index()],
+            })
+        };
         match step {
-            Step::Conv2d { layer, input, .. } => {
-                let (layer, x) = (&self.layers.convs[*layer], self.bytes(around, *input)?);
-                let [n, c, h, w] = self.image(*input)?;
+            Step::Conv2d { layer, .. } => {
+                let layer = &self.layers.convs[*layer];
+                let [n, c, h, w] = self.image(input)?;
                 if reference {
-                    let q = reference::conv2d(layer, x, [n, c, h, w], self.device)?;
-                    return copy_into(&q, out);
+                    return reference::conv2d(layer, x, [n, c, h, w], self.device, out);
+                }
+                if let Some(io) = wide(&layer.spec) {
+                    return io.conv(layer, x, [n, h, w], out);
                 }
                 let (packed, requant) = layer.prepared()?;
                 kernels::qconv2d_prepared(x, n, h, w, packed, requant, out)
             }
-            Step::Linear { layer, input, .. } => {
-                let (layer, x) = (&self.layers.linears[*layer], self.bytes(around, *input)?);
-                let rows = self.plan.shape(*input)?[0];
+            Step::Linear { layer, .. } => {
+                let layer = &self.layers.linears[*layer];
+                let rows = self.plan.shape(input)?[0];
                 if reference {
-                    return copy_into(&reference::linear(layer, x, rows, self.device)?, out);
+                    return reference::linear(layer, x, rows, self.device, out);
+                }
+                if let Some(io) = wide(&layer.spec) {
+                    return io.linear(layer, x, out);
                 }
                 let (packed, requant) = layer.prepared()?;
                 kernels::qlinear_prepared(x, rows, packed, requant, out)
@@ -600,17 +630,70 @@ impl Run<'_> {
     }
 }
 
-/// Copies `q` into `out`, which must have its length.
-fn copy_into(q: &[u8], out: &mut [u8]) -> Result<()> {
-    if q.len() != out.len() {
-        return Err(Error::Shape {
-            context: "reference layer output".into(),
-            expected: format!("{} elements", out.len()),
-            got: format!("{} elements", q.len()),
-        });
+/// `[n, c, plane]` of a value of `shape`: an NCHW image's, or `[rows, features, 1]` for a value
+/// held row-major.
+pub(crate) fn nc_plane(shape: &[usize]) -> [usize; 3] {
+    match *shape {
+        [n, c, h, w] => [n, c, h * w],
+        _ => {
+            let features = shape.last().copied().unwrap_or(1).max(1);
+            [shape.iter().product::<usize>() / features, features, 1]
+        }
     }
-    out.copy_from_slice(q);
-    Ok(())
+}
+
+/// The element types a wide layer reads and writes (from its values' domains).
+struct LayerIo {
+    input: Domain,
+    output: Domain,
+}
+
+/// `$call` with `$x` and `$out` as the slices of the element types `$io` says (`u8` bytes, or
+/// the `u16` values they hold).
+macro_rules! with_widths {
+    ($io:expr, $x:ident, $out:ident, $call:expr) => {
+        match ($io.input.bytes(), $io.output.bytes()) {
+            (1, 1) => $call,
+            (1, _) => {
+                let $out = kernels::as_u16_mut($out)?;
+                $call
+            }
+            (_, 1) => {
+                let $x = kernels::as_u16($x)?;
+                $call
+            }
+            _ => {
+                let ($x, $out) = (kernels::as_u16($x)?, kernels::as_u16_mut($out)?);
+                $call
+            }
+        }
+    };
+}
+
+impl LayerIo {
+    /// A wide convolution of NHWC `x` (`[n, h, w]` images) into `out`.
+    fn conv(&self, layer: &QConv2d, x: &[u8], size: [usize; 3], out: &mut [u8]) -> Result<()> {
+        let (packed, requant) = layer.wide()?;
+        let z = layer.spec.input.zero_point();
+        with_widths!(
+            self,
+            x,
+            out,
+            kernels::qconv2d_wide(x, size, z, packed, requant, out)
+        )
+    }
+
+    /// A wide linear layer of row-major `x` into `out`.
+    fn linear(&self, layer: &QLinear, x: &[u8], out: &mut [u8]) -> Result<()> {
+        let (packed, requant) = layer.wide()?;
+        let z = layer.spec.input.zero_point();
+        with_widths!(
+            self,
+            x,
+            out,
+            kernels::qlinear_wide(x, z, packed, requant, out)
+        )
+    }
 }
 
 /// Copies the bytes of a value of shape `from` to those of a value of shape `to` holding the

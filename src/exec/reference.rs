@@ -3,40 +3,41 @@
 //!
 //! `acc = conv(q_x − z_x, q_w) + bias_i32` is exact in `f64` (every partial sum is an integer
 //! far below 2^53), so it equals the kernels' `i32` accumulator; the accumulator then goes
-//! through [`kernels::requantize`], the one definition every kernel path matches. The output
-//! integers are therefore bit-identical to the int8 model's, while nothing of the kernels'
-//! packing, im2col or SIMD code is used.
+//! through [`kernels::requantize`] (or [`kernels::requantize_wide`] for a layer with a 16-bit
+//! side, whose `i64` sums are as exact in `f64`), the one definition every kernel path matches.
+//! The output integers are therefore bit-identical to the quantized model's, while nothing of
+//! the kernels' packing, im2col or SIMD code is used.
 
 use burn::backend::ops::{FloatTensorOps, ModuleOps};
 use burn::backend::{Dispatch, DispatchTensor};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Device, Shape, TensorData};
 
-use crate::kernels::{self, Requant};
-use crate::nn::{QConv2d, QLinear};
+use crate::kernels::{self, ActQParams, Requant, RequantWide};
+use crate::nn::{QConv2d, QLayerSpec, QLinear};
 use crate::ops::float_values;
 use crate::{Error, Result};
 
 type B = Dispatch;
 
-/// The reference convolution of `input` (`u8` NHWC `[n, h, w, c]`) into `u8` NHWC.
+/// The reference convolution of `input` (NHWC `[n, h, w, c]`, `u8` or `u16` bytes as the
+/// layer's input) into `out` (NHWC, as its output).
 pub(crate) fn conv2d(
     layer: &QConv2d,
     input: &[u8],
     [n, c, h, w]: [usize; 4],
     device: &Device,
-) -> Result<Vec<u8>> {
-    let (_, requant) = layer.packed()?;
+    out: &mut [u8],
+) -> Result<()> {
     let weights = layer.weights()?;
     let g = layer.geometry;
-    let z = i32::from(layer.spec.input.zero_point);
-    // (q − z) in NCHW order, as f64.
-    let mut x = vec![0f64; input.len()];
+    let centred = centred(input, layer.spec.input)?;
+    // (q − z) in NCHW order.
+    let mut x = vec![0f64; centred.len()];
     for b in 0..n {
         for p in 0..h * w {
             for ch in 0..c {
-                x[(b * c + ch) * h * w + p] =
-                    f64::from(i32::from(input[(b * h * w + p) * c + ch]) - z);
+                x[(b * c + ch) * h * w + p] = centred[(b * h * w + p) * c + ch];
             }
         }
     }
@@ -68,32 +69,37 @@ pub(crate) fn conv2d(
     let [_, oc, oh, ow] = <[usize; 4]>::try_from(dims.as_slice())
         .map_err(|_| Error::InvalidGraph("reference conv gave a non-4-D result".into()))?;
     let acc = float_values::<f64>(&acc)?;
+    let requant = Requantizer::of(
+        &layer.spec,
+        || layer.packed().map(|p| &p.1),
+        || layer.wide().map(|w| w.1),
+    )?;
     // Requantize into NHWC.
-    let mut out = vec![0u8; acc.len()];
+    let mut q = vec![0u16; acc.len()];
     for b in 0..n {
         for ch in 0..oc {
             for p in 0..oh * ow {
-                out[(b * oh * ow + p) * oc + ch] =
-                    requantize(requant, acc[(b * oc + ch) * oh * ow + p], ch)?;
+                q[(b * oh * ow + p) * oc + ch] =
+                    requant.apply(acc[(b * oc + ch) * oh * ow + p], ch)?;
             }
         }
     }
-    Ok(out)
+    store(&q, layer.spec.output, out)
 }
 
-/// The reference linear layer of `input` (`u8` `[rows, in]`) into `u8` `[rows, out]`.
+/// The reference linear layer of `input` (`[rows, in]`, `u8` or `u16` bytes as the layer's
+/// input) into `out` (`[rows, out]`, as its output).
 pub(crate) fn linear(
     layer: &QLinear,
     input: &[u8],
     rows: usize,
     device: &Device,
-) -> Result<Vec<u8>> {
-    let (_, requant) = layer.packed()?;
+    out: &mut [u8],
+) -> Result<()> {
     let weights = layer.weights()?;
     let [out_features, in_features] = layer.weight.val().dims();
-    let z = f64::from(layer.spec.input.zero_point);
     let x = f64_tensor(
-        input.iter().map(|&q| f64::from(q) - z).collect(),
+        centred(input, layer.spec.input)?,
         [rows, in_features],
         device,
     );
@@ -110,18 +116,83 @@ pub(crate) fn linear(
     );
     let acc = B::float_add(B::float_matmul(x, B::float_swap_dims(wt, 0, 1)), bias);
     let acc = float_values::<f64>(&acc)?;
-    acc.iter()
-        .enumerate()
-        .map(|(k, &a)| requantize(requant, a, k % out_features))
-        .collect()
+    let requant = Requantizer::of(
+        &layer.spec,
+        || layer.packed().map(|p| &p.1),
+        || layer.wide().map(|w| w.1),
+    )?;
+    let q = (acc.iter().enumerate())
+        .map(|(k, &a)| requant.apply(a, k % out_features))
+        .collect::<Result<Vec<_>>>()?;
+    store(&q, layer.spec.output, out)
 }
 
-fn requantize(requant: &Requant, acc: f64, channel: usize) -> Result<u8> {
-    let acc = i32::try_from(acc as i64)
-        .map_err(|_| Error::Unsupported(format!("accumulator {acc} does not fit in i32")))?;
-    let m = requant.multiplier(channel);
-    let q = kernels::requantize(acc, m, requant.zero_point, requant.qmin, requant.qmax);
-    Ok(requant.table.as_ref().map_or(q, |table| table.get(q)))
+/// `q − z` of every value of `input`, held as `qp` says (`u8`, or `u16` in pairs of bytes).
+fn centred(input: &[u8], qp: ActQParams) -> Result<Vec<f64>> {
+    let z = f64::from(qp.zero_point());
+    Ok(match qp {
+        ActQParams::U8(_) => input.iter().map(|&q| f64::from(q) - z).collect(),
+        ActQParams::U16(_) => (kernels::as_u16(input)?.iter())
+            .map(|&q| f64::from(q) - z)
+            .collect(),
+    })
+}
+
+/// Writes `q` into `out` as `qp` holds values.
+fn store(q: &[u16], qp: ActQParams, out: &mut [u8]) -> Result<()> {
+    let expected = out.len() / usize::from(qp.bits() / 8);
+    if q.len() != expected {
+        return Err(Error::Shape {
+            context: "reference layer output".into(),
+            expected: format!("{expected} elements"),
+            got: format!("{} elements", q.len()),
+        });
+    }
+    match qp {
+        ActQParams::U8(_) => out.iter_mut().zip(q).for_each(|(o, &v)| *o = v as u8),
+        ActQParams::U16(_) => kernels::as_u16_mut(out)?.copy_from_slice(q),
+    }
+    Ok(())
+}
+
+/// The requantization of a layer's accumulators: the int8 kernels' or the wide kernels'.
+enum Requantizer<'a> {
+    Int8(&'a Requant),
+    Wide(&'a RequantWide),
+}
+
+impl<'a> Requantizer<'a> {
+    fn of(
+        spec: &QLayerSpec,
+        int8: impl FnOnce() -> Result<&'a Requant>,
+        wide: impl FnOnce() -> Result<&'a RequantWide>,
+    ) -> Result<Self> {
+        Ok(if spec.is_wide() {
+            Requantizer::Wide(wide()?)
+        } else {
+            Requantizer::Int8(int8()?)
+        })
+    }
+
+    /// The output value of accumulator `acc` (an integer) of output channel `channel`.
+    fn apply(&self, acc: f64, channel: usize) -> Result<u16> {
+        match self {
+            Requantizer::Int8(requant) => {
+                let acc = i32::try_from(acc as i64).map_err(|_| {
+                    Error::Unsupported(format!("accumulator {acc} does not fit in i32"))
+                })?;
+                let m = requant.multiplier(channel);
+                let q = kernels::requantize(acc, m, requant.zero_point, requant.qmin, requant.qmax);
+                Ok(u16::from(
+                    requant.table.as_ref().map_or(q, |table| table.get(q)),
+                ))
+            }
+            Requantizer::Wide(r) => {
+                let m = r.multiplier(channel);
+                Ok(kernels::requantize_wide(acc as i64, m, r.zero_point, r.qmin, r.qmax) as u16)
+            }
+        }
+    }
 }
 
 fn f64_tensor<const D: usize>(

@@ -1,6 +1,7 @@
 //! Quantized layers as Burn modules: `QConv2d` and `QLinear` hold their int8 weights, i32
 //! biases and weight scales as Burn parameters (so they are saved in Burn records), and the
-//! weights packed once for the int8 kernels.
+//! weights packed once for the kernels: the int8 ones when the layer reads and writes 8-bit
+//! activations, the wide (W8A16) ones when either side is 16-bit.
 
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
@@ -8,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::graph::Activation;
 use crate::kernels::{
-    self, Conv2dGeometry, PackedConv2d, PackedLinear, PreparedRequant, QParams, Requant, Table,
+    self, ActQParams, Conv2dGeometry, PackedConv2d, PackedLinear, PackedWide, PackedWideConv2d,
+    PreparedRequant, Requant, RequantWide, Table,
 };
 use crate::{Error, Result};
 
@@ -16,10 +18,10 @@ use crate::{Error, Result};
 /// parameters of its input and output, and a fused activation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QLayerSpec {
-    /// Quantization parameters of the input.
-    pub input: QParams,
-    /// Quantization parameters of the output.
-    pub output: QParams,
+    /// Quantization parameters of the input (8 or 16 bits).
+    pub input: ActQParams,
+    /// Quantization parameters of the output (8 or 16 bits).
+    pub output: ActQParams,
     /// ReLU or clamp applied in the requantization.
     pub activation: Option<Activation>,
     /// A pointwise function fused into the output (hard-swish after a conv): the requantized
@@ -29,26 +31,75 @@ pub struct QLayerSpec {
 }
 
 impl QLayerSpec {
-    /// The requantization of a layer with these weight scales (one per output channel).
+    /// Whether the layer reads or writes 16-bit activations (and runs on the wide kernels).
+    pub fn is_wide(&self) -> bool {
+        self.input.bits() == 16 || self.output.bits() == 16
+    }
+
+    /// The int8 requantization of a layer with these weight scales (one per output channel);
+    /// `Err` for a wide layer.
     pub fn requant(&self, weight_scales: &[f32]) -> Result<Requant> {
-        let multipliers =
-            kernels::conv_multipliers(self.input.scale, weight_scales, self.output.scale);
-        let requant = Requant::new(multipliers, self.output.zero_point);
+        let (Some(input), Some(output)) = (self.input.as_u8(), self.output.as_u8()) else {
+            return Err(Error::InvalidArgument(
+                "a layer with 16-bit activations has no int8 requantization".into(),
+            ));
+        };
+        let multipliers = kernels::conv_multipliers(input.scale, weight_scales, output.scale);
+        let requant = Requant::new(multipliers, output.zero_point);
         let requant = match &self.table {
             Some(table) => requant.with_table(table.clone()),
             None => requant,
         };
+        let [qmin, qmax] = self.bounds()?;
+        Ok(Requant {
+            qmin: qmin as u8,
+            qmax: qmax as u8,
+            ..requant
+        })
+    }
+
+    /// The requantization of the wide kernels for these weight scales; `Err` when a table is
+    /// fused (tables map 8-bit values; convert does not fuse them into wide layers).
+    pub fn requant_wide(&self, weight_scales: &[f32]) -> Result<RequantWide> {
+        if self.table.is_some() {
+            return Err(Error::Unsupported(
+                "a table fused into a layer with 16-bit activations".into(),
+            ));
+        }
+        let multipliers =
+            kernels::conv_multipliers(self.input.scale(), weight_scales, self.output.scale());
+        let [qmin, qmax] = self.bounds()?;
+        Ok(RequantWide {
+            qmin,
+            qmax,
+            ..RequantWide::new(multipliers, self.output.zero_point(), qmax)
+        })
+    }
+
+    /// The lowest and highest output value: the whole range, from the zero point for a fused
+    /// ReLU, the quantized bounds for a fused clamp.
+    fn bounds(&self) -> Result<[u16; 2]> {
+        let full = match self.output {
+            ActQParams::U8(_) => 255,
+            ActQParams::U16(_) => u16::MAX,
+        };
         Ok(match self.activation {
-            None => requant,
-            Some(Activation::Relu) => requant.with_relu(),
+            None => [0, full],
+            Some(Activation::Relu) => [self.output.zero_point(), full],
             Some(Activation::Clamp { min, max }) => {
                 // The bounds quantized as the kernels quantize any value.
-                let mut q = [0u8; 2];
-                kernels::quantize(&[min as f32, max as f32], self.output, &mut q)?;
-                Requant {
-                    qmin: q[0],
-                    qmax: q[1],
-                    ..requant
+                let bounds = [min as f32, max as f32];
+                match self.output {
+                    ActQParams::U8(qp) => {
+                        let mut q = [0u8; 2];
+                        kernels::quantize(&bounds, qp, &mut q)?;
+                        q.map(u16::from)
+                    }
+                    ActQParams::U16(qp) => {
+                        let mut q = [0u16; 2];
+                        kernels::quantize_wide(&bounds, [1, 2, 1], qp, &mut q)?;
+                        q
+                    }
                 }
             }
         })
@@ -71,7 +122,7 @@ pub struct QConv2d {
     #[module(skip)]
     pub spec: QLayerSpec,
     #[module(skip)]
-    packed: Option<Packed<PackedConv2d>>,
+    packed: Option<Kernels<PackedConv2d, PackedWideConv2d>>,
 }
 
 /// A quantized linear layer (PyTorch's `torch.ao.nn.quantized.Linear`).
@@ -87,7 +138,7 @@ pub struct QLinear {
     #[module(skip)]
     pub spec: QLayerSpec,
     #[module(skip)]
-    packed: Option<Packed<PackedLinear>>,
+    packed: Option<Kernels<PackedLinear, PackedWide>>,
 }
 
 /// The integer content of a quantized conv or linear layer.
@@ -146,21 +197,21 @@ impl QConv2d {
         }
     }
 
-    /// Packs the weights held in the parameters (after a record was loaded into them).
+    /// Packs the weights held in the parameters (after a record was loaded into them), for
+    /// the int8 kernels or, when the spec has a 16-bit side, the wide ones.
     pub fn pack(&mut self) -> Result<()> {
         let w = self.weights()?;
         check_channels("QConv2d", w.scales.len(), self.geometry.out_channels)?;
-        let packed = PackedConv2d::new(
-            self.geometry,
-            &w.weight,
-            &w.bias,
-            self.spec.input.zero_point,
-        )?;
-        let requant = self.spec.requant(&w.scales)?;
-        let prepared = packed.prepare(&requant)?;
-        self.packed = Some(Packed {
-            layer: (packed, requant),
-            prepared,
+        self.packed = Some(if self.spec.is_wide() {
+            let packed = PackedWideConv2d::new(self.geometry, &w.weight, &w.bias)?;
+            Kernels::Wide(packed, self.spec.requant_wide(&w.scales)?)
+        } else {
+            let zero_point = self.spec.input.zero_point() as u8;
+            let packed = PackedConv2d::new(self.geometry, &w.weight, &w.bias, zero_point)?;
+            Kernels::Int8(Box::new(Packed::new(
+                packed,
+                self.spec.requant(&w.scales)?,
+            )?))
         });
         Ok(())
     }
@@ -174,15 +225,20 @@ impl QConv2d {
         )
     }
 
-    /// The packed weights and requantization the kernels use.
+    /// The packed weights and requantization the int8 kernels use.
     pub fn packed(&self) -> Result<&(PackedConv2d, Requant)> {
-        packed(&self.packed, "QConv2d").map(|p| &p.layer)
+        int8(&self.packed, "QConv2d").map(|p| &p.layer)
     }
 
     /// The packed weights and the requantization prepared for them
     /// ([`kernels::qconv2d_prepared`]'s arguments).
     pub fn prepared(&self) -> Result<(&PackedConv2d, &PreparedRequant)> {
-        packed(&self.packed, "QConv2d").map(|p| (&p.layer.0, &p.prepared))
+        int8(&self.packed, "QConv2d").map(|p| (&p.layer.0, &p.prepared))
+    }
+
+    /// The packed weights and requantization the wide kernels use.
+    pub fn wide(&self) -> Result<(&PackedWideConv2d, &RequantWide)> {
+        wide(&self.packed, "QConv2d")
     }
 }
 
@@ -228,23 +284,24 @@ impl QLinear {
         }
     }
 
-    /// Packs the weights held in the parameters (after a record was loaded into them).
+    /// Packs the weights held in the parameters (after a record was loaded into them), for
+    /// the int8 kernels or, when the spec has a 16-bit side, the wide ones.
     pub fn pack(&mut self) -> Result<()> {
         let [out_features, in_features] = self.weight.val().dims();
         let w = self.weights()?;
         check_channels("QLinear", w.scales.len(), out_features)?;
-        let packed = PackedLinear::new(
-            &w.weight,
-            out_features,
-            in_features,
-            &w.bias,
-            self.spec.input.zero_point,
-        )?;
-        let requant = self.spec.requant(&w.scales)?;
-        let prepared = packed.prepare(&requant)?;
-        self.packed = Some(Packed {
-            layer: (packed, requant),
-            prepared,
+        self.packed = Some(if self.spec.is_wide() {
+            let weight = |_, o: usize, i: usize| w.weight[o * in_features + i];
+            let packed = PackedWide::new(1, in_features, out_features, &w.bias, weight)?;
+            Kernels::Wide(packed, self.spec.requant_wide(&w.scales)?)
+        } else {
+            let zero_point = self.spec.input.zero_point() as u8;
+            let packed =
+                PackedLinear::new(&w.weight, out_features, in_features, &w.bias, zero_point)?;
+            Kernels::Int8(Box::new(Packed::new(
+                packed,
+                self.spec.requant(&w.scales)?,
+            )?))
         });
         Ok(())
     }
@@ -258,15 +315,20 @@ impl QLinear {
         )
     }
 
-    /// The packed weights and requantization the kernels use.
+    /// The packed weights and requantization the int8 kernels use.
     pub fn packed(&self) -> Result<&(PackedLinear, Requant)> {
-        packed(&self.packed, "QLinear").map(|p| &p.layer)
+        int8(&self.packed, "QLinear").map(|p| &p.layer)
     }
 
     /// The packed weights and the requantization prepared for them
     /// ([`kernels::qlinear_prepared`]'s arguments).
     pub fn prepared(&self) -> Result<(&PackedLinear, &PreparedRequant)> {
-        packed(&self.packed, "QLinear").map(|p| (&p.layer.0, &p.prepared))
+        int8(&self.packed, "QLinear").map(|p| (&p.layer.0, &p.prepared))
+    }
+
+    /// The packed weights and requantization the wide kernels use.
+    pub fn wide(&self) -> Result<(&PackedWide, &RequantWide)> {
+        wide(&self.packed, "QLinear")
     }
 }
 
@@ -310,18 +372,75 @@ fn int_param<const D: usize>(
     Param::initialized(ParamId::new(), Tensor::from_data(data, (device, dtype)))
 }
 
-/// A layer's weights packed for the kernels with its requantization, as given and as prepared
-/// for those packed weights (both built by `pack`).
+/// A layer's weights packed for the kernels it runs on (built by `pack`).
+#[derive(Clone, Debug)]
+enum Kernels<P, W> {
+    /// 8-bit input and output.
+    Int8(Box<Packed<P>>),
+    /// A 16-bit side: the wide kernels.
+    Wide(W, RequantWide),
+}
+
+/// A layer's weights packed for the int8 kernels with its requantization, as given and as
+/// prepared for those packed weights.
 #[derive(Clone, Debug)]
 struct Packed<P> {
     layer: (P, Requant),
     prepared: PreparedRequant,
 }
 
-fn packed<'a, T>(packed: &'a Option<T>, layer: &str) -> Result<&'a T> {
-    packed
-        .as_ref()
-        .ok_or_else(|| Error::InvalidArgument(format!("{layer} used before pack()")))
+/// What both int8 packings prepare a requantization with.
+trait PrepareRequant {
+    fn prepare(&self, requant: &Requant) -> Result<PreparedRequant>;
+}
+
+impl PrepareRequant for PackedConv2d {
+    fn prepare(&self, requant: &Requant) -> Result<PreparedRequant> {
+        PackedConv2d::prepare(self, requant)
+    }
+}
+
+impl PrepareRequant for PackedLinear {
+    fn prepare(&self, requant: &Requant) -> Result<PreparedRequant> {
+        PackedLinear::prepare(self, requant)
+    }
+}
+
+impl<P: PrepareRequant> Packed<P> {
+    fn new(packed: P, requant: Requant) -> Result<Self> {
+        let prepared = packed.prepare(&requant)?;
+        Ok(Packed {
+            layer: (packed, requant),
+            prepared,
+        })
+    }
+}
+
+fn int8<'a, P, W>(packed: &'a Option<Kernels<P, W>>, layer: &str) -> Result<&'a Packed<P>> {
+    match packed {
+        Some(Kernels::Int8(p)) => Ok(p),
+        Some(Kernels::Wide(..)) => Err(Error::InvalidArgument(format!(
+            "{layer} has 16-bit activations: it runs on the wide kernels"
+        ))),
+        None => Err(Error::InvalidArgument(format!(
+            "{layer} used before pack()"
+        ))),
+    }
+}
+
+fn wide<'a, P, W>(
+    packed: &'a Option<Kernels<P, W>>,
+    layer: &str,
+) -> Result<(&'a W, &'a RequantWide)> {
+    match packed {
+        Some(Kernels::Wide(w, r)) => Ok((w, r)),
+        Some(Kernels::Int8(_)) => Err(Error::InvalidArgument(format!(
+            "{layer} has 8-bit activations: it runs on the int8 kernels"
+        ))),
+        None => Err(Error::InvalidArgument(format!(
+            "{layer} used before pack()"
+        ))),
+    }
 }
 
 /// The integer content of a layer: its `i8` weight data and its bias and scale parameters.

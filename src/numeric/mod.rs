@@ -20,11 +20,12 @@ use std::fmt;
 use burn::tensor::Tensor;
 
 use crate::Result;
-use crate::exec::{FloatExecutor, RunValue};
+use crate::exec::{FloatExecutor, RunValue, nc_plane};
 use crate::graph::{ValueId, ValueShapes};
 use crate::kernels;
 use crate::ops::float_values;
 use crate::prepare::PreparedModel;
+use crate::program::{Domain, QuantizedProgram};
 use crate::quantized::QuantizedModel;
 
 /// How far one quantized tensor is from its float counterpart.
@@ -114,19 +115,12 @@ pub fn compare_activations<const DI: usize, const DO: usize>(
     let n = input.dims()[0];
     let mut comparisons = Vec::new();
     qmodel.forward_observed::<DI, DO>(input, &mut |id, value| {
-        let (RunValue::Int8(q), Some(&i), Some(f)) = (value, node_of.get(&id), float_out.get(&id))
-        else {
+        let (Some(&i), Some(f)) = (node_of.get(&id), float_out.get(&id)) else {
             return Ok(());
         };
-        let Some(qp) = program.qparams(id) else {
+        let Some(deq) = dequantized(program, id, value, n)? else {
             return Ok(());
         };
-        let shape = program.shape_at(id, n)?;
-        let mut deq = vec![0f32; q.len()];
-        match shape[..] {
-            [n, c, h, w] => kernels::dequantize_nhwc_to_nchw(q, n, h, w, c, qp, &mut deq)?,
-            _ => kernels::dequantize(q, qp, &mut deq)?,
-        }
         let report = &program.report[i];
         comparisons.push(Comparison::new(
             report.name.clone(),
@@ -137,6 +131,32 @@ pub fn compare_activations<const DI: usize, const DO: usize>(
         Ok(())
     })?;
     Ok(comparisons)
+}
+
+/// The float values of quantized run value `id` (`None` for a float value), NCHW for images.
+fn dequantized(
+    program: &QuantizedProgram,
+    id: ValueId,
+    value: &RunValue,
+    batch: usize,
+) -> Result<Option<Vec<f32>>> {
+    let shape = program.shape_at(id, batch)?;
+    Ok(match (value, program.domains[id.index()]) {
+        (RunValue::Int8(q), Domain::Int8(qp)) => {
+            let mut deq = vec![0f32; q.len()];
+            match shape[..] {
+                [n, c, h, w] => kernels::dequantize_nhwc_to_nchw(q, n, h, w, c, qp, &mut deq)?,
+                _ => kernels::dequantize(q, qp, &mut deq)?,
+            }
+            Some(deq)
+        }
+        (RunValue::Int16(q), Domain::Int16(qp)) => {
+            let mut deq = vec![0f32; q.len()];
+            kernels::dequantize_wide(q, nc_plane(&shape), qp, &mut deq)?;
+            Some(deq)
+        }
+        _ => None,
+    })
 }
 
 /// Compares every int8 layer's dequantized weights (`s_w · q_w`) with the float weights it was

@@ -29,6 +29,9 @@ pub enum QDType {
     QUInt8,
     /// Signed: quantized range -128..=127 (-64..=63 with `reduce_range`).
     QInt8,
+    /// Unsigned 16-bit (activations of W8A16 layers): 0..=65535 (0..=32767 with
+    /// `reduce_range`).
+    QUInt16,
 }
 
 impl QDType {
@@ -40,6 +43,8 @@ impl QDType {
             (QDType::QUInt8, true) => (0, 127),
             (QDType::QInt8, false) => (-128, 127),
             (QDType::QInt8, true) => (-64, 63),
+            (QDType::QUInt16, false) => (0, 65535),
+            (QDType::QUInt16, true) => (0, 32767),
         }
     }
 }
@@ -147,6 +152,15 @@ impl ObserverConfig {
         Self::activation(ObserverKind::MinMax, reduce_range)
     }
 
+    /// A MinMax observer for 16-bit activations (W8A16): `u16`, per-tensor affine, the full
+    /// range. With 65,536 levels clipping outliers buys little, so the range is the data's.
+    pub fn min_max_16() -> Self {
+        ObserverConfig {
+            dtype: QDType::QUInt16,
+            ..Self::min_max(false)
+        }
+    }
+
     /// `MovingAverageMinMaxObserver(reduce_range=…)`: u8, per-tensor affine, averaging constant
     /// 0.01.
     pub fn moving_average_min_max(reduce_range: bool) -> Self {
@@ -222,6 +236,12 @@ impl ObserverConfig {
         }
         if self.scheme.is_symmetric() && self.reduce_range && self.dtype == QDType::QUInt8 {
             return invalid("cannot reduce range for symmetric quantization for quint8");
+        }
+        if self.dtype == QDType::QUInt16 && matches!(self.kind, ObserverKind::Histogram { .. }) {
+            return invalid(
+                "the histogram's L2 search models 256 levels; 16-bit activations take MinMax, \
+                 MovingAverageMinMax, Percentile or Entropy",
+            );
         }
         match self.kind {
             ObserverKind::MovingAverageMinMax {

@@ -99,6 +99,7 @@ pub fn calculate_qparams(
         let scale = ((-min_neg).max(max_pos) / half_range).max(EPS);
         let zero_point = match dtype {
             QDType::QUInt8 => 128,
+            QDType::QUInt16 => 32768,
             QDType::QInt8 => 0,
         };
         (scale, zero_point)

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 
 use crate::graph::{BinaryOp, Graph, Node, Op, PadMode, ReduceOp, ValueId};
-use crate::observe::ObserverConfig;
+use crate::observe::{ObserverConfig, QDType};
 use crate::program::{Int8Op, Placement};
 use crate::qconfig::QConfig;
 
@@ -44,6 +44,8 @@ pub struct Plan {
     /// Observers whose value has a fixed range (sigmoid, hard-sigmoid, tanh): the index in
     /// `observed` and the `(scale, zero point)` used instead of what the observer saw.
     pub fixed: HashMap<usize, (f32, u8)>,
+    /// Values whose qconfig asked for 16 bits but that stay 8-bit, and why.
+    pub narrowed: HashMap<ValueId, String>,
 }
 
 /// Makes the plan for `graph` under the per-node `qconfigs`.
@@ -53,6 +55,7 @@ pub(crate) fn plan(graph: &Graph, qconfigs: &[Option<QConfig>]) -> Plan {
         observed: Vec::new(),
         qparams_of: HashMap::new(),
         fixed: HashMap::new(),
+        narrowed: HashMap::new(),
     };
     for (node, qconfig) in graph.nodes.iter().zip(qconfigs) {
         let placement = match qconfig {
@@ -79,6 +82,7 @@ pub(crate) fn plan(graph: &Graph, qconfigs: &[Option<QConfig>]) -> Plan {
         };
         plan.placement.push(placement);
     }
+    plan.narrow_16bit(graph);
     plan
 }
 
@@ -107,6 +111,53 @@ impl Plan {
                 self.fixed.insert(k, range);
             }
         }
+    }
+}
+
+impl Plan {
+    /// Gives 8 bits to every value observed at 16 bits that an op without 16-bit kernels makes
+    /// or reads: 16-bit values are made by conv/linear layers or quantized from float, and read
+    /// by conv/linear layers or dequantized.
+    fn narrow_16bit(&mut self, graph: &Graph) {
+        for k in 0..self.observed.len() {
+            let value = self.observed[k].value;
+            if self.observed[k].config.dtype != QDType::QUInt16 {
+                continue;
+            }
+            if let Some(why) = self.why_not_16bit(graph, value) {
+                self.observed[k].config.dtype = QDType::QUInt8;
+                self.narrowed.insert(value, why);
+            }
+        }
+    }
+
+    /// Why `value` cannot be 16-bit, or `None` when it can.
+    fn why_not_16bit(&self, graph: &Graph, value: ValueId) -> Option<String> {
+        let layer = |n: usize| {
+            matches!(
+                self.placement[n],
+                Placement::Int8(Int8Op::Conv2d | Int8Op::Linear)
+            )
+        };
+        let int8 = |n: usize| matches!(self.placement[n], Placement::Int8(_));
+        if let Some(p) = graph.producer(value).filter(|&p| int8(p) && !layer(p)) {
+            return Some(format!(
+                "it is made by `{}` ({}), which has no 16-bit kernel",
+                graph.nodes[p].name,
+                graph.nodes[p].op.kind()
+            ));
+        }
+        let reader = graph
+            .consumers(value)
+            .into_iter()
+            .find(|&c| int8(c) && !(layer(c) && graph.nodes[c].inputs[0] == value));
+        reader.map(|c| {
+            format!(
+                "it is read by `{}` ({}), which has no 16-bit kernel",
+                graph.nodes[c].name,
+                graph.nodes[c].op.kind()
+            )
+        })
     }
 }
 

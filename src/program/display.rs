@@ -45,11 +45,17 @@ fn window(kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> String
 }
 
 impl QuantizedProgram {
-    /// `%3: u8[N, 64, 56, 56] (scale=0.01234 zp=0)` or `%3: f32[N, 1000]`.
+    /// `%3: u8[N, 64, 56, 56] (scale=0.01234 zp=0)`, `%4: u16[..] (..)` or `%3: f32[N, 1000]`.
     pub(crate) fn typed(&self, id: ValueId) -> String {
         match self.domains[id.index()] {
             Domain::Int8(q) => format!(
                 "{id}: u8{} (scale={:.5} zp={})",
+                self.shape_text(id),
+                q.scale,
+                q.zero_point
+            ),
+            Domain::Int16(q) => format!(
+                "{id}: u16{} (scale={:.7} zp={})",
                 self.shape_text(id),
                 q.scale,
                 q.zero_point

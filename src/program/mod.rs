@@ -10,11 +10,13 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::graph::{BatchMode, BinaryOp, Node, ValueId, ValueInfo, ValueShapes};
-use crate::kernels::{AvgPool2d, Conv2dGeometry, MaxPool2d, QParams, Table};
+use crate::kernels::{
+    ActQParams, AvgPool2d, Conv2dGeometry, MaxPool2d, QParams, Table, WideQParams,
+};
 use crate::nn::{QConv2d, QLayerSpec, QLinear};
 
 /// Version of the serialized [`QuantizedProgram`]; bumped on every incompatible change.
-pub const PROGRAM_FORMAT_VERSION: u32 = 2;
+pub const PROGRAM_FORMAT_VERSION: u32 = 3;
 
 /// How a value is held at run time.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -23,6 +25,41 @@ pub enum Domain {
     Float,
     /// `u8` values with affine parameters: NHWC for 4-D values, row-major otherwise.
     Int8(QParams),
+    /// `u16` values with affine parameters (W8A16), laid out as `Int8` values.
+    Int16(WideQParams),
+}
+
+impl Domain {
+    /// The domain of values quantized with `qparams`.
+    pub fn of(qparams: ActQParams) -> Domain {
+        match qparams {
+            ActQParams::U8(qp) => Domain::Int8(qp),
+            ActQParams::U16(qp) => Domain::Int16(qp),
+        }
+    }
+
+    /// Whether values are held as integers (8 or 16 bits).
+    pub fn is_quantized(&self) -> bool {
+        !matches!(self, Domain::Float)
+    }
+
+    /// The quantization parameters of integer values; `None` for float ones.
+    pub fn act_qparams(&self) -> Option<ActQParams> {
+        match self {
+            Domain::Float => None,
+            Domain::Int8(qp) => Some(ActQParams::U8(*qp)),
+            Domain::Int16(qp) => Some(ActQParams::U16(*qp)),
+        }
+    }
+
+    /// Bytes per value: 1 for `u8`, 2 for `u16`, 0 for float values (not in the arena).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Domain::Float => 0,
+            Domain::Int8(_) => 1,
+            Domain::Int16(_) => 2,
+        }
+    }
 }
 
 /// One step of a quantized program. Ids name values of [`QuantizedProgram::values`].
@@ -275,6 +312,13 @@ pub struct NodeReport {
     pub op: String,
     /// Int8, or float and why.
     pub placement: Placement,
+    /// Bits of each quantized value the node makes (8, or 16 for W8A16); empty for a float
+    /// node.
+    #[serde(default)]
+    pub bits: Vec<u8>,
+    /// Why an output the qconfig asked to be 16-bit is 8-bit, if one is.
+    #[serde(default)]
+    pub narrowed: Option<String>,
 }
 
 /// A quantized model's program.

@@ -54,6 +54,17 @@ impl QConfig {
             },
         }
     }
+
+    /// The same weights with 16-bit activations (W8A16, [`ObserverConfig::min_max_16`]): the
+    /// node's output is held as `u16`, and a conv or linear layer reading it reads 16 bits.
+    /// Where a value cannot be 16-bit (an op without 16-bit kernels reads or makes it), it
+    /// stays 8-bit and the report says so.
+    pub fn with_16bit_activations(self) -> Self {
+        QConfig {
+            activation: ObserverConfig::min_max_16(),
+            ..self
+        }
+    }
 }
 
 /// PyTorch's `get_default_qconfig(engine)`, the same as [`QConfig::preset`].

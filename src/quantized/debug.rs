@@ -31,13 +31,25 @@ pub fn convert_debug(prepared: &PreparedModel) -> Result<DebugModel> {
     for (layer, conv) in model.program.convs.iter().zip(&model.layers.convs) {
         let w = conv.weights()?;
         let weight = TensorData::new(w.dequantized(), conv.weight.val().dims().to_vec());
-        set_layer(&mut graph, &layer.name, weight, &w, layer.spec.input.scale);
+        set_layer(
+            &mut graph,
+            &layer.name,
+            weight,
+            &w,
+            layer.spec.input.scale(),
+        );
     }
     for (layer, linear) in model.program.linears.iter().zip(&model.layers.linears) {
         let w = linear.weights()?;
         let (outs, ins) = (layer.out_features, layer.in_features);
         let weight = TensorData::new(w.dequantized_linear_burn_layout(outs), [ins, outs]);
-        set_layer(&mut graph, &layer.name, weight, &w, layer.spec.input.scale);
+        set_layer(
+            &mut graph,
+            &layer.name,
+            weight,
+            &w,
+            layer.spec.input.scale(),
+        );
     }
     Ok(DebugModel { model, graph })
 }

@@ -165,15 +165,37 @@ impl Report<'_> {
             .count();
         (int8, self.0.program.report.len() - int8)
     }
+
+    /// How many quantized nodes make a 16-bit value (W8A16).
+    pub fn int16_nodes(&self) -> usize {
+        (self.0.program.report.iter())
+            .filter(|r| r.bits.contains(&16))
+            .count()
+    }
 }
 
 impl fmt::Display for Report<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (int8, float) = self.counts();
-        writeln!(f, "{int8} nodes in int8, {float} in float")?;
+        let wide = self.int16_nodes();
+        writeln!(
+            f,
+            "{int8} nodes quantized ({wide} with 16-bit outputs), {float} in float"
+        )?;
         for r in &self.0.program.report {
             match &r.placement {
-                Placement::Int8(op) => writeln!(f, "  int8   {:<28} {:<24} {op:?}", r.name, r.op)?,
+                Placement::Int8(op) => {
+                    let kind = if r.bits.contains(&16) {
+                        "int16"
+                    } else {
+                        "int8"
+                    };
+                    write!(f, "  {kind:<6} {:<28} {:<24} {op:?}", r.name, r.op)?;
+                    match &r.narrowed {
+                        Some(why) => writeln!(f, " (8-bit output: {why})")?,
+                        None => writeln!(f)?,
+                    }
+                }
                 Placement::Float(why) => writeln!(f, "  float  {:<28} {:<24} {why}", r.name, r.op)?,
             }
         }

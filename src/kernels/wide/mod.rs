@@ -21,12 +21,14 @@
 mod avx2;
 mod avx512;
 mod conv;
+mod elementwise;
 mod gemm;
 mod pack;
 #[cfg(test)]
 mod tests;
 
 pub use conv::{PackedWideConv2d, qconv2d_wide};
+pub use elementwise::{as_u16, as_u16_mut, dequantize_wide, quantize_wide};
 pub use gemm::qlinear_wide;
 pub use pack::PackedWide;
 
@@ -99,6 +101,75 @@ mod sealed {
     impl Sealed for u16 {}
 }
 
+/// Affine `u16` quantization parameters: `x = scale · (q − zero_point)`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WideQParams {
+    /// The step between two quantized values; finite and positive.
+    pub scale: f32,
+    /// The value that represents 0.0.
+    pub zero_point: u16,
+}
+
+impl WideQParams {
+    /// Parameters with the given scale and zero point.
+    pub fn new(scale: f32, zero_point: u16) -> Self {
+        WideQParams { scale, zero_point }
+    }
+
+    /// `Err(InvalidArgument)` unless the scale is finite and positive.
+    pub(crate) fn check(&self, what: &str) -> Result<()> {
+        crate::kernels::QParams::new(self.scale, 0).check(what)
+    }
+}
+
+/// The quantization of an activation: 8 or 16 bits.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ActQParams {
+    /// `u8` values.
+    U8(crate::kernels::QParams),
+    /// `u16` values (W8A16).
+    U16(WideQParams),
+}
+
+impl ActQParams {
+    /// The scale.
+    pub fn scale(&self) -> f32 {
+        match self {
+            ActQParams::U8(qp) => qp.scale,
+            ActQParams::U16(qp) => qp.scale,
+        }
+    }
+
+    /// The zero point.
+    pub fn zero_point(&self) -> u16 {
+        match self {
+            ActQParams::U8(qp) => u16::from(qp.zero_point),
+            ActQParams::U16(qp) => qp.zero_point,
+        }
+    }
+
+    /// Bits per value: 8 or 16.
+    pub fn bits(&self) -> u8 {
+        match self {
+            ActQParams::U8(_) => 8,
+            ActQParams::U16(_) => 16,
+        }
+    }
+
+    /// The `u8` parameters, or `None` for 16 bits.
+    pub fn as_u8(&self) -> Option<crate::kernels::QParams> {
+        match self {
+            ActQParams::U8(qp) => Some(*qp),
+            ActQParams::U16(_) => None,
+        }
+    }
+
+    /// Both as `u16`-typed parameters (the wide kernels read either width).
+    pub fn widened(&self) -> WideQParams {
+        WideQParams::new(self.scale(), self.zero_point())
+    }
+}
+
 /// How the `i64` accumulator of a wide conv or linear layer becomes its output:
 /// `clamp(round_half_even(acc·m[c]) + z, qmin, qmax)` ([`requantize_wide`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -125,7 +196,7 @@ impl RequantWide {
     }
 
     /// The multiplier of channel `c`.
-    fn multiplier(&self, c: usize) -> f32 {
+    pub(crate) fn multiplier(&self, c: usize) -> f32 {
         if self.multipliers.len() == 1 {
             self.multipliers[0]
         } else {
