@@ -13,17 +13,18 @@
 //!    `(pixels - 127) / 128` as `golden.json` says) must give the golden logits within 1e-3.
 //! 2. Preprocessing: this crate's pipeline (decode, Pillow's bilinear resize, centre crop) on the
 //!    20 JPEGs against torchvision's tensors, in pixel levels.
-//! 3. Int8, per-channel weights, calibrated on the 20 centre crops, in two configurations: every
-//!    layer int8 with the `x86` preset, and the [`Engine::Native`] preset (full u8 range) with
-//!    `blocks.0.depthwise_conv` left in float. That layer was found by a sensitivity sweep (each
-//!    depthwise layer kept in float in turn, agreement over the views): it reads the stem's
-//!    ReLU6 output (one u8 step is 0.024) through BatchNorm-folded weights up to |w| = 17, so it
-//!    amplifies its input's quantization noise more than any other layer; keeping it in float
-//!    gains 5-7 of the 480 views, no other layer more than 2. Top-1 against the labels, and
-//!    top-1 agreement with float over views of the 20 photos (scales, crops, flips).
+//! 3. Int8, per-channel weights ([`Engine::Native`], the full u8 range), calibrated on the
+//!    calibration views (the 20 centre crops and their mirror images), in two configurations:
+//!    every layer int8 as configured, and what `numeric::auto_precision` chooses with
+//!    cross-layer equalization and bias correction on, for a top-1 agreement budget on the
+//!    calibration views (it moves conv/linear outputs to 16 bits until the budget is met, float
+//!    only if 16 bits cannot). Top-1 against the labels, and top-1 agreement with float over 480
+//!    other views of the 20 photos (3 scales, 4 crops, 2 flips), and speed at batch 20.
 //!
-//! The last line holds the figures (`agreement` for the second configuration, the bar's;
-//! `agreement_all_int8` for the first); the process fails when a bar is missed.
+//! The last line holds the figures. The process fails when the float model is off, when the
+//! chosen configuration has a float node or agrees with float on fewer than 98 % of the views;
+//! the line before says whether issue 11's tighter bars (98.5 %, at most 1.3x the all-int8
+//! time) are met.
 
 #[path = "conformance/goldens.rs"]
 mod goldens;
@@ -38,18 +39,30 @@ use burn_quantize::data::imagenet::{
     Normalization, Preprocess, decode, resize_shorter_side, top_k,
 };
 use burn_quantize::models::efficientnet::EfficientNet;
-use burn_quantize::prepare::prepare;
+use burn_quantize::numeric::{Budget, auto_precision};
+use burn_quantize::prepare::{PrepareOptions, prepare_with};
 use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
-use burn_quantize::quantized::convert;
+use burn_quantize::quantized::{QuantizedModel, convert};
 
 use goldens::{read_json, read_tensor};
 
 type Error = Box<dyn std::error::Error>;
 
-/// Bars from the issue.
+/// Bars the process fails on (float exactness, enough views, the agreement bar of the issue
+/// that added the views, no float node).
 const MAX_ABS_VS_GOLDEN: f32 = 1e-3;
 const MIN_VIEWS: usize = 200;
 const MIN_AGREEMENT: f64 = 0.98;
+/// Issue 11's bars for the chosen configuration, reported (not yet met on every machine; see
+/// the README): agreement over the views and speed against all int8.
+const TARGET_AGREEMENT: f64 = 0.985;
+const MAX_SLOWDOWN: f64 = 1.3;
+
+/// The precision search's budget, on the calibration views.
+const BUDGET: Budget = Budget::Cosine(0.9975);
+
+/// Timing rounds per model (interleaved; the median is quoted).
+const TIMING_ROUNDS: usize = 5;
 
 /// torchvision's normalisation, undone to get the golden images' pixels back.
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -59,9 +72,6 @@ const STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// and mirroring.
 const SCALES: [usize; 3] = [240, 288, 336];
 const POSITIONS: [(f64, f64); 4] = [(0.5, 0.5), (0.0, 0.0), (1.0, 1.0), (0.25, 0.75)];
-
-/// The layer kept in float in the second configuration (see the module docs).
-const SENSITIVE: &str = "blocks.0.depthwise_conv";
 
 fn main() -> ExitCode {
     let goldens = std::env::var_os("BURN_QUANTIZE_GOLDENS")
@@ -120,40 +130,34 @@ fn run(goldens: &Path) -> Result<bool, Error> {
         100.0 * exact
     );
 
-    // 3. Int8: capture, prepare, calibrate on the 20 centre crops, convert; all int8 with the
-    // x86 preset, and the native preset with the most sensitive layer in float.
+    // 3. Int8: every layer int8 (Native preset), and what `auto_precision` chooses (with
+    // equalization and bias correction) for a budget on the calibration views: the 20 centre
+    // crops (torchvision's resize 256, crop 224) and their mirror images, none of them among
+    // the evaluation views below (shorter side 240, 288, 336).
     let graph = Graph::capture(&model, &x.clone().narrow(0, 0, 2))?;
-    let configs = [
-        QConfigMap::global(QConfig::preset(Engine::X86)),
-        QConfigMap::global(QConfig::preset(Engine::Native)).module(SENSITIVE, None),
-    ];
-    let mut quantized = Vec::new();
-    for (name, qconfig) in ["x86, all int8", "native, one layer float"]
-        .into_iter()
-        .zip(configs)
-    {
-        let start = Instant::now();
-        let prepared = prepare(&graph, &qconfig)?.calibrate(|m| {
-            m.forward::<4, 2>(x.clone())?;
-            Ok(())
-        })?;
-        let qmodel = convert(&prepared)?;
-        let (int8_nodes, float_nodes) = qmodel.report().counts();
-        let start_run = Instant::now();
-        let int8_logits = qmodel.forward::<4, 2>(x.clone())?;
-        let int8_ms = start_run.elapsed().as_secs_f64() * 1e3 / n as f64;
-        let top1 = correct(&top_k(int8_logits, 1)?, &labels);
-        println!(
-            "int8 ({name}): {int8_nodes} nodes int8, {float_nodes} float, quantized in {:.1} s; top1={top1}/{n}, {int8_ms:.1} ms/image (batch {n})",
-            start.elapsed().as_secs_f64() - start_run.elapsed().as_secs_f64()
-        );
-        quantized.push((qmodel, top1));
-    }
+    let calibration = [x.clone(), x.clone().flip([3])];
+    let native = QConfigMap::global(QConfig::preset(Engine::Native));
+    let options = PrepareOptions::default()
+        .equalize(true)
+        .bias_correction(true);
+    let start = Instant::now();
+    let choice = auto_precision::<4, 2>(&graph, &native, &options, &calibration, BUDGET)?;
+    println!(
+        "auto_precision (budget {BUDGET:?} on {} calibration views, {:.0} s):\n{choice}",
+        2 * n,
+        start.elapsed().as_secs_f64()
+    );
+    let all_int8 = quantize(&graph, &native, &PrepareOptions::default(), &calibration)?;
+    let best = quantize(&graph, &choice.qconfig, &options, &calibration)?;
+    let (_, float_nodes) = best.report().counts();
+    let int16_nodes = best.report().int16_nodes();
+    let best_top1 = correct(&top_k(best.forward::<4, 2>(x.clone())?, 1)?, &labels);
+    let [ms_int8, ms_best] = median_ms_per_image([&all_int8, &best], &x)?;
 
-    // Views of the 20 photos: float and int8 top-1, and their agreement.
+    // Views of the 20 photos: float and quantized top-1, and their agreement.
     let view_preprocess = Preprocess::imagenet(Normalization::EfficientNetLite);
     let (mut views, mut float_right) = (0, 0);
-    let (mut agree, mut int8_right) = ([0; 2], [0; 2]);
+    let (mut agree, mut right) = ([0; 2], [0; 2]);
     let start = Instant::now();
     for (path, &label) in photos.iter().zip(&labels) {
         let batch = views_of(path, &view_preprocess, &device)?;
@@ -161,32 +165,74 @@ fn run(goldens: &Path) -> Result<bool, Error> {
         let truth = vec![label; float.len()];
         views += float.len();
         float_right += correct(&float, &truth);
-        for (i, (qmodel, _)) in quantized.iter().enumerate() {
-            let int8 = top_k(qmodel.forward::<4, 2>(batch.clone())?, 1)?;
-            agree[i] += float.iter().zip(&int8).filter(|(f, q)| f == q).count();
-            int8_right[i] += correct(&int8, &truth);
+        for (i, qmodel) in [&all_int8, &best].into_iter().enumerate() {
+            let quantized = top_k(qmodel.forward::<4, 2>(batch.clone())?, 1)?;
+            agree[i] += float.iter().zip(&quantized).filter(|(f, q)| f == q).count();
+            right[i] += correct(&quantized, &truth);
         }
     }
     println!(
-        "views: {views} ({} scales x {} crops x 2 flips of {} photos) in {:.1} s; top1 float {float_right}/{views}, int8 {}/{views} (all int8) and {}/{views} (one layer float); int8-vs-float top1 agreement {}/{views} and {}/{views}",
+        "views: {views} ({} scales x {} crops x 2 flips of {} photos) in {:.1} s; top1 float {float_right}/{views}, all int8 {}/{views}, best {}/{views}; top1 agreement with float {}/{views} and {}/{views}",
         SCALES.len(),
         POSITIONS.len(),
         photos.len(),
         start.elapsed().as_secs_f64(),
-        int8_right[0],
-        int8_right[1],
+        right[0],
+        right[1],
         agree[0],
         agree[1],
     );
     let agreement_all_int8 = agree[0] as f64 / views as f64;
-    let agreement = agree[1] as f64 / views as f64;
-    let int8_top1 = quantized[1].1;
+    let agreement_best = agree[1] as f64 / views as f64;
 
-    let passed = max_abs <= MAX_ABS_VS_GOLDEN && views >= MIN_VIEWS && agreement >= MIN_AGREEMENT;
+    let passed = max_abs <= MAX_ABS_VS_GOLDEN
+        && views >= MIN_VIEWS
+        && agreement_best >= MIN_AGREEMENT
+        && float_nodes == 0;
+    let yes = |met: bool| if met { "met" } else { "NOT met" };
     println!(
-        "efficientnet-lite0: float max_abs_vs_golden={max_abs:.2e} float top1={float_top1}/{n} int8 top1={int8_top1}/{n} views={views} agreement={agreement:.3} agreement_all_int8={agreement_all_int8:.3}"
+        "issue 11 bars: agreement_best >= {TARGET_AGREEMENT} {} ({agreement_best:.3}); ms_per_img_best <= {MAX_SLOWDOWN} x ms_per_img_int8 {} ({:.2}x)",
+        yes(agreement_best >= TARGET_AGREEMENT),
+        yes(ms_best <= MAX_SLOWDOWN * ms_int8),
+        ms_best / ms_int8
+    );
+    println!(
+        "efficientnet-lite0: float max_abs_vs_golden={max_abs:.2e} int8 top1={best_top1}/{n} views={views} agreement_all_int8={agreement_all_int8:.3} agreement_best={agreement_best:.3} float_nodes={float_nodes} int16_nodes={int16_nodes} ms_per_img_int8={ms_int8:.2} ms_per_img_best={ms_best:.2}"
     );
     Ok(passed)
+}
+
+/// Prepares `graph` under `qconfig` with `options`, calibrates on `batches` and converts.
+fn quantize(
+    graph: &Graph,
+    qconfig: &QConfigMap,
+    options: &PrepareOptions,
+    batches: &[Tensor<4>],
+) -> Result<QuantizedModel, Error> {
+    let prepared = prepare_with(graph, qconfig, options)?.calibrate(|m| {
+        for batch in batches {
+            m.forward::<4, 2>(batch.clone())?;
+        }
+        Ok(())
+    })?;
+    Ok(convert(&prepared)?)
+}
+
+/// Milliseconds per image of each model on `x`: the median of interleaved rounds.
+fn median_ms_per_image(models: [&QuantizedModel; 2], x: &Tensor<4>) -> Result<[f64; 2], Error> {
+    let n = x.dims()[0] as f64;
+    let mut times = [Vec::new(), Vec::new()];
+    for _ in 0..TIMING_ROUNDS {
+        for (model, times) in models.iter().zip(&mut times) {
+            let start = Instant::now();
+            model.forward::<4, 2>(x.clone())?;
+            times.push(start.elapsed().as_secs_f64() * 1e3 / n);
+        }
+    }
+    Ok(times.map(|mut t| {
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    }))
 }
 
 /// How many rows' best class is their label.

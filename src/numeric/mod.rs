@@ -14,6 +14,8 @@
 //! # Ok(()) }
 //! ```
 
+mod precision;
+
 use std::collections::HashMap;
 use std::fmt;
 
@@ -27,6 +29,11 @@ use crate::ops::float_values;
 use crate::prepare::PreparedModel;
 use crate::program::{Domain, QuantizedProgram};
 use crate::quantized::QuantizedModel;
+
+pub use precision::{
+    Budget, Higher, NodeSensitivity, PrecisionChoice, Score, SensitivityTable, auto_precision,
+    sensitivity,
+};
 
 /// How far one quantized tensor is from its float counterpart.
 #[derive(Clone, Debug, PartialEq)]

@@ -26,6 +26,7 @@
 
 mod config;
 mod entropy;
+mod frozen;
 mod histc;
 mod histogram;
 mod histogram_based;
@@ -41,6 +42,7 @@ pub use config::{
     DEFAULT_AVERAGING_CONSTANT, DEFAULT_BINS, DEFAULT_PERCENTILE, ObserverConfig, ObserverKind,
     QDType, QScheme,
 };
+pub(crate) use frozen::FrozenObserver;
 pub use qparams::{QParams, calculate_qparams};
 
 /// Something that records values during calibration and computes quantization parameters from

@@ -19,7 +19,7 @@ use burn::tensor::Tensor;
 
 use crate::exec::FloatExecutor;
 use crate::graph::{Graph, ValueId, passes};
-use crate::observe::Observer;
+use crate::observe::{FrozenObserver, Observer};
 use crate::qconfig::{QConfig, QConfigMap};
 use crate::{Error, Result};
 
@@ -40,6 +40,8 @@ pub struct PreparedModel {
     input_means: HashMap<String, InputMeans>,
     /// The nodes in `input_means` reading each value.
     means_of: HashMap<ValueId, Vec<String>>,
+    /// Whether bias correction is on ([`PrepareOptions::bias_correction`]).
+    bias_correction: bool,
     /// The float interpreter for the device of the last batch.
     executor: Option<FloatExecutor<Arc<Graph>>>,
     batches: usize,
@@ -107,48 +109,96 @@ pub fn prepare_with(
     passes::remove_dead_nodes(&mut graph);
     graph.validate()?;
     let qconfigs = qconfig.resolve(&graph)?;
-    let plan = plan::plan(&graph, &qconfigs);
-    let observers = plan
-        .observed
-        .iter()
-        .map(|o| o.config.build())
-        .collect::<Result<Vec<_>>>()?;
-    let observer_of = plan
-        .observed
-        .iter()
-        .enumerate()
-        .map(|(i, o)| (o.value, i))
-        .collect();
-    let input_means: HashMap<String, InputMeans> = if options.bias_correction {
-        (graph.nodes.iter().enumerate())
-            .filter(|(n, _)| matches!(plan.placement[*n], Placement::Int8(_)))
-            .filter_map(|(n, node)| Some((node.name.clone(), InputMeans::of(&graph, n)?)))
-            .collect()
-    } else {
-        HashMap::new()
-    };
-    let mut means_of: HashMap<ValueId, Vec<String>> = HashMap::new();
-    for node in graph
-        .nodes
-        .iter()
-        .filter(|n| input_means.contains_key(&n.name))
-    {
-        means_of
-            .entry(node.inputs[0])
-            .or_default()
-            .push(node.name.clone());
+    PreparedModel::build(Arc::new(graph), qconfigs, options.bias_correction)
+}
+
+impl PreparedModel {
+    /// Plans `graph` (already prepared) under the per-node `qconfigs` and places fresh
+    /// observers.
+    fn build(
+        graph: Arc<Graph>,
+        qconfigs: Vec<Option<QConfig>>,
+        bias_correction: bool,
+    ) -> Result<PreparedModel> {
+        let plan = plan::plan(&graph, &qconfigs);
+        let observers = (plan.observed.iter())
+            .map(|o| o.config.build())
+            .collect::<Result<Vec<_>>>()?;
+        let observer_of = (plan.observed.iter().enumerate())
+            .map(|(i, o)| (o.value, i))
+            .collect();
+        let input_means: HashMap<String, InputMeans> = if bias_correction {
+            (graph.nodes.iter().enumerate())
+                .filter(|(n, _)| matches!(plan.placement[*n], Placement::Int8(_)))
+                .filter_map(|(n, node)| Some((node.name.clone(), InputMeans::of(&graph, n)?)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let mut means_of: HashMap<ValueId, Vec<String>> = HashMap::new();
+        for node in (graph.nodes.iter()).filter(|n| input_means.contains_key(&n.name)) {
+            means_of
+                .entry(node.inputs[0])
+                .or_default()
+                .push(node.name.clone());
+        }
+        Ok(PreparedModel {
+            graph,
+            qconfigs,
+            plan,
+            observers,
+            observer_of,
+            input_means,
+            means_of,
+            bias_correction,
+            executor: None,
+            batches: 0,
+        })
     }
-    Ok(PreparedModel {
-        graph: Arc::new(graph),
-        qconfigs,
-        plan,
-        observers,
-        observer_of,
-        input_means,
-        means_of,
-        executor: None,
-        batches: 0,
-    })
+
+    /// The same prepared graph with other per-node qconfigs (in node order), uncalibrated:
+    /// what sensitivity analysis and the precision search try.
+    pub fn with_qconfigs(&self, qconfigs: Vec<Option<QConfig>>) -> Result<PreparedModel> {
+        if qconfigs.len() != self.graph.nodes.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{} qconfigs for a graph of {} nodes",
+                qconfigs.len(),
+                self.graph.nodes.len()
+            )));
+        }
+        PreparedModel::build(self.graph.clone(), qconfigs, self.bias_correction)
+    }
+
+    /// [`with_qconfigs`](Self::with_qconfigs), calibrated without running the model: every
+    /// observer and bias-correction statistic is taken from one of `sources` (calibrated
+    /// models of the same prepared graph) that observed the same value with the same config.
+    /// `None` when one is in no source.
+    pub fn with_qconfigs_from(
+        &self,
+        qconfigs: Vec<Option<QConfig>>,
+        sources: &[&PreparedModel],
+    ) -> Result<Option<PreparedModel>> {
+        let mut variant = self.with_qconfigs(qconfigs)?;
+        for (k, observed) in variant.plan.observed.iter().enumerate() {
+            let source = sources.iter().find_map(|s| {
+                let i = *s.observer_of.get(&observed.value)?;
+                (s.batches > 0 && s.observers[i].config() == &observed.config)
+                    .then(|| s.observers[i].as_ref())
+            });
+            let Some(source) = source else {
+                return Ok(None);
+            };
+            variant.observers[k] = Box::new(FrozenObserver::of(source)?);
+        }
+        for (layer, means) in &mut variant.input_means {
+            match sources.iter().find_map(|s| s.input_means.get(layer)) {
+                Some(found) => *means = found.clone(),
+                None => return Ok(None),
+            }
+        }
+        variant.batches = sources.iter().map(|s| s.batches).max().unwrap_or(0);
+        Ok(Some(variant))
+    }
 }
 
 impl PreparedModel {

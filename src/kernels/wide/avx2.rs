@@ -7,9 +7,14 @@ use std::arch::x86_64::*;
 use super::gemm::{WideKernel, WideTile};
 use super::pack::NR;
 use crate::kernels::gemm::by_rows;
+use crate::kernels::simd::Tier;
 
 /// The kernel of the AVX2 tier.
-pub(crate) static KERNEL: WideKernel = WideKernel { mr: MR, run };
+pub(crate) static KERNEL: WideKernel = WideKernel {
+    mr: MR,
+    run,
+    tier: Tier::Avx2,
+};
 
 const MR: usize = 6;
 

@@ -5,11 +5,12 @@ use rayon::prelude::*;
 
 use super::gemm::{WideGemm, check_zero_point, kernel};
 use super::pack::PackedWide;
-use super::{RequantWide, WideInput, WideOutput, requantize_wide};
+use super::{Expanded, RequantWide, WideInput, WideOutput, accumulate};
 use crate::Result;
 use crate::kernels::Conv2dGeometry;
 use crate::kernels::active_isa;
 use crate::kernels::params::expect_len;
+use crate::kernels::simd::Tier;
 
 /// A convolution's weights packed for the wide kernels.
 #[derive(Clone, Debug, PartialEq)]
@@ -112,9 +113,10 @@ pub fn qconv2d_wide<I: WideInput, O: WideOutput>(
             gemm.run(kernel(active_isa()), &fill, out);
         }
         Weights::Depthwise { taps, bias } => {
+            let requant = requant.expanded(g.out_channels);
             out.par_chunks_mut(ow * g.out_channels)
                 .enumerate()
-                .for_each(|(row, out)| image.depthwise_row(row, taps, bias, requant, out));
+                .for_each(|(row, out)| image.depthwise_row(row, taps, bias, &requant, out));
         }
     }
     Ok(())
@@ -175,36 +177,29 @@ impl<I: WideInput> Image<'_, I> {
         row: usize,
         taps: &[i32],
         bias: &[i32],
-        requant: &RequantWide,
+        requant: &Expanded,
         out: &mut [O],
     ) {
         let g = self.geometry;
         let (c, [oh, ow]) = (g.out_channels, self.out_size);
         let (b, oy) = (row / oh, row % oh);
         let z = i32::from(self.zero_point);
+        let tier = Tier::of(active_isa());
         let mut acc = vec![0i32; c];
+        let (mut sums, zeros) = (vec![0i64; c], vec![0i64; c]);
         for (ox, out) in out.chunks_exact_mut(c).enumerate().take(ow) {
             acc.copy_from_slice(bias);
             for (t, w) in taps.chunks_exact(c).enumerate() {
                 let tap = [t / g.kernel[1], t % g.kernel[1]];
                 if let Some(p) = self.source(b, [oy, ox], tap) {
-                    let pixel = &self.input[p * c..][..c];
-                    for ((acc, &x), &w) in acc.iter_mut().zip(pixel).zip(w) {
-                        *acc += (x.get() - z) * w;
-                    }
+                    let pixel = I::typed(&self.input[p * c..][..c]);
+                    accumulate(tier, &mut acc, pixel, z, w);
                 }
             }
-            for (ch, (out, &acc)) in out.iter_mut().zip(&acc).enumerate() {
-                let m = requant.multiplier(ch);
-                let q = requantize_wide(
-                    i64::from(acc),
-                    m,
-                    requant.zero_point,
-                    requant.qmin,
-                    requant.qmax,
-                );
-                *out = O::from_clamped(q);
+            for (wide, &acc) in sums.iter_mut().zip(&acc) {
+                *wide = i64::from(acc);
             }
+            requant.row(tier, &sums, &zeros, 0, out);
         }
     }
 }

@@ -3,7 +3,9 @@
 use rayon::prelude::*;
 
 use super::WideQParams;
+use crate::kernels::active_isa;
 use crate::kernels::params::expect_len;
+use crate::kernels::simd::{Tier, multiversion};
 use crate::{Error, Result};
 
 /// Quantizes `[n, c, plane]` float values (NCHW; a row-major 2-D tensor is `[rows, features,
@@ -19,19 +21,26 @@ pub fn quantize_wide(
     expect_len("wide quantize input", x.len(), n * c * plane)?;
     expect_len("wide quantize output", out.len(), n * c * plane)?;
     let (inv, zero) = (1.0 / qp.scale, f32::from(qp.zero_point));
+    let tier = Tier::of(active_isa());
     out.par_chunks_mut((plane * c).max(1))
         .zip(x.par_chunks((plane * c).max(1)))
-        .for_each(|(out, x)| {
-            for (i, pixel) in out.chunks_exact_mut(c).enumerate() {
-                for (ch, out) in pixel.iter_mut().enumerate() {
-                    let v = x[ch * plane + i].mul_add(inv, zero);
-                    let v = if v < 65535.0 { v } else { 65535.0 };
-                    let v = if v > 0.0 { v } else { 0.0 };
-                    *out = v.round_ties_even() as u16;
-                }
-            }
-        });
+        .for_each(|(out, x)| quantize_image(tier, x, c, inv, zero, out));
     Ok(())
+}
+
+multiversion! {
+    /// One image of [`quantize_wide`]: `c` planes of `x` into interleaved pixels.
+    fn quantize_image(x: &[f32], c: usize, inv: f32, zero: f32, out: &mut [u16]) {
+        let plane = x.len() / c.max(1);
+        for (i, pixel) in out.chunks_exact_mut(c).enumerate() {
+            for (ch, out) in pixel.iter_mut().enumerate() {
+                let v = x[ch * plane + i].mul_add(inv, zero);
+                let v = if v < 65535.0 { v } else { 65535.0 };
+                let v = if v > 0.0 { v } else { 0.0 };
+                *out = v.round_ties_even() as u16;
+            }
+        }
+    }
 }
 
 /// Dequantizes `[n, plane, c]` `u16` values (NHWC) into `[n, c, plane]` floats (NCHW):

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::pack::{NR, PackedWide};
-use super::{RequantWide, WideInput, WideOutput, requantize_wide};
+use super::{Expanded, RequantWide, WideInput, WideOutput};
 use crate::Result;
 use crate::kernels::params::expect_len;
 use crate::kernels::simd::Tier;
@@ -51,12 +51,15 @@ pub(crate) struct WideKernel {
     pub(crate) mr: usize,
     /// The entry point.
     pub(crate) run: MicroKernel,
+    /// The tier the driver's epilogue runs at with this kernel.
+    pub(crate) tier: Tier,
 }
 
 /// The scalar microkernel: the fallback and the oracle.
 static SCALAR: WideKernel = WideKernel {
     mr: 4,
     run: scalar_tile,
+    tier: Tier::Base,
 };
 
 /// # Safety
@@ -100,8 +103,8 @@ pub(crate) struct WideGemm<'a> {
     pub(crate) packed: &'a PackedWide,
     /// `(offset − z_x)·Σw + bias` per column of every group, `[groups·n]`.
     pub(crate) constants: Vec<i64>,
-    /// The requantization.
-    pub(crate) requant: &'a RequantWide,
+    /// The requantization, one multiplier per output channel.
+    pub(crate) requant: Expanded,
 }
 
 impl<'a> WideGemm<'a> {
@@ -118,7 +121,7 @@ impl<'a> WideGemm<'a> {
         WideGemm {
             packed,
             constants,
-            requant,
+            requant: requant.expanded(groups * n),
         }
     }
 
@@ -179,7 +182,13 @@ impl<'a> WideGemm<'a> {
                             *acc += i64::from(t);
                         }
                     }
-                    self.epilogue(g, panel, &acc[..m * NR], &mut out[i0 * width..]);
+                    self.epilogue(
+                        kernel.tier,
+                        g,
+                        panel,
+                        &acc[..m * NR],
+                        &mut out[i0 * width..],
+                    );
                 }
             }
         }
@@ -187,17 +196,23 @@ impl<'a> WideGemm<'a> {
 
     /// Requantizes the sums of one tile (rows of [`NR`] columns of panel `panel` of group `g`)
     /// into the output rows starting at `out`.
-    fn epilogue<O: WideOutput>(&self, g: usize, panel: usize, acc: &[i64], out: &mut [O]) {
-        let (n, r) = (self.packed.n(), self.requant);
+    fn epilogue<O: WideOutput>(
+        &self,
+        tier: Tier,
+        g: usize,
+        panel: usize,
+        acc: &[i64],
+        out: &mut [O],
+    ) {
+        let n = self.packed.n();
         let width = self.packed.groups() * n;
-        let columns = (panel * NR..n.min(panel * NR + NR)).enumerate();
+        let first = g * n + panel * NR;
+        let columns = n.min(panel * NR + NR) - panel * NR;
+        let constants = &self.constants[first..][..columns];
         for (i, sums) in acc.chunks_exact(NR).enumerate() {
-            for (j, c) in columns.clone() {
-                let channel = g * n + c;
-                let v = sums[j] + self.constants[channel];
-                let q = requantize_wide(v, r.multiplier(channel), r.zero_point, r.qmin, r.qmax);
-                out[i * width + channel] = O::from_clamped(q);
-            }
+            let out = &mut out[i * width + first..][..columns];
+            self.requant
+                .row(tier, &sums[..columns], constants, first, out);
         }
     }
 }

@@ -36,6 +36,8 @@ pub(crate) use gemm::self_check;
 
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::simd::{Tier, multiversion};
+
 use crate::{Error, Result};
 
 /// An activation element the wide kernels read: `u8` or `u16`.
@@ -48,6 +50,31 @@ pub trait WideInput: Copy + Send + Sync + sealed::Sealed {
     fn to_i16(self) -> i16;
     /// The value.
     fn get(self) -> i32;
+    /// `values` with their concrete type.
+    fn typed(values: &[Self]) -> Typed<'_>;
+}
+
+/// A slice of [`WideInput`] values with its concrete type.
+#[derive(Clone, Copy, Debug)]
+pub enum Typed<'a> {
+    /// `u8` values.
+    U8(&'a [u8]),
+    /// `u16` values.
+    U16(&'a [u16]),
+}
+
+/// `acc[c] += (pixel[c] − zero_point)·w[c]` for every channel, compiled for `tier`.
+pub(crate) fn accumulate(
+    tier: Tier,
+    acc: &mut [i32],
+    pixel: Typed<'_>,
+    zero_point: i32,
+    w: &[i32],
+) {
+    match pixel {
+        Typed::U8(pixel) => accumulate_u8(tier, acc, pixel, zero_point, w),
+        Typed::U16(pixel) => accumulate_u16(tier, acc, pixel, zero_point, w),
+    }
 }
 
 /// An output element the wide kernels write: `u8` or `u16`.
@@ -67,6 +94,9 @@ impl WideInput for u8 {
     fn get(self) -> i32 {
         i32::from(self)
     }
+    fn typed(values: &[u8]) -> Typed<'_> {
+        Typed::U8(values)
+    }
 }
 
 impl WideInput for u16 {
@@ -77,6 +107,27 @@ impl WideInput for u16 {
     }
     fn get(self) -> i32 {
         i32::from(self)
+    }
+    fn typed(values: &[u16]) -> Typed<'_> {
+        Typed::U16(values)
+    }
+}
+
+multiversion! {
+    /// One depthwise tap over `u8` pixels (see [`accumulate`]).
+    fn accumulate_u8(acc: &mut [i32], pixel: &[u8], zero_point: i32, w: &[i32]) {
+        for ((acc, &x), &w) in acc.iter_mut().zip(pixel).zip(w) {
+            *acc += (i32::from(x) - zero_point) * w;
+        }
+    }
+}
+
+multiversion! {
+    /// One depthwise tap over `u16` pixels (see [`accumulate`]).
+    fn accumulate_u16(acc: &mut [i32], pixel: &[u16], zero_point: i32, w: &[i32]) {
+        for ((acc, &x), &w) in acc.iter_mut().zip(pixel).zip(w) {
+            *acc += (i32::from(x) - zero_point) * w;
+        }
     }
 }
 
@@ -204,6 +255,17 @@ impl RequantWide {
         }
     }
 
+    /// The requantization of `channels` channels, one multiplier each, for whole rows.
+    pub(crate) fn expanded(&self, channels: usize) -> Expanded {
+        let z = f64::from(self.zero_point);
+        Expanded {
+            multipliers: (0..channels).map(|c| self.multiplier(c)).collect(),
+            z: i32::from(self.zero_point),
+            lo: f64::from(self.qmin) - z,
+            hi: f64::from(self.qmax) - z,
+        }
+    }
+
     /// `Err(InvalidArgument)` unless it fits `channels` outputs of type `O`.
     fn check<O: WideOutput>(&self, channels: usize) -> Result<()> {
         let count_ok = self.multipliers.len() == 1 || self.multipliers.len() == channels;
@@ -220,10 +282,82 @@ impl RequantWide {
     }
 }
 
-/// The requantization of the wide kernels: `v = (acc as f64)·(multiplier as f64)`, rounded half
-/// to even, plus `zero_point`, clamped to `[qmin, qmax]`.
+/// The requantization of the wide kernels, in `f64` with round-to-nearest-even at every step:
+/// `v = (acc as f64)·(multiplier as f64)`, clamped to `[qmin − z, qmax − z]`, rounded half to
+/// even, plus `z`. Because rounding is monotone and the bounds are integers this is
+/// `clamp(round_half_even(acc·m) + z, qmin, qmax)`. `acc` is exact in `f64` (the kernels'
+/// sums stay below 2^51: at most 2^24 terms of 2^22 plus an `i32` bias).
 pub fn requantize_wide(acc: i64, multiplier: f32, zero_point: u16, qmin: u16, qmax: u16) -> i64 {
-    let v = (acc as f64 * f64::from(multiplier)).round_ties_even();
-    let v = v.clamp(-1e12, 1e12) as i64 + i64::from(zero_point);
-    v.clamp(i64::from(qmin), i64::from(qmax))
+    let z = f64::from(zero_point);
+    let (lo, hi) = (f64::from(qmin) - z, f64::from(qmax) - z);
+    i64::from(requantize_parts(acc as f64, f64::from(multiplier), lo, hi)) + i64::from(zero_point)
+}
+
+/// [`requantize_wide`] before the zero point: `round_half_even(clamp(acc·m, lo, hi))`.
+#[inline(always)]
+fn requantize_parts(acc: f64, multiplier: f64, lo: f64, hi: f64) -> i32 {
+    let v = acc * multiplier;
+    let v = if v > lo { v } else { lo };
+    let v = if v < hi { v } else { hi };
+    v.round_ties_even() as i32
+}
+
+/// `v as f64` for `|v| < 2^51`, written so that loops over it vectorize (an `i64` to `f64`
+/// conversion does not without AVX-512 DQ): `v + 1.5·2^52` is an `f64` whose low mantissa bits
+/// hold `v`.
+#[inline(always)]
+fn exact_f64(v: i64) -> f64 {
+    const MAGIC: f64 = 6_755_399_441_055_744.0;
+    f64::from_bits((v + MAGIC.to_bits() as i64) as u64) - MAGIC
+}
+
+/// A [`RequantWide`] with one multiplier per channel, applied a row at a time.
+pub(crate) struct Expanded {
+    multipliers: Vec<f32>,
+    z: i32,
+    lo: f64,
+    hi: f64,
+}
+
+impl Expanded {
+    /// `out[j]` = [`requantize_wide`] of `sums[j] + constants[j]` for channel `first + j`.
+    pub(crate) fn row<O: WideOutput>(
+        &self,
+        tier: Tier,
+        sums: &[i64],
+        constants: &[i64],
+        first: usize,
+        out: &mut [O],
+    ) {
+        const CHUNK: usize = 64;
+        let mut q = [0u16; CHUNK];
+        for (start, out) in (0..out.len()).step_by(CHUNK).zip(out.chunks_mut(CHUNK)) {
+            let n = out.len();
+            let (s, c) = (&sums[start..][..n], &constants[start..][..n]);
+            let m = &self.multipliers[first + start..][..n];
+            requantize_row(tier, s, c, m, self.z, self.lo, self.hi, &mut q[..n]);
+            for (o, &v) in out.iter_mut().zip(&q) {
+                *o = O::from_clamped(i64::from(v));
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// [`requantize_wide`] over a row: `out[j]` from `sums[j] + constants[j]` with
+    /// `multipliers[j]`, bounds `[lo, hi]` (`qmin − z`, `qmax − z`) and zero point `z`.
+    fn requantize_row(
+        sums: &[i64],
+        constants: &[i64],
+        multipliers: &[f32],
+        z: i32,
+        lo: f64,
+        hi: f64,
+        out: &mut [u16],
+    ) {
+        let terms = sums.iter().zip(constants).zip(multipliers);
+        for (out, ((&s, &c), &m)) in out.iter_mut().zip(terms) {
+            *out = (requantize_parts(exact_f64(s + c), f64::from(m), lo, hi) + z) as u16;
+        }
+    }
 }

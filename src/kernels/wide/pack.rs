@@ -8,7 +8,7 @@ use crate::{Error, Result};
 pub(crate) const NR: usize = 16;
 
 /// The `i8` weights of a (grouped) GEMM widened to `i16` and packed for `vpmaddwd`: panel `p`
-/// of group `g` holds, for every pair `q` of reduction steps, the [`NR`] columns' weights at
+/// of group `g` holds, for every pair `q` of reduction steps, the 16 columns' weights at
 /// steps `2q` and `2q + 1` side by side (zeros past `k` and `n`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PackedWide {
@@ -32,7 +32,8 @@ impl PackedWide {
         bias: &[i32],
         weight: impl Fn(usize, usize, usize) -> i8,
     ) -> Result<Self> {
-        if groups == 0 || k == 0 || n == 0 || bias.len() != groups * n {
+        // K <= 2^24 keeps every sum below 2^47, exact in the f64 requantization.
+        if groups == 0 || k == 0 || k > 1 << 24 || n == 0 || bias.len() != groups * n {
             return Err(Error::InvalidArgument(format!(
                 "wide GEMM weights: {groups} groups of {k}x{n} with {} biases",
                 bias.len()
