@@ -113,7 +113,7 @@ pub fn qconv2d_wide<I: WideInput, O: WideOutput>(
             gemm.run(kernel(active_isa()), &fill, out);
         }
         Weights::Depthwise { taps, bias } => {
-            let requant = requant.expanded(g.out_channels);
+            let requant = requant.expanded(g.out_channels).repeated(ow);
             out.par_chunks_mut(ow * g.out_channels)
                 .enumerate()
                 .for_each(|(row, out)| image.depthwise_row(row, taps, bias, &requant, out));
@@ -181,26 +181,41 @@ impl<I: WideInput> Image<'_, I> {
         out: &mut [O],
     ) {
         let g = self.geometry;
-        let (c, [oh, ow]) = (g.out_channels, self.out_size);
+        let (c, [h, w], [oh, ow]) = (g.out_channels, self.size, self.out_size);
         let (b, oy) = (row / oh, row % oh);
-        let z = i32::from(self.zero_point);
         let tier = Tier::of(active_isa());
-        let mut acc = vec![0i32; c];
-        let (mut sums, zeros) = (vec![0i64; c], vec![0i64; c]);
-        for (ox, out) in out.chunks_exact_mut(c).enumerate().take(ow) {
-            acc.copy_from_slice(bias);
-            for (t, w) in taps.chunks_exact(c).enumerate() {
-                let tap = [t / g.kernel[1], t % g.kernel[1]];
-                if let Some(p) = self.source(b, [oy, ox], tap) {
-                    let pixel = I::typed(&self.input[p * c..][..c]);
-                    accumulate(tier, &mut acc, pixel, z, w);
-                }
+        let mut acc = bias.repeat(ow);
+        for (t, weights) in taps.chunks_exact(c).enumerate() {
+            let [ky, kx] = [t / g.kernel[1], t % g.kernel[1]];
+            let Some(y) = (oy * g.stride[0] + ky * g.dilation[0]).checked_sub(g.padding[0]) else {
+                continue;
+            };
+            if y >= h {
+                continue;
             }
-            for (wide, &acc) in sums.iter_mut().zip(&acc) {
-                *wide = i64::from(acc);
+            // The outputs whose input column `ox·s + kx·d − pad` lies inside the line.
+            let (s, offset) = (g.stride[1], kx * g.dilation[1]);
+            let first = g.padding[1].saturating_sub(offset).div_ceil(s);
+            let end = ((w + g.padding[1]).saturating_sub(offset))
+                .div_ceil(s)
+                .min(ow);
+            if first >= end {
+                continue;
             }
-            requant.row(tier, &sums, &zeros, 0, out);
+            let x0 = first * s + offset - g.padding[1];
+            let line = &self.input[((b * h + y) * w + x0) * c..];
+            let acc = &mut acc[first * c..end * c];
+            accumulate(
+                tier,
+                acc,
+                I::typed(line),
+                s,
+                i32::from(self.zero_point),
+                weights,
+            );
         }
+        let sums: Vec<i64> = acc.iter().map(|&a| i64::from(a)).collect();
+        requant.row(tier, &sums, &vec![0; sums.len()], 0, out);
     }
 }
 

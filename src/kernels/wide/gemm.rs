@@ -101,10 +101,9 @@ pub(crate) fn kernel(isa: Isa) -> &'static WideKernel {
 pub(crate) struct WideGemm<'a> {
     /// The packed weights.
     pub(crate) packed: &'a PackedWide,
-    /// `(offset − z_x)·Σw + bias` per column of every group, `[groups·n]`.
-    pub(crate) constants: Vec<i64>,
-    /// The requantization, one multiplier per output channel.
-    pub(crate) requant: Expanded,
+    /// Per panel of every group (`g·panels + p`): `(offset − z_x)·Σw + bias` and the
+    /// requantization of its columns, laid out as a full tile (`MAX_MR` rows of [`NR`]).
+    tiles: Vec<(Vec<i64>, Expanded)>,
 }
 
 impl<'a> WideGemm<'a> {
@@ -114,15 +113,24 @@ impl<'a> WideGemm<'a> {
         zero_point: u16,
         requant: &'a RequantWide,
     ) -> Self {
-        let (groups, n) = (packed.groups(), packed.n());
-        let constants = (0..groups * n)
-            .map(|i| packed.column_constant(i / n, i % n, I::OFFSET, i32::from(zero_point)))
+        let (groups, n, panels) = (packed.groups(), packed.n(), packed.panels());
+        let z = i32::from(zero_point);
+        let expanded = requant.expanded(groups * n);
+        let tiles = (0..groups * panels)
+            .map(|gp| {
+                let (g, p) = (gp / panels, gp % panels);
+                // Column `j` of the panel, or `None` past `n`.
+                let column = |k: usize| Some(p * NR + k % NR).filter(|&c| c < n);
+                let constants = (0..MAX_MR * NR)
+                    .map(|k| column(k).map_or(0, |c| packed.column_constant(g, c, I::OFFSET, z)))
+                    .collect();
+                let channels: Vec<Option<usize>> = (0..MAX_MR * NR)
+                    .map(|k| column(k).map(|c| g * n + c))
+                    .collect();
+                (constants, expanded.gathered(&channels))
+            })
             .collect();
-        WideGemm {
-            packed,
-            constants,
-            requant: requant.expanded(groups * n),
-        }
+        WideGemm { packed, tiles }
     }
 
     /// Runs with `kernel`: `fill(g, first, dst)` writes rows `first..` of group `g`'s A
@@ -208,11 +216,11 @@ impl<'a> WideGemm<'a> {
         let width = self.packed.groups() * n;
         let first = g * n + panel * NR;
         let columns = n.min(panel * NR + NR) - panel * NR;
-        let constants = &self.constants[first..][..columns];
-        for (i, sums) in acc.chunks_exact(NR).enumerate() {
-            let out = &mut out[i * width + first..][..columns];
-            self.requant
-                .row(tier, &sums[..columns], constants, first, out);
+        let (constants, requant) = &self.tiles[g * self.packed.panels() + panel];
+        let mut q = [O::default(); MAX_MR * NR];
+        requant.row(tier, acc, &constants[..acc.len()], 0, &mut q[..acc.len()]);
+        for (i, q) in q[..acc.len()].chunks_exact(NR).enumerate() {
+            out[i * width + first..][..columns].copy_from_slice(&q[..columns]);
         }
     }
 }

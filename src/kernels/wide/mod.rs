@@ -63,17 +63,20 @@ pub enum Typed<'a> {
     U16(&'a [u16]),
 }
 
-/// `acc[c] += (pixel[c] − zero_point)·w[c]` for every channel, compiled for `tier`.
+/// One depthwise tap over a run of output pixels, compiled for `tier`: for every pixel `i` of
+/// `acc` (`c = w.len()` channels each), `acc[i][ch] += (line[i·step][ch] − zero_point)·w[ch]`,
+/// `line` holding pixels of `c` values.
 pub(crate) fn accumulate(
     tier: Tier,
     acc: &mut [i32],
-    pixel: Typed<'_>,
+    line: Typed<'_>,
+    step: usize,
     zero_point: i32,
     w: &[i32],
 ) {
-    match pixel {
-        Typed::U8(pixel) => accumulate_u8(tier, acc, pixel, zero_point, w),
-        Typed::U16(pixel) => accumulate_u16(tier, acc, pixel, zero_point, w),
+    match line {
+        Typed::U8(line) => accumulate_u8(tier, acc, line, step, zero_point, w),
+        Typed::U16(line) => accumulate_u16(tier, acc, line, step, zero_point, w),
     }
 }
 
@@ -114,19 +117,27 @@ impl WideInput for u16 {
 }
 
 multiversion! {
-    /// One depthwise tap over `u8` pixels (see [`accumulate`]).
-    fn accumulate_u8(acc: &mut [i32], pixel: &[u8], zero_point: i32, w: &[i32]) {
-        for ((acc, &x), &w) in acc.iter_mut().zip(pixel).zip(w) {
-            *acc += (i32::from(x) - zero_point) * w;
+    /// [`accumulate`] over `u8` pixels.
+    fn accumulate_u8(acc: &mut [i32], line: &[u8], step: usize, zero_point: i32, w: &[i32]) {
+        let c = w.len();
+        for (i, acc) in acc.chunks_exact_mut(c).enumerate() {
+            let pixel = &line[i * step * c..][..c];
+            for ((acc, &x), &w) in acc.iter_mut().zip(pixel).zip(w) {
+                *acc += (i32::from(x) - zero_point) * w;
+            }
         }
     }
 }
 
 multiversion! {
-    /// One depthwise tap over `u16` pixels (see [`accumulate`]).
-    fn accumulate_u16(acc: &mut [i32], pixel: &[u16], zero_point: i32, w: &[i32]) {
-        for ((acc, &x), &w) in acc.iter_mut().zip(pixel).zip(w) {
-            *acc += (i32::from(x) - zero_point) * w;
+    /// [`accumulate`] over `u16` pixels.
+    fn accumulate_u16(acc: &mut [i32], line: &[u16], step: usize, zero_point: i32, w: &[i32]) {
+        let c = w.len();
+        for (i, acc) in acc.chunks_exact_mut(c).enumerate() {
+            let pixel = &line[i * step * c..][..c];
+            for ((acc, &x), &w) in acc.iter_mut().zip(pixel).zip(w) {
+                *acc += (i32::from(x) - zero_point) * w;
+            }
         }
     }
 }
@@ -312,6 +323,7 @@ fn exact_f64(v: i64) -> f64 {
 }
 
 /// A [`RequantWide`] with one multiplier per channel, applied a row at a time.
+#[derive(Clone)]
 pub(crate) struct Expanded {
     multipliers: Vec<f32>,
     z: i32,
@@ -320,6 +332,25 @@ pub(crate) struct Expanded {
 }
 
 impl Expanded {
+    /// The requantization of the listed channels in order (`None`: an unused position).
+    pub(crate) fn gathered(&self, channels: &[Option<usize>]) -> Expanded {
+        Expanded {
+            multipliers: (channels.iter())
+                .map(|c| c.map_or(0.0, |c| self.multipliers[c]))
+                .collect(),
+            ..*self
+        }
+    }
+
+    /// The same requantization for `times` consecutive pixels of all channels (one row of a
+    /// depthwise convolution's output).
+    pub(crate) fn repeated(&self, times: usize) -> Expanded {
+        Expanded {
+            multipliers: self.multipliers.repeat(times),
+            ..*self
+        }
+    }
+
     /// `out[j]` = [`requantize_wide`] of `sums[j] + constants[j]` for channel `first + j`.
     pub(crate) fn row<O: WideOutput>(
         &self,
@@ -329,7 +360,7 @@ impl Expanded {
         first: usize,
         out: &mut [O],
     ) {
-        const CHUNK: usize = 64;
+        const CHUNK: usize = 256;
         let mut q = [0u16; CHUNK];
         for (start, out) in (0..out.len()).step_by(CHUNK).zip(out.chunks_mut(CHUNK)) {
             let n = out.len();
