@@ -23,8 +23,9 @@ pub struct PackedWideConv2d {
 enum Weights {
     /// Im2col rows times packed weights, group by group.
     Gemm(PackedWide),
-    /// One filter per channel: `taps[t·C + c]`, with `bias[c]`.
-    Depthwise { taps: Vec<i32>, bias: Vec<i32> },
+    /// One filter per channel: tap `t` of channel `c` at `taps[(t·PIXELS + p)·C + c]` for every
+    /// `p < PIXELS` (each tap's weights repeated for [`PIXELS`] pixels), with `bias[c]`.
+    Depthwise { taps: Vec<i32>, bias: Vec<i64> },
 }
 
 impl PackedWideConv2d {
@@ -44,12 +45,13 @@ impl PackedWideConv2d {
             && g.groups == g.out_channels
             && kh * kw <= MAX_DEPTHWISE_TAPS;
         let weights = if depthwise {
-            let taps = (0..kh * kw * g.out_channels)
-                .map(|i| i32::from(weight[(i % g.out_channels) * kh * kw + i / g.out_channels]))
+            let c = g.out_channels;
+            let taps = (0..kh * kw * PIXELS * c)
+                .map(|i| i32::from(weight[(i % c) * kh * kw + i / (PIXELS * c)]))
                 .collect();
             Weights::Depthwise {
                 taps,
-                bias: bias.to_vec(),
+                bias: bias.iter().map(|&b| i64::from(b)).collect(),
             }
         } else {
             let out_per_group = g.out_channels / g.groups;
@@ -113,10 +115,21 @@ pub fn qconv2d_wide<I: WideInput, O: WideOutput>(
             gemm.run(kernel(active_isa()), &fill, out);
         }
         Weights::Depthwise { taps, bias } => {
-            let requant = requant.expanded(g.out_channels).repeated(ow);
+            let row = Constants {
+                bias: bias.repeat(ow),
+                requant: requant.expanded(g.out_channels).repeated(ow),
+            };
+            let scratch = || {
+                (
+                    vec![0i32; ow * g.out_channels],
+                    vec![0i64; ow * g.out_channels],
+                )
+            };
             out.par_chunks_mut(ow * g.out_channels)
                 .enumerate()
-                .for_each(|(row, out)| image.depthwise_row(row, taps, bias, &requant, out));
+                .for_each_init(scratch, |(acc, sums), (r, out)| {
+                    image.depthwise_row(r, taps, &row, (acc, sums), out)
+                });
         }
     }
     Ok(())
@@ -132,60 +145,84 @@ struct Image<'a, I> {
 }
 
 impl<I: WideInput> Image<'_, I> {
-    /// The input pixel `(y, x)` of image `b` that output `(oy, ox)` reads at tap `(ky, kx)`,
-    /// or `None` on padding.
-    fn source(&self, b: usize, [oy, ox]: [usize; 2], [ky, kx]: [usize; 2]) -> Option<usize> {
-        let g = self.geometry;
-        let [h, w] = self.size;
-        let y = (oy * g.stride[0] + ky * g.dilation[0]).checked_sub(g.padding[0])?;
-        let x = (ox * g.stride[1] + kx * g.dilation[1]).checked_sub(g.padding[1])?;
-        (y < h && x < w).then(|| (b * h + y) * w + x)
-    }
-
     /// Writes im2col rows `first..` of group `grp` (taps outer, channels inner, as packed) to
-    /// `dst`, `dst.len() / rows` values per row.
+    /// `dst`, `dst.len() / rows` values per row, one kernel row (`ky`) at a time.
     fn im2col(&self, grp: usize, first: usize, dst: &mut [i16]) {
         let g = self.geometry;
         let [oh, ow] = self.out_size;
+        let [kh, kw] = g.kernel;
         let per_group = g.in_channels / g.groups;
-        let pad = (i32::from(self.zero_point) - I::OFFSET) as i16;
-        let k = per_group * g.kernel[0] * g.kernel[1];
+        let k = per_group * kh * kw;
         let lda = k.div_ceil(2) * 2;
         for (i, row) in dst.chunks_exact_mut(lda).enumerate() {
             let r = first + i;
             let (b, oy, ox) = (r / (oh * ow), r / ow % oh, r % ow);
-            for (t, taps) in row[..k].chunks_exact_mut(per_group).enumerate() {
-                let tap = [t / g.kernel[1], t % g.kernel[1]];
-                match self.source(b, [oy, ox], tap) {
-                    Some(p) => {
-                        let pixel = &self.input[p * g.in_channels + grp * per_group..];
-                        for (d, &x) in taps.iter_mut().zip(pixel) {
-                            *d = x.to_i16();
-                        }
+            for (ky, taps) in row[..k].chunks_exact_mut(kw * per_group).enumerate() {
+                let y = (oy * g.stride[0] + ky * g.dilation[0]).checked_sub(g.padding[0]);
+                match y.filter(|&y| y < self.size[0]) {
+                    Some(y) => {
+                        self.kernel_row(grp, (b * self.size[0] + y) * self.size[1], ox, taps)
                     }
-                    None => taps.fill(pad),
+                    None => taps.fill(self.pad()),
                 }
             }
         }
     }
 
+    /// The taps of one kernel row for output column `ox`, reading input line `line` (its
+    /// first pixel's index): one copy when the row's pixels lie side by side in the line.
+    fn kernel_row(&self, grp: usize, line: usize, ox: usize, taps: &mut [i16]) {
+        let g = self.geometry;
+        let (c, per_group, w) = (g.in_channels, g.in_channels / g.groups, self.size[1]);
+        let x0 = (ox * g.stride[1]).checked_sub(g.padding[1]);
+        let span = (g.kernel[1] - 1) * g.dilation[1] + 1;
+        match x0 {
+            Some(x0) if x0 + span <= w && (g.dilation[1] == 1 && g.groups == 1) => {
+                let pixels = &self.input[(line + x0) * c..][..taps.len()];
+                for (d, &x) in taps.iter_mut().zip(pixels) {
+                    *d = x.to_i16();
+                }
+            }
+            _ => {
+                for (kx, tap) in taps.chunks_exact_mut(per_group).enumerate() {
+                    let x = (ox * g.stride[1] + kx * g.dilation[1]).checked_sub(g.padding[1]);
+                    match x.filter(|&x| x < w) {
+                        Some(x) => {
+                            let pixel = &self.input[(line + x) * c + grp * per_group..];
+                            for (d, &x) in tap.iter_mut().zip(pixel) {
+                                *d = x.to_i16();
+                            }
+                        }
+                        None => tap.fill(self.pad()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// What padding reads: the zero point, offset like every input.
+    fn pad(&self) -> i16 {
+        (i32::from(self.zero_point) - I::OFFSET) as i16
+    }
+
     /// Output row `row` (image `row / oh`, line `row % oh`) of a depthwise convolution:
-    /// `Σ (q_x − z_x)·w + bias` over the taps inside the image, in `i32` (at most
-    /// [`MAX_DEPTHWISE_TAPS`] terms of magnitude `2^23`).
+    /// `Σ (q_x − z_x)·w` over the taps inside the image, in `i32` (at most
+    /// [`MAX_DEPTHWISE_TAPS`] terms of magnitude `2^23`), plus the bias, requantized; `acc`
+    /// and `sums` are the row's scratch.
     fn depthwise_row<O: WideOutput>(
         &self,
         row: usize,
         taps: &[i32],
-        bias: &[i32],
-        requant: &Expanded,
+        constants: &Constants,
+        (acc, sums): (&mut [i32], &mut [i64]),
         out: &mut [O],
     ) {
         let g = self.geometry;
         let (c, [h, w], [oh, ow]) = (g.out_channels, self.size, self.out_size);
         let (b, oy) = (row / oh, row % oh);
         let tier = Tier::of(active_isa());
-        let mut acc = bias.repeat(ow);
-        for (t, weights) in taps.chunks_exact(c).enumerate() {
+        acc.fill(0);
+        for (t, weights) in taps.chunks_exact(PIXELS * c).enumerate() {
             let [ky, kx] = [t / g.kernel[1], t % g.kernel[1]];
             let Some(y) = (oy * g.stride[0] + ky * g.dilation[0]).checked_sub(g.padding[0]) else {
                 continue;
@@ -209,17 +246,31 @@ impl<I: WideInput> Image<'_, I> {
                 tier,
                 acc,
                 I::typed(line),
-                s,
+                [c, s],
                 i32::from(self.zero_point),
                 weights,
             );
         }
-        let sums: Vec<i64> = acc.iter().map(|&a| i64::from(a)).collect();
-        requant.row(tier, &sums, &vec![0; sums.len()], 0, out);
+        for (sum, &a) in sums.iter_mut().zip(acc.iter()) {
+            *sum = i64::from(a);
+        }
+        let requant = &constants.requant;
+        requant.row(tier, sums, &constants.bias, 0, out);
     }
 }
 
-/// The most kernel taps the depthwise kernel sums in `i32` (255 terms of magnitude up to
-/// `65535·128 < 2^23`, plus a bias below `2^30`, stay below `2^31`); larger kernels run as a
-/// grouped GEMM.
+/// What every output row of a depthwise call adds and requantizes with, pixel by pixel.
+struct Constants {
+    /// The bias of each value of the row.
+    bias: Vec<i64>,
+    /// The requantization of each value of the row.
+    requant: Expanded,
+}
+
+/// Pixels each depthwise tap's weights are repeated for, so that a stride-1 run is summed
+/// `PIXELS·C` values at a time.
+const PIXELS: usize = 8;
+
+/// The most kernel taps the depthwise kernel sums in `i32` (127 terms of magnitude up to
+/// `65535·128 < 2^23` stay below `2^30`); larger kernels run as a grouped GEMM.
 const MAX_DEPTHWISE_TAPS: usize = 127;

@@ -64,19 +64,62 @@ pub enum Typed<'a> {
 }
 
 /// One depthwise tap over a run of output pixels, compiled for `tier`: for every pixel `i` of
-/// `acc` (`c = w.len()` channels each), `acc[i][ch] += (line[i·step][ch] − zero_point)·w[ch]`,
-/// `line` holding pixels of `c` values.
+/// `acc` (`c` channels each), `acc[i][ch] += (line[i·step][ch] − zero_point)·w[ch]`, `line`
+/// holding pixels of `c` values and `w` the tap's `c` weights repeated for whole pixels (at
+/// least once): with `step = 1` the run is summed `w.len()` values at a time.
 pub(crate) fn accumulate(
     tier: Tier,
     acc: &mut [i32],
     line: Typed<'_>,
-    step: usize,
+    [c, step]: [usize; 2],
     zero_point: i32,
     w: &[i32],
 ) {
     match line {
-        Typed::U8(line) => accumulate_u8(tier, acc, line, step, zero_point, w),
-        Typed::U16(line) => accumulate_u16(tier, acc, line, step, zero_point, w),
+        Typed::U8(line) => accumulate_u8(tier, acc, line, c, step, zero_point, w),
+        Typed::U16(line) => accumulate_u16(tier, acc, line, c, step, zero_point, w),
+    }
+}
+
+/// The body of [`accumulate`] for pixels of type `T`, inlined into each compiled version.
+#[inline(always)]
+fn accumulate_pixels<T: Copy + Into<i32>>(
+    acc: &mut [i32],
+    line: &[T],
+    [c, step]: [usize; 2],
+    zero_point: i32,
+    w: &[i32],
+) {
+    if step == 1 {
+        for (acc, pixels) in acc.chunks_mut(w.len()).zip(line.chunks(w.len())) {
+            tap(acc, pixels, zero_point, w);
+        }
+    } else {
+        for (i, acc) in acc.chunks_exact_mut(c).enumerate() {
+            tap(acc, &line[i * step * c..][..c], zero_point, w);
+        }
+    }
+}
+
+/// `acc[j] += (pixels[j] − zero_point)·w[j]` over the shortest of the three.
+#[inline(always)]
+fn tap<T: Copy + Into<i32>>(acc: &mut [i32], pixels: &[T], zero_point: i32, w: &[i32]) {
+    for ((acc, &x), &w) in acc.iter_mut().zip(pixels).zip(w) {
+        *acc += (x.into() - zero_point) * w;
+    }
+}
+
+multiversion! {
+    /// [`accumulate`] over `u8` pixels.
+    fn accumulate_u8(acc: &mut [i32], line: &[u8], c: usize, step: usize, zero_point: i32, w: &[i32]) {
+        accumulate_pixels(acc, line, [c, step], zero_point, w)
+    }
+}
+
+multiversion! {
+    /// [`accumulate`] over `u16` pixels.
+    fn accumulate_u16(acc: &mut [i32], line: &[u16], c: usize, step: usize, zero_point: i32, w: &[i32]) {
+        accumulate_pixels(acc, line, [c, step], zero_point, w)
     }
 }
 
@@ -113,32 +156,6 @@ impl WideInput for u16 {
     }
     fn typed(values: &[u16]) -> Typed<'_> {
         Typed::U16(values)
-    }
-}
-
-multiversion! {
-    /// [`accumulate`] over `u8` pixels.
-    fn accumulate_u8(acc: &mut [i32], line: &[u8], step: usize, zero_point: i32, w: &[i32]) {
-        let c = w.len();
-        for (i, acc) in acc.chunks_exact_mut(c).enumerate() {
-            let pixel = &line[i * step * c..][..c];
-            for ((acc, &x), &w) in acc.iter_mut().zip(pixel).zip(w) {
-                *acc += (i32::from(x) - zero_point) * w;
-            }
-        }
-    }
-}
-
-multiversion! {
-    /// [`accumulate`] over `u16` pixels.
-    fn accumulate_u16(acc: &mut [i32], line: &[u16], step: usize, zero_point: i32, w: &[i32]) {
-        let c = w.len();
-        for (i, acc) in acc.chunks_exact_mut(c).enumerate() {
-            let pixel = &line[i * step * c..][..c];
-            for ((acc, &x), &w) in acc.iter_mut().zip(pixel).zip(w) {
-                *acc += (i32::from(x) - zero_point) * w;
-            }
-        }
     }
 }
 
@@ -310,15 +327,25 @@ fn requantize_parts(acc: f64, multiplier: f64, lo: f64, hi: f64) -> i32 {
     let v = acc * multiplier;
     let v = if v > lo { v } else { lo };
     let v = if v < hi { v } else { hi };
-    v.round_ties_even() as i32
+    round_half_even(v)
 }
 
+/// `v.round_ties_even() as i32` for `|v| < 2^31`, written so that loops over it vectorize (the
+/// saturating `as i32` does not): adding `1.5·2^52` rounds half to even into the low mantissa
+/// bits.
+#[inline(always)]
+fn round_half_even(v: f64) -> i32 {
+    ((v + MAGIC).to_bits() as i64 - MAGIC.to_bits() as i64) as i32
+}
+
+/// `1.5·2^52`: an `f64` whose unit in the last place is 1 and whose low mantissa bits hold any
+/// integer below `2^51` in magnitude added to it.
+const MAGIC: f64 = 6_755_399_441_055_744.0;
+
 /// `v as f64` for `|v| < 2^51`, written so that loops over it vectorize (an `i64` to `f64`
-/// conversion does not without AVX-512 DQ): `v + 1.5·2^52` is an `f64` whose low mantissa bits
-/// hold `v`.
+/// conversion does not without AVX-512 DQ): `v` added to [`MAGIC`]'s bits.
 #[inline(always)]
 fn exact_f64(v: i64) -> f64 {
-    const MAGIC: f64 = 6_755_399_441_055_744.0;
     f64::from_bits((v + MAGIC.to_bits() as i64) as u64) - MAGIC
 }
 

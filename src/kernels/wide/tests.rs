@@ -124,17 +124,17 @@ fn geometry(
     cout: usize,
     groups: usize,
     k: [usize; 2],
-    s: usize,
+    s: [usize; 2],
     p: usize,
-    d: usize,
+    d: [usize; 2],
 ) -> Conv2dGeometry {
     Conv2dGeometry {
         in_channels: cin,
         out_channels: cout,
         kernel: k,
-        stride: [s, s],
+        stride: s,
         padding: [p, p, p + 1, p],
-        dilation: [d, 1],
+        dilation: d,
         groups,
     }
 }
@@ -157,7 +157,7 @@ fn self_check_passes_on_every_tier_this_cpu_has() {
 #[test]
 fn long_reductions_of_extreme_values_stay_exact() {
     // K = 3·3·96 = 864 taps of 65535 against -128: past the i32 range of one block.
-    let g = geometry(96, 17, 1, [3, 3], 1, 1, 1);
+    let g = geometry(96, 17, 1, [3, 3], [1, 1], 1, [1, 1]);
     let weight = vec![-128i8; 17 * 96 * 9];
     let x = vec![u16::MAX; 5 * 5 * 96];
     let requant = RequantWide::new(vec![1e-9], 0, u16::MAX);
@@ -181,7 +181,7 @@ fn long_reductions_of_extreme_values_stay_exact() {
 
 #[test]
 fn bad_shapes_and_parameters_are_errors() {
-    let g = geometry(4, 4, 1, [3, 3], 1, 1, 1);
+    let g = geometry(4, 4, 1, [3, 3], [1, 1], 1, [1, 1]);
     assert!(PackedWideConv2d::new(g, &[0; 10], &[0; 4]).is_err());
     let packed = PackedWideConv2d::new(g, &[0; 144], &[0; 4]).unwrap();
     let requant = RequantWide::new(vec![1.0], 0, 255);
@@ -204,15 +204,15 @@ proptest! {
         cout_per_group in 1usize..=40,
         groups in 1usize..=3,
         k in (1usize..=3, 1usize..=3),
-        s in 1usize..=2,
+        s in (1usize..=2, 1usize..=2),
         p in 0usize..=1,
-        d in 1usize..=2,
+        d in (1usize..=2, 1usize..=2),
         (h, w) in (3usize..=9, 3usize..=9),
         n in 1usize..=2,
         seed in any::<u64>(),
         widths in 0usize..4,
     ) {
-        let g = geometry(cin_per_group * groups, cout_per_group * groups, groups, [k.0, k.1], s, p, d);
+        let g = geometry(cin_per_group * groups, cout_per_group * groups, groups, [k.0, k.1], [s.0, s.1], p, [d.0, d.1]);
         prop_assume!(g.output_size(h, w).is_ok());
         match widths {
             0 => check_conv::<u16, u16>(g, [n, h, w], seed),
@@ -232,7 +232,7 @@ proptest! {
         seed in any::<u64>(),
         wide_out in any::<bool>(),
     ) {
-        let g = geometry(c, c, c, [k, k], s, p, 1);
+        let g = geometry(c, c, c, [k, k], [s, s], p, [1, 1]);
         if wide_out {
             check_conv::<u16, u16>(g, [2, h, w], seed);
         } else {
@@ -248,7 +248,7 @@ proptest! {
         seed in any::<u64>(),
     ) {
         // A linear layer is a 1x1 convolution over a 1-pixel-wide image of `rows` lines.
-        let g = geometry(k, n, 1, [1, 1], 1, 0, 1);
+        let g = geometry(k, n, 1, [1, 1], [1, 1], 0, [1, 1]);
         let g = Conv2dGeometry { padding: [0; 4], ..g };
         let weight = weights(seed, n * k);
         let bias: Vec<i32> = (0..n).map(|i| value(seed, i, 1000) as i32 - 500).collect();
@@ -262,4 +262,30 @@ proptest! {
             prop_assert_eq!(&out, &expected, "{}", isa);
         }
     }
+
+    #[test]
+    fn wide_requantization_rounds_the_exact_product_half_to_even(
+        acc in -(1i64 << 50)..(1i64 << 50),
+        halves in -(1i64 << 20)..(1i64 << 20),
+        multiplier in prop_oneof![Just(0.5f32), Just(0.25f32), 1e-9f32..1e-2],
+        (zero_point, qmin, qmax) in (0u16..=65535, 0u16..=65535, 0u16..=65535),
+    ) {
+        prop_assume!(qmin <= qmax);
+        // Arbitrary products against `f64`'s own rounding of the same product, and exact ties
+        // (an odd number of halves) against integer arithmetic.
+        let expected = |acc: i64| {
+            let v = (acc as f64 * f64::from(multiplier)).round_ties_even() + f64::from(zero_point);
+            v.clamp(f64::from(qmin), f64::from(qmax)) as i64
+        };
+        prop_assert_eq!(requantize_wide(acc, multiplier, zero_point, qmin, qmax), expected(acc));
+        prop_assert_eq!(requantize_wide(halves, 0.5, zero_point, qmin, qmax), expected_half(halves, zero_point, qmin, qmax));
+    }
+}
+
+/// `halves / 2` rounded half to even, plus `zero_point`, clamped: the integer arithmetic
+/// [`requantize_wide`] must agree with for a multiplier of one half.
+fn expected_half(halves: i64, zero_point: u16, qmin: u16, qmax: u16) -> i64 {
+    let (q, r) = (halves.div_euclid(2), halves.rem_euclid(2));
+    let rounded = if r == 1 && q % 2 != 0 { q + 1 } else { q };
+    (rounded + i64::from(zero_point)).clamp(i64::from(qmin), i64::from(qmax))
 }
