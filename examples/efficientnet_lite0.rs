@@ -16,9 +16,9 @@
 //! 3. Int8, per-channel weights ([`Engine::Native`], the full u8 range), calibrated on the
 //!    calibration views (the 20 centre crops and their mirror images), in two configurations:
 //!    every layer int8 as configured, and what `numeric::auto_precision` chooses with
-//!    cross-layer equalization and bias correction on, for a top-1 agreement budget on the
-//!    calibration views (it moves conv/linear outputs to 16 bits until the budget is met, float
-//!    only if 16 bits cannot). Top-1 against the labels, and top-1 agreement with float over 480
+//!    cross-layer equalization and bias correction on, for an output cosine budget on the
+//!    calibration views (it moves conv/linear outputs to 16 bits, or their weights to 12 bits,
+//!    until the budget is met, float only if that cannot). Top-1 against the labels, and top-1 agreement with float over 480
 //!    other views of the 20 photos (3 scales, 4 crops, 2 flips), and speed at batch 20.
 //!
 //! The last line holds the figures. The process fails when the float model is off, when the

@@ -11,9 +11,8 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 use burn_quantize::Forward;
 use burn_quantize::graph::Graph;
-use burn_quantize::kernels::{available_isas, with_isa};
-use burn_quantize::numeric::{Budget, Comparison, Higher, auto_precision, sensitivity};
-use burn_quantize::prepare::{PrepareOptions, PreparedModel, prepare};
+use burn_quantize::numeric::{Budget, Higher, sensitivity};
+use burn_quantize::prepare::{PreparedModel, prepare};
 use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
 use burn_quantize::quantized::{Domain, QuantizedModel, convert, convert_debug};
 use common::images_hw;
@@ -86,16 +85,6 @@ fn wide_values(program: &burn_quantize::quantized::QuantizedProgram) -> usize {
         .count()
 }
 
-fn sqnr(model: &Sensitive, qmodel: &QuantizedModel, x: &Tensor<4>) -> f64 {
-    let float: Vec<f32> = Forward::forward(model, x.clone())
-        .into_data()
-        .try_to_vec()
-        .unwrap();
-    let quantized: Tensor<4> = qmodel.forward(x.clone()).unwrap();
-    let quantized: Vec<f32> = quantized.into_data().try_to_vec().unwrap();
-    Comparison::new(String::new(), String::new(), &float, &quantized).sqnr_db
-}
-
 #[test]
 fn one_sensitive_edge_in_16_bits() {
     let device = Device::flex();
@@ -123,34 +112,21 @@ fn one_sensitive_edge_in_16_bits() {
     // The accuracy it is for: the small channels survive conv1's output quantization (measured
     // 0.0 dB all 8-bit, 39.6 dB with the edge in 16 bits, where conv2's 8-bit output and the
     // small channels' ~260 levels of 65,536 bound it).
-    let (db_8, db_16) = (sqnr(&model, &plain, &x), sqnr(&model, &qmodel, &x));
+    let (db_8, db_16) = (
+        common::output_sqnr(&model, &plain, &x),
+        common::output_sqnr(&model, &qmodel, &x),
+    );
     assert!(
         db_8 < 6.0 && db_16 > 37.0,
         "SQNR all 8-bit {db_8:.1} dB, edge in 16 bits {db_16:.1} dB"
     );
 
-    // Every kernel path and the debug model give the same integers.
-    let expected: Tensor<4> = convert_debug(&prepared)
-        .unwrap()
-        .forward(x.clone())
-        .unwrap();
-    let expected = expected.into_data();
-    for isa in available_isas() {
-        let got: Tensor<4> = with_isa(isa, || qmodel.forward(x.clone()))
-            .unwrap()
-            .unwrap();
-        assert_eq!(got.into_data(), expected, "{isa} vs the debug model");
-    }
-
-    // Saved and loaded: the same program and outputs.
+    // Every kernel path and the debug model give the same integers; saved and loaded, the
+    // same program and outputs.
     let dir = std::env::temp_dir().join(format!("burn-quantize-wide-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("wide.bpk");
-    qmodel.save_file(&path).unwrap();
-    let again = QuantizedModel::load_file(&path, &device).unwrap();
-    assert_eq!(again.program(), program);
-    let reloaded: Tensor<4> = again.forward(x).unwrap();
-    assert_eq!(reloaded.into_data(), expected);
+    common::assert_paths_match_debug_and_reload(&prepared, &qmodel, &x, &path);
 
     // A record of the previous program format (8-bit-only layer specs) is refused by version.
     let mut bytes = std::fs::read(&path).unwrap();
@@ -216,16 +192,9 @@ fn auto_precision_moves_the_sensitive_edge_and_nothing_else() {
         images_hw(4, 11, [12, 12], &device),
         images_hw(4, 12, [12, 12], &device),
     ];
+    let choice = common::native_auto_precision(&model, &batches, Budget::Cosine(0.9999));
     let graph = Graph::capture(&model, &batches[0]).unwrap();
     let qconfig = QConfigMap::global(QConfig::preset(Engine::Native));
-    let choice = auto_precision::<4, 4>(
-        &graph,
-        &qconfig,
-        &PrepareOptions::default(),
-        &batches,
-        Budget::Cosine(0.9999),
-    )
-    .unwrap();
     assert!(choice.met, "{choice}");
     assert_eq!(choice.int16, vec!["conv1".to_string()], "{choice}");
     assert!(choice.float.is_empty(), "{choice}");

@@ -88,11 +88,18 @@ pub fn to_program(prepared: &PreparedModel) -> Result<(QuantizedProgram, Quantiz
             .outputs
             .iter()
             .find_map(|v| plan.narrowed.get(v).cloned());
+        let weight_bits = match (placement, qconfig) {
+            (Placement::Int8(Int8Op::Conv2d | Int8Op::Linear), Some(q)) => {
+                Some(weight_bits(q, &node.name)?)
+            }
+            _ => None,
+        };
         report.push(NodeReport {
             name: node.name.clone(),
             op,
             placement: placement.clone(),
             bits,
+            weight_bits,
             narrowed,
         });
     }
@@ -273,6 +280,7 @@ impl Builder<'_> {
                     output: out_qp,
                     activation: node.activation,
                     table: None,
+                    weight_bits: weight_bits(qconfig, &node.name)?,
                 };
                 let mut output = output;
                 if !spec.is_wide()
@@ -569,6 +577,19 @@ fn mismatch(node: &Node, op: Int8Op, other: &Op) -> Error {
     ))
 }
 
+/// The width of the weights `qconfig` gives layer `name`: 8 (`QInt8`), 12 (`QInt12`) or 16
+/// (`QInt16`).
+fn weight_bits(qconfig: &QConfig, name: &str) -> Result<u8> {
+    match qconfig.weight.dtype {
+        QDType::QInt8 => Ok(8),
+        QDType::QInt12 => Ok(12),
+        QDType::QInt16 => Ok(16),
+        other => Err(Error::Unsupported(format!(
+            "weights of `{name}`: the kernels take signed weights (QInt8, QInt12 or QInt16), the qconfig gives {other:?}"
+        ))),
+    }
+}
+
 /// Quantizes a layer's float weights `[out, ...]` with its qconfig's weight observer (symmetric:
 /// zero point 0) and its bias to `i32` with scale `s_x·s_w[c]`.
 fn quantize_weights(
@@ -588,10 +609,11 @@ fn quantize_weights(
     })?;
     let qp = observer.qparams()?;
     let channels = shape[0];
-    if qp.zero_point.iter().any(|&z| z != 0) || qp.dtype != QDType::QInt8 {
+    weight_bits(qconfig, name)?;
+    if qp.zero_point.iter().any(|&z| z != 0) {
         return Err(Error::Unsupported(format!(
-            "weights of `{name}`: the int8 kernels take symmetric i8 weights (zero point 0), the qconfig gives {:?} {:?}",
-            qp.dtype, qconfig.weight.scheme
+            "weights of `{name}`: the kernels take symmetric weights (zero point 0), the qconfig gives {:?}",
+            qconfig.weight.scheme
         )));
     }
     let observed: Vec<f32> = if qp.scale.len() == 1 {
@@ -613,7 +635,7 @@ fn quantize_weights(
             let inv = 1.0 / scales[k / per_channel];
             (w * inv)
                 .round_ties_even()
-                .clamp(qp.quant_min as f32, qp.quant_max as f32) as i8
+                .clamp(qp.quant_min as f32, qp.quant_max as f32) as i16
         })
         .collect();
     let bias = kernels::quantize_bias(&bias, x_scale, &scales);

@@ -28,12 +28,33 @@ pub struct QLayerSpec {
     /// `u8` goes through this table, whose input has the `output` parameters.
     #[serde(default)]
     pub table: Option<Table>,
+    /// Bits of the weights: 8 (`i8`), or 12 or 16 (held as `i16`, narrow range: the wide
+    /// kernels).
+    #[serde(default = "eight_bits")]
+    pub weight_bits: u8,
+}
+
+fn eight_bits() -> u8 {
+    8
 }
 
 impl QLayerSpec {
-    /// Whether the layer reads or writes 16-bit activations (and runs on the wide kernels).
+    /// Whether the layer reads or writes 16-bit activations or has weights wider than 8 bits
+    /// (and runs on the wide kernels).
     pub fn is_wide(&self) -> bool {
-        self.input.bits() == 16 || self.output.bits() == 16
+        self.input.bits() == 16 || self.output.bits() == 16 || self.weight_bits != 8
+    }
+
+    /// The type the weights are stored in: `I8`, or `I16` for 12- and 16-bit weights (`Err`
+    /// for any other width).
+    pub fn weight_dtype(&self) -> Result<DType> {
+        match self.weight_bits {
+            8 => Ok(DType::I8),
+            12 | 16 => Ok(DType::I16),
+            bits => Err(Error::InvalidArgument(format!(
+                "{bits}-bit weights: layers take 8, 12 or 16"
+            ))),
+        }
     }
 
     /// The int8 requantization of a layer with these weight scales (one per output channel);
@@ -144,8 +165,8 @@ pub struct QLinear {
 /// The integer content of a quantized conv or linear layer.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct QWeights {
-    /// `i8` weights in PyTorch's layout.
-    pub weight: Vec<i8>,
+    /// Integer weights in PyTorch's layout (`i8` values for 8-bit layers, held as `i16`).
+    pub weight: Vec<i16>,
     /// `i32` biases.
     pub bias: Vec<i32>,
     /// One scale per output channel.
@@ -181,7 +202,7 @@ impl QConv2d {
             g.kernel[1],
         ];
         QConv2d {
-            weight: int_param(TensorData::new(weights.weight, shape), DType::I8, device),
+            weight: weight_param(TensorData::new(weights.weight, shape), &spec, device),
             bias: int_param(
                 TensorData::new(weights.bias, [g.out_channels]),
                 DType::I32,
@@ -207,7 +228,8 @@ impl QConv2d {
             Kernels::Wide(packed, self.spec.requant_wide(&w.scales)?)
         } else {
             let zero_point = self.spec.input.zero_point() as u8;
-            let packed = PackedConv2d::new(self.geometry, &w.weight, &w.bias, zero_point)?;
+            let weight = w.int8()?;
+            let packed = PackedConv2d::new(self.geometry, &weight, &w.bias, zero_point)?;
             Kernels::Int8(Box::new(Packed::new(
                 packed,
                 self.spec.requant(&w.scales)?,
@@ -220,6 +242,7 @@ impl QConv2d {
     pub fn weights(&self) -> Result<QWeights> {
         read_weights(
             self.weight.val().into_data(),
+            &self.spec,
             &self.bias,
             &self.weight_scale,
         )
@@ -265,9 +288,9 @@ impl QLinear {
         device: &Device,
     ) -> Self {
         QLinear {
-            weight: int_param(
+            weight: weight_param(
                 TensorData::new(weights.weight, [out_features, in_features]),
-                DType::I8,
+                &spec,
                 device,
             ),
             bias: int_param(
@@ -296,8 +319,9 @@ impl QLinear {
             Kernels::Wide(packed, self.spec.requant_wide(&w.scales)?)
         } else {
             let zero_point = self.spec.input.zero_point() as u8;
+            let weight = w.int8()?;
             let packed =
-                PackedLinear::new(&w.weight, out_features, in_features, &w.bias, zero_point)?;
+                PackedLinear::new(&weight, out_features, in_features, &w.bias, zero_point)?;
             Kernels::Int8(Box::new(Packed::new(
                 packed,
                 self.spec.requant(&w.scales)?,
@@ -310,6 +334,7 @@ impl QLinear {
     pub fn weights(&self) -> Result<QWeights> {
         read_weights(
             self.weight.val().into_data(),
+            &self.spec,
             &self.bias,
             &self.weight_scale,
         )
@@ -333,6 +358,16 @@ impl QLinear {
 }
 
 impl QWeights {
+    /// The weights as `i8` (an 8-bit layer's); `Err` when one is out of range.
+    pub fn int8(&self) -> Result<Vec<i8>> {
+        (self.weight.iter())
+            .map(|&w| i8::try_from(w))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| {
+                Error::InvalidArgument("an 8-bit layer's weight is out of the i8 range".into())
+            })
+    }
+
     /// The fake-quantized float weights `s_w[c] · q_w`, in the same layout as `weight`.
     pub fn dequantized(&self) -> Vec<f32> {
         let per_channel = self.weight.len() / self.scales.len().max(1);
@@ -362,6 +397,21 @@ impl QWeights {
             scales: vec![1.0; channels],
         }
     }
+}
+
+/// The weight parameter of a layer with `spec`, stored as `i8` or `i16` as its width says;
+/// `i16` when the width is unknown or a weight does not fit it (`pack` then refuses the type).
+fn weight_param<const D: usize>(
+    data: TensorData,
+    spec: &QLayerSpec,
+    device: &Device,
+) -> Param<Tensor<D, Int>> {
+    let fits_i8 = || data.iter::<i16>().all(|w| i8::try_from(w).is_ok());
+    let dtype = match spec.weight_dtype() {
+        Ok(DType::I8) if fits_i8() => DType::I8,
+        _ => DType::I16,
+    };
+    int_param(data, dtype, device)
 }
 
 fn int_param<const D: usize>(
@@ -443,9 +493,11 @@ fn wide<'a, P, W>(
     }
 }
 
-/// The integer content of a layer: its `i8` weight data and its bias and scale parameters.
+/// The integer content of a layer: its `i8` or `i16` weight data (as `spec` says) and its bias
+/// and scale parameters.
 fn read_weights(
     weight: TensorData,
+    spec: &QLayerSpec,
     bias: &Param<Tensor<1, Int>>,
     scales: &Param<Tensor<1>>,
 ) -> Result<QWeights> {
@@ -460,10 +512,10 @@ fn read_weights(
             )))
         }
     };
-    typed(&weight, DType::I8, "quantized weight")?;
+    typed(&weight, spec.weight_dtype()?, "quantized weight")?;
     typed(&bias, DType::I32, "quantized bias")?;
     Ok(QWeights {
-        weight: weight.iter::<i8>().collect(),
+        weight: weight.iter::<i16>().collect(),
         bias: bias.iter::<i32>().collect(),
         scales: scales.val().into_data().iter::<f32>().collect(),
     })

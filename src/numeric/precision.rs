@@ -15,6 +15,7 @@ use burn::tensor::Tensor;
 use super::Comparison;
 use crate::exec::FloatExecutor;
 use crate::graph::Graph;
+use crate::observe::QDType;
 use crate::ops::float_values;
 use crate::prepare::{Int8Op, Placement, PrepareOptions, PreparedModel, prepare_with};
 use crate::qconfig::{QConfig, QConfigMap};
@@ -168,8 +169,23 @@ impl<'a, const DI: usize> Reference<'a, DI> {
 pub enum Higher {
     /// 16-bit activations (conv and linear nodes).
     Int16,
+    /// 12-bit weights and 16-bit inputs from float (conv and linear nodes,
+    /// [`QConfig::with_12bit_weights`] and [`QConfig::with_16bit_input`]): for layers limited
+    /// by their weights' rounding, like a first convolution, whose output stays 8-bit.
+    WideWeights,
     /// Float (nodes without 16-bit kernels).
     Float,
+}
+
+impl Higher {
+    /// A short name: `int16`, `w16` or `float`.
+    fn name(self) -> &'static str {
+        match self {
+            Higher::Int16 => "int16",
+            Higher::WideWeights => "w12",
+            Higher::Float => "float",
+        }
+    }
 }
 
 /// One node's effect on the model output.
@@ -206,10 +222,7 @@ impl fmt::Display for SensitivityTable {
             "node", "op", "only this node quantized", "kept"
         )?;
         for r in &self.rows {
-            let higher = match r.higher {
-                Higher::Int16 => "int16",
-                Higher::Float => "float",
-            };
+            let higher = r.higher.name();
             writeln!(
                 f,
                 "{:<32} {:<18} {:>44} | {higher:>6} {}",
@@ -239,6 +252,9 @@ fn raised(qconfigs: &[Option<QConfig>], n: usize, higher: Higher) -> Vec<Option<
     let mut qconfigs = qconfigs.to_vec();
     qconfigs[n] = match higher {
         Higher::Int16 => qconfigs[n].clone().map(QConfig::with_16bit_activations),
+        Higher::WideWeights => {
+            (qconfigs[n].clone()).map(|q| q.with_12bit_weights().with_16bit_input())
+        }
         Higher::Float => None,
     };
     qconfigs
@@ -291,6 +307,8 @@ pub struct PrecisionChoice {
     pub qconfig: QConfigMap,
     /// Nodes whose outputs were moved to 16 bits.
     pub int16: Vec<String>,
+    /// Nodes whose weights were moved to 12 bits (and inputs from float to 16).
+    pub wide_weights: Vec<String>,
     /// Nodes moved to float (only when 16 bits could not reach the budget).
     pub float: Vec<String>,
     /// The chosen model's score on the batches.
@@ -309,9 +327,11 @@ impl fmt::Display for PrecisionChoice {
         let verdict = if self.met { "meets" } else { "does NOT meet" };
         write!(
             f,
-            "chosen: {} node(s) at 16 bits {:?}, {} in float {:?}; {}; {verdict} the budget",
+            "chosen: {} node(s) at 16 bits {:?}, {} with 12-bit weights {:?}, {} in float {:?}; {}; {verdict} the budget",
             self.int16.len(),
             self.int16,
+            self.wide_weights.len(),
+            self.wide_weights,
             self.float.len(),
             self.float,
             self.score
@@ -320,10 +340,12 @@ impl fmt::Display for PrecisionChoice {
 }
 
 /// Finds a [`QConfigMap`] meeting `budget` on `batches` with the fewest conv/linear outputs
-/// moved to 16 bits, float only if 16 bits cannot reach it: every conv/linear node is tried
-/// alone at 16 bits and ranked by the budget's measure (then SQNR); nodes are added in that
-/// order until the budget is met (then, if it is not, turned to float in the same order);
-/// finally each move that the budget does not need is dropped. Every model tried is prepared
+/// or weights widened, float only if that cannot reach it: every conv/linear node is tried
+/// alone with 16-bit activations and alone with 12-bit weights (and 16-bit inputs from float,
+/// [`Higher::WideWeights`]), and the moves are
+/// ranked by the budget's measure (then SQNR); moves are added in that order until the budget
+/// is met (then, if it is not, their nodes turned to float in the same order); finally each
+/// move that the budget does not need is dropped. Every model tried is prepared
 /// with `options`, calibrated on `batches` and scored on them.
 pub fn auto_precision<const DI: usize, const DO: usize>(
     graph: &Graph,
@@ -351,7 +373,9 @@ pub fn auto_precision<const DI: usize, const DO: usize>(
             .into_iter()
             .filter(|(_, h)| *h == Higher::Int16)
         {
-            ranked.push((n, score(&[(n, Higher::Int16)])?));
+            for higher in [Higher::Int16, Higher::WideWeights] {
+                ranked.push(((n, higher), score(&[(n, higher)])?));
+            }
         }
         let key = |s: &Score| (budget.measure(s), s.sqnr_db);
         ranked.sort_by(|a, b| {
@@ -359,12 +383,20 @@ pub fn auto_precision<const DI: usize, const DO: usize>(
                 .partial_cmp(&key(&a.1))
                 .unwrap_or(std::cmp::Ordering::Equal)
         });
-        for (n, alone) in &ranked {
-            moves.push((*n, Higher::Int16));
+        for ((n, higher), alone) in ranked.iter().take(RANKED_SHOWN) {
+            log.push(format!(
+                "  ranked: `{}` {}: {alone}",
+                name(*n),
+                describe(*higher)
+            ));
+        }
+        for &((n, higher), ref alone) in &ranked {
+            moves.push((n, higher));
             current = score(&moves)?;
             log.push(format!(
-                "+ `{}` at 16 bits (alone: {alone}) -> {current}",
-                name(*n)
+                "+ `{}` {} (alone: {alone}) -> {current}",
+                name(n),
+                describe(higher)
             ));
             if budget.met(&current) {
                 break;
@@ -384,6 +416,18 @@ pub fn auto_precision<const DI: usize, const DO: usize>(
         prune(&mut moves, &mut current, &mut log, budget, &score, &name)?;
     }
     choice(qconfig, &prepared, moves, current, budget, log)
+}
+
+/// How many of the best-ranked moves the search's log lists.
+const RANKED_SHOWN: usize = 5;
+
+/// How a move reads in the search's log.
+fn describe(higher: Higher) -> &'static str {
+    match higher {
+        Higher::Int16 => "at 16 bits",
+        Higher::WideWeights => "with 12-bit weights",
+        Higher::Float => "in float",
+    }
 }
 
 /// The score of the model with some nodes moved.
@@ -424,20 +468,29 @@ fn choice(
 ) -> Result<PrecisionChoice> {
     let base = prepared.qconfigs();
     let graph = prepared.graph();
-    let mut map = qconfig.clone();
-    let (mut int16, mut float) = (Vec::new(), Vec::new());
-    for &(n, higher) in &moves {
-        let name = graph.nodes[n].name.clone();
-        let q = raised(base, n, higher).swap_remove(n);
-        map = map.module(&name, q);
-        match higher {
-            Higher::Int16 => int16.push(name),
-            Higher::Float => float.push(name),
-        }
-    }
     let expected = moves
         .iter()
         .fold(base.to_vec(), |q, &(n, h)| raised(&q, n, h));
+    let mut map = qconfig.clone();
+    let (mut int16, mut wide_weights, mut float) = (Vec::new(), Vec::new(), Vec::new());
+    let mut nodes: Vec<usize> = moves.iter().map(|&(n, _)| n).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    for n in nodes {
+        let name = graph.nodes[n].name.clone();
+        map = map.module(&name, expected[n].clone());
+        match &expected[n] {
+            None => float.push(name),
+            Some(q) => {
+                if q.activation.dtype == QDType::QUInt16 {
+                    int16.push(name.clone());
+                }
+                if q.weight.dtype != QDType::QInt8 {
+                    wide_weights.push(name);
+                }
+            }
+        }
+    }
     if map.resolve(graph)? != expected {
         return Err(Error::Unsupported(
             "precision search: a chosen node is not addressable by its module path".into(),
@@ -446,6 +499,7 @@ fn choice(
     Ok(PrecisionChoice {
         qconfig: map,
         int16,
+        wide_weights,
         float,
         met: budget.met(&score),
         score,

@@ -32,6 +32,14 @@ pub enum QDType {
     /// Unsigned 16-bit (activations of W8A16 layers): 0..=65535 (0..=32767 with
     /// `reduce_range`).
     QUInt16,
+    /// Signed 16-bit (weights of W16 layers), narrow and symmetric: -32767..=32767
+    /// (-16383..=16383 with `reduce_range`), so that no weight is -32768 and the wide kernels'
+    /// pair sums of 16-bit activations times weights fit `i32`.
+    QInt16,
+    /// Signed 12-bit (weights of W12 layers, held as `i16`), narrow and symmetric:
+    /// -2047..=2047 (-1023..=1023 with `reduce_range`): 16 times finer than `QInt8`, and with
+    /// 16-bit activations the wide kernels sum 16 pairs per `i32` block (`QInt16`: 1).
+    QInt12,
 }
 
 impl QDType {
@@ -45,6 +53,10 @@ impl QDType {
             (QDType::QInt8, true) => (-64, 63),
             (QDType::QUInt16, false) => (0, 65535),
             (QDType::QUInt16, true) => (0, 32767),
+            (QDType::QInt16, false) => (-32767, 32767),
+            (QDType::QInt16, true) => (-16383, 16383),
+            (QDType::QInt12, false) => (-2047, 2047),
+            (QDType::QInt12, true) => (-1023, 1023),
         }
     }
 }
@@ -212,6 +224,25 @@ impl ObserverConfig {
             dtype: QDType::QInt8,
             scheme: QScheme::PerChannelSymmetric { axis: 0 },
             reduce_range: false,
+        }
+    }
+
+    /// Per-channel symmetric 16-bit weights ([`QDType::QInt16`], W16): 256 times finer than
+    /// [`per_channel_symmetric_weight`](Self::per_channel_symmetric_weight), for a layer whose
+    /// output cancels much of what its weights sum (a first convolution on smooth images).
+    pub fn per_channel_symmetric_weight_16() -> Self {
+        ObserverConfig {
+            dtype: QDType::QInt16,
+            ..Self::per_channel_symmetric_weight()
+        }
+    }
+
+    /// Per-channel symmetric 12-bit weights ([`QDType::QInt12`], W12): 16 times finer than
+    /// 8 bits, and much faster than 16 bits with 16-bit activations.
+    pub fn per_channel_symmetric_weight_12() -> Self {
+        ObserverConfig {
+            dtype: QDType::QInt12,
+            ..Self::per_channel_symmetric_weight()
         }
     }
 

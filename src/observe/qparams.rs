@@ -100,7 +100,7 @@ pub fn calculate_qparams(
         let zero_point = match dtype {
             QDType::QUInt8 => 128,
             QDType::QUInt16 => 32768,
-            QDType::QInt8 => 0,
+            QDType::QInt8 | QDType::QInt12 | QDType::QInt16 => 0,
         };
         (scale, zero_point)
     } else {

@@ -74,7 +74,7 @@ pub(crate) fn plan(graph: &Graph, qconfigs: &[Option<QConfig>]) -> Plan {
                     ))
                 }
                 Ok(op) => {
-                    plan.place_int8(node, op, &q.activation);
+                    plan.place_int8(node, op, q);
                     Placement::Int8(op)
                 }
                 Err(why) => Placement::Float(why),
@@ -97,9 +97,10 @@ impl Plan {
         })
     }
 
-    fn place_int8(&mut self, node: &Node, op: Int8Op, activation: &ObserverConfig) {
+    fn place_int8(&mut self, node: &Node, op: Int8Op, qconfig: &QConfig) {
+        let activation = &qconfig.activation;
         for &input in activation_inputs(node) {
-            self.observe(input, activation);
+            self.observe(input, qconfig.input.as_ref().unwrap_or(activation));
         }
         let output = node.outputs[0];
         if op.shares_qparams() {

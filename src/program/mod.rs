@@ -316,6 +316,9 @@ pub struct NodeReport {
     /// node.
     #[serde(default)]
     pub bits: Vec<u8>,
+    /// Bits of a conv or linear layer's weights (8, or 12 or 16 for W12 and W16).
+    #[serde(default)]
+    pub weight_bits: Option<u8>,
     /// Why an output the qconfig asked to be 16-bit is 8-bit, if one is.
     #[serde(default)]
     pub narrowed: Option<String>,

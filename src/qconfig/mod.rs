@@ -10,13 +10,17 @@ use crate::observe::ObserverConfig;
 pub use map::QConfigMap;
 
 /// How one part of a model is quantized: the observer for its activations and the one for its
-/// weights (PyTorch's `QConfig`).
+/// weights (PyTorch's `QConfig`), and optionally another for the inputs it quantizes itself.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QConfig {
     /// Observes activations (u8, affine).
     pub activation: ObserverConfig,
     /// Observes weights (i8, symmetric; per output channel or per tensor).
     pub weight: ObserverConfig,
+    /// Observes the inputs no other quantized node makes (model inputs, outputs of float
+    /// nodes), which this node quantizes; `None`: the `activation` observer.
+    #[serde(default)]
+    pub input: Option<ObserverConfig>,
 }
 
 /// PyTorch's quantization engines, naming their default configurations.
@@ -43,14 +47,17 @@ impl QConfig {
             Engine::Fbgemm | Engine::X86 => QConfig {
                 activation: ObserverConfig::histogram(true),
                 weight: ObserverConfig::per_channel_symmetric_weight(),
+                input: None,
             },
             Engine::Native => QConfig {
                 activation: ObserverConfig::histogram(false),
                 weight: ObserverConfig::per_channel_symmetric_weight(),
+                input: None,
             },
             Engine::Qnnpack => QConfig {
                 activation: ObserverConfig::histogram(false),
                 weight: ObserverConfig::min_max_weight(),
+                input: None,
             },
         }
     }
@@ -62,6 +69,37 @@ impl QConfig {
     pub fn with_16bit_activations(self) -> Self {
         QConfig {
             activation: ObserverConfig::min_max_16(),
+            ..self
+        }
+    }
+
+    /// The same activations with 16-bit weights (W16,
+    /// [`ObserverConfig::per_channel_symmetric_weight_16`]): a conv or linear layer runs on the
+    /// wide kernels whatever its activations' widths. For layers whose weight rounding, not
+    /// their activations, limits them (a first convolution on smooth images, whose filters
+    /// cancel most of what they sum). With 16-bit activations 16-bit weights are slow (one
+    /// pair per `i32` block); [`with_12bit_weights`](Self::with_12bit_weights) is not.
+    pub fn with_16bit_weights(self) -> Self {
+        QConfig {
+            weight: ObserverConfig::per_channel_symmetric_weight_16(),
+            ..self
+        }
+    }
+
+    /// The same activations with 12-bit weights (W12,
+    /// [`ObserverConfig::per_channel_symmetric_weight_12`]), on the wide kernels.
+    pub fn with_12bit_weights(self) -> Self {
+        QConfig {
+            weight: ObserverConfig::per_channel_symmetric_weight_12(),
+            ..self
+        }
+    }
+
+    /// The same, reading at 16 bits the inputs it quantizes from float (a model input):
+    /// the node's output keeps the `activation` observer.
+    pub fn with_16bit_input(self) -> Self {
+        QConfig {
+            input: Some(ObserverConfig::min_max_16()),
             ..self
         }
     }

@@ -166,10 +166,10 @@ impl Report<'_> {
         (int8, self.0.program.report.len() - int8)
     }
 
-    /// How many quantized nodes make a 16-bit value (W8A16).
+    /// How many quantized nodes make a 16-bit value (W8A16) or have wider weights (W12, W16).
     pub fn int16_nodes(&self) -> usize {
         (self.0.program.report.iter())
-            .filter(|r| r.bits.contains(&16))
+            .filter(|r| r.bits.contains(&16) || r.weight_bits.is_some_and(|b| b > 8))
             .count()
     }
 }
@@ -180,15 +180,16 @@ impl fmt::Display for Report<'_> {
         let wide = self.int16_nodes();
         writeln!(
             f,
-            "{int8} nodes quantized ({wide} with 16-bit outputs), {float} in float"
+            "{int8} nodes quantized ({wide} with 16-bit outputs or weights), {float} in float"
         )?;
         for r in &self.0.program.report {
             match &r.placement {
                 Placement::Int8(op) => {
-                    let kind = if r.bits.contains(&16) {
-                        "int16"
-                    } else {
-                        "int8"
+                    let kind = match (r.bits.contains(&16), r.weight_bits) {
+                        (true, Some(8) | None) => "int16".to_string(),
+                        (true, Some(w)) => format!("w{w}a16"),
+                        (false, Some(8) | None) => "int8".to_string(),
+                        (false, Some(w)) => format!("w{w}"),
                     };
                     write!(f, "  {kind:<6} {:<28} {:<24} {op:?}", r.name, r.op)?;
                     match &r.narrowed {

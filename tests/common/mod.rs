@@ -28,3 +28,58 @@ pub fn cosine<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f64 {
     );
     burn_quantize::numeric::Comparison::new(String::new(), String::new(), &a, &b).cosine
 }
+
+/// Asserts that `qmodel` gives, on every available kernel path, the integers of the debug model
+/// made from `prepared` on `x`, and that saved to `path` and loaded back it has the same program
+/// and outputs; returns the debug model's output.
+pub fn assert_paths_match_debug_and_reload(
+    prepared: &burn_quantize::prepare::PreparedModel,
+    qmodel: &burn_quantize::quantized::QuantizedModel,
+    x: &Tensor<4>,
+    path: &std::path::Path,
+) -> TensorData {
+    use burn_quantize::kernels::{available_isas, with_isa};
+    use burn_quantize::quantized::{QuantizedModel, convert_debug};
+    let expected: Tensor<4> = convert_debug(prepared).unwrap().forward(x.clone()).unwrap();
+    let expected = expected.into_data();
+    for isa in available_isas() {
+        let got: Tensor<4> = with_isa(isa, || qmodel.forward(x.clone()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.into_data(), expected, "{isa} vs the debug model");
+    }
+    qmodel.save_file(path).unwrap();
+    let again = QuantizedModel::load_file(path, &x.device()).unwrap();
+    assert_eq!(again.program(), qmodel.program());
+    let reloaded: Tensor<4> = again.forward(x.clone()).unwrap();
+    assert_eq!(reloaded.into_data(), expected);
+    expected
+}
+
+/// The SQNR (dB) of `qmodel`'s output against `model`'s on `x`.
+pub fn output_sqnr<M: burn_quantize::Forward<4, 4>>(
+    model: &M,
+    qmodel: &burn_quantize::quantized::QuantizedModel,
+    x: &Tensor<4>,
+) -> f64 {
+    let float: Vec<f32> = model.forward(x.clone()).into_data().try_to_vec().unwrap();
+    let quantized: Tensor<4> = qmodel.forward(x.clone()).unwrap();
+    let quantized: Vec<f32> = quantized.into_data().try_to_vec().unwrap();
+    burn_quantize::numeric::Comparison::new(String::new(), String::new(), &float, &quantized)
+        .sqnr_db
+}
+
+/// What `auto_precision` chooses for `model` under the Native preset with default options,
+/// calibrated and scored on `batches` (the graph captured on the first).
+pub fn native_auto_precision<M: burn_quantize::Forward<4, 4>>(
+    model: &M,
+    batches: &[Tensor<4>],
+    budget: burn_quantize::numeric::Budget,
+) -> burn_quantize::numeric::PrecisionChoice {
+    use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
+    let graph = burn_quantize::graph::Graph::capture(model, &batches[0]).unwrap();
+    let qconfig = QConfigMap::global(QConfig::preset(Engine::Native));
+    let options = burn_quantize::prepare::PrepareOptions::default();
+    burn_quantize::numeric::auto_precision::<4, 4>(&graph, &qconfig, &options, batches, budget)
+        .unwrap()
+}

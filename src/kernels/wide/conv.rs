@@ -30,7 +30,7 @@ enum Weights {
 
 impl PackedWideConv2d {
     /// Packs `weight` (`[out, in/groups, kh, kw]`, PyTorch's layout) and `bias` (`[out]`).
-    pub fn new(geometry: Conv2dGeometry, weight: &[i8], bias: &[i32]) -> Result<Self> {
+    pub fn new(geometry: Conv2dGeometry, weight: &[i16], bias: &[i32]) -> Result<Self> {
         geometry.check()?;
         let g = &geometry;
         let [kh, kw] = g.kernel;
@@ -41,9 +41,14 @@ impl PackedWideConv2d {
             g.out_channels * per_group * kh * kw,
         )?;
         expect_len("wide conv2d bias", bias.len(), g.out_channels)?;
+        let max_abs = weight
+            .iter()
+            .map(|&w| i64::from(w).abs())
+            .max()
+            .unwrap_or(0);
         let depthwise = g.groups == g.in_channels
             && g.groups == g.out_channels
-            && kh * kw <= MAX_DEPTHWISE_TAPS;
+            && (kh * kw) as i64 * 65535 * max_abs < 1 << 31;
         let weights = if depthwise {
             let c = g.out_channels;
             let taps = (0..kh * kw * PIXELS * c)
@@ -206,9 +211,9 @@ impl<I: WideInput> Image<'_, I> {
     }
 
     /// Output row `row` (image `row / oh`, line `row % oh`) of a depthwise convolution:
-    /// `Σ (q_x − z_x)·w` over the taps inside the image, in `i32` (at most
-    /// [`MAX_DEPTHWISE_TAPS`] terms of magnitude `2^23`), plus the bias, requantized; `acc`
-    /// and `sums` are the row's scratch.
+    /// `Σ (q_x − z_x)·w` over the taps inside the image, in `i32` (packed only when
+    /// `taps·65535·max|w| < 2^31`: 127 taps of `i8` weights), plus the bias, requantized;
+    /// `acc` and `sums` are the row's scratch.
     fn depthwise_row<O: WideOutput>(
         &self,
         row: usize,
@@ -270,7 +275,3 @@ struct Constants {
 /// Pixels each depthwise tap's weights are repeated for, so that a stride-1 run is summed
 /// `PIXELS·C` values at a time.
 const PIXELS: usize = 8;
-
-/// The most kernel taps the depthwise kernel sums in `i32` (127 terms of magnitude up to
-/// `65535·128 < 2^23` stay below `2^30`); larger kernels run as a grouped GEMM.
-const MAX_DEPTHWISE_TAPS: usize = 127;

@@ -10,8 +10,9 @@ use crate::kernels::params::expect_len;
 use crate::kernels::simd::Tier;
 use crate::kernels::{Isa, active_isa};
 
-/// Pairs of reduction steps one microkernel call sums in `i32`: each pair adds at most
-/// `2·32768·128 = 2^23` in magnitude, so 255 of them stay below `2^31`.
+/// The most pairs of reduction steps one microkernel call sums in `i32`: with `i8` weights each
+/// pair adds at most `2·32768·128 = 2^23` in magnitude, so 255 of them stay below `2^31`
+/// (wider weights take fewer: [`PackedWide::block_pairs`]).
 pub(crate) const BLOCK_PAIRS: usize = 255;
 
 /// Rows a microkernel computes at most (the largest `mr`).
@@ -104,6 +105,8 @@ pub(crate) struct WideGemm<'a> {
     /// Per panel of every group (`g·panels + p`): `(offset − z_x)·Σw + bias` and the
     /// requantization of its columns, laid out as a full tile (`MAX_MR` rows of [`NR`]).
     tiles: Vec<(Vec<i64>, Expanded)>,
+    /// Pairs per microkernel call.
+    block_pairs: usize,
 }
 
 impl<'a> WideGemm<'a> {
@@ -130,7 +133,11 @@ impl<'a> WideGemm<'a> {
                 (constants, expanded.gathered(&channels))
             })
             .collect();
-        WideGemm { packed, tiles }
+        WideGemm {
+            packed,
+            tiles,
+            block_pairs: packed.block_pairs(I::MAX_ABS),
+        }
     }
 
     /// Runs with `kernel`: `fill(g, first, dst)` writes rows `first..` of group `g`'s A
@@ -171,8 +178,8 @@ impl<'a> WideGemm<'a> {
                 for i0 in (0..count).step_by(kernel.mr) {
                     let m = kernel.mr.min(count - i0);
                     acc.fill(0);
-                    for q0 in (0..p.pairs()).step_by(BLOCK_PAIRS) {
-                        let pairs = BLOCK_PAIRS.min(p.pairs() - q0);
+                    for q0 in (0..p.pairs()).step_by(self.block_pairs) {
+                        let pairs = self.block_pairs.min(p.pairs() - q0);
                         let t = WideTile {
                             a: a[i0 * lda + 2 * q0..].as_ptr(),
                             lda,
@@ -272,12 +279,13 @@ pub(crate) fn check_zero_point<I: WideInput>(zero_point: u16) -> Result<()> {
     }
 }
 
-/// Compares `isa`'s wide microkernel with the scalar one on a fixed problem with extreme
-/// values (the first-use self-check).
+/// Compares `isa`'s wide microkernel with the scalar one on fixed problems with extreme
+/// values, `i8` and 16-bit weights (the first-use self-check).
 pub(crate) fn self_check(isa: Isa) -> std::result::Result<(), String> {
     let (rows, k, n) = (29, 2 * BLOCK_PAIRS + 7, 37);
-    let weight = |_: usize, c: usize, kk: usize| ((c * 31 + kk * 17) % 256) as u8 as i8;
-    let packed = PackedWide::new(1, k, n, &vec![7; n], weight).map_err(|e| e.to_string())?;
+    let int8 = |_: usize, c: usize, kk: usize| i16::from(((c * 31 + kk * 17) % 256) as u8 as i8);
+    let wide =
+        |_: usize, c: usize, kk: usize| (((c * 7919 + kk * 104_729) % 65535) as i32 - 32767) as i16;
     let input: Vec<u16> = (0..rows * k)
         .map(|i| {
             if i % 5 == 0 {
@@ -288,15 +296,17 @@ pub(crate) fn self_check(isa: Isa) -> std::result::Result<(), String> {
         })
         .collect();
     let requant = RequantWide::new(vec![1e-3], 30000, u16::MAX);
-    let run = |kernel: &WideKernel| {
-        let gemm = WideGemm::new::<u16>(&packed, 30000, &requant);
-        let mut out = vec![0u16; rows * n];
-        gemm.run(kernel, &dense_rows(&input, &packed), &mut out);
-        out
-    };
-    if run(kernel(isa)) == run(&SCALAR) {
-        Ok(())
-    } else {
-        Err("the wide (16-bit) GEMM differs from the scalar kernel".into())
+    for weight in [&int8 as &dyn Fn(usize, usize, usize) -> i16, &wide] {
+        let packed = PackedWide::new(1, k, n, &vec![7; n], weight).map_err(|e| e.to_string())?;
+        let run = |kernel: &WideKernel| {
+            let gemm = WideGemm::new::<u16>(&packed, 30000, &requant);
+            let mut out = vec![0u16; rows * n];
+            gemm.run(kernel, &dense_rows(&input, &packed), &mut out);
+            out
+        };
+        if run(kernel(isa)) != run(&SCALAR) {
+            return Err("the wide (16-bit) GEMM differs from the scalar kernel".into());
+        }
     }
+    Ok(())
 }

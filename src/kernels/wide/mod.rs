@@ -44,6 +44,8 @@ use crate::{Error, Result};
 pub trait WideInput: Copy + Send + Sync + sealed::Sealed {
     /// Subtracted from every value so that it fits an `i16` (see the module docs).
     const OFFSET: i32;
+    /// The largest `|q − OFFSET|`.
+    const MAX_ABS: i32;
     /// The largest value.
     const MAX: u16;
     /// `self − OFFSET`.
@@ -133,6 +135,7 @@ pub trait WideOutput: Copy + Default + Send + Sync + sealed::Sealed {
 
 impl WideInput for u8 {
     const OFFSET: i32 = 0;
+    const MAX_ABS: i32 = 255;
     const MAX: u16 = 255;
     fn to_i16(self) -> i16 {
         i16::from(self)
@@ -147,6 +150,7 @@ impl WideInput for u8 {
 
 impl WideInput for u16 {
     const OFFSET: i32 = 32768;
+    const MAX_ABS: i32 = 32768;
     const MAX: u16 = u16::MAX;
     fn to_i16(self) -> i16 {
         (self ^ 0x8000) as i16

@@ -2,12 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::gemm::BLOCK_PAIRS;
 use crate::{Error, Result};
 
 /// Columns per packed panel (one 512-bit register of `i32` sums, two 256-bit ones).
 pub(crate) const NR: usize = 16;
 
-/// The `i8` weights of a (grouped) GEMM widened to `i16` and packed for `vpmaddwd`: panel `p`
+/// The weights of a (grouped) GEMM (`i8` widened, or `i16` in `-32767..=32767`) packed for
+/// `vpmaddwd`: panel `p`
 /// of group `g` holds, for every pair `q` of reduction steps, the 16 columns' weights at
 /// steps `2q` and `2q + 1` side by side (zeros past `k` and `n`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -20,6 +22,8 @@ pub struct PackedWide {
     sums: Vec<i64>,
     /// `i32` bias per column, `[groups·n]`.
     bias: Vec<i32>,
+    /// The largest `|w|` (at least 1): it bounds how many pairs a block sums in `i32`.
+    max_abs: i32,
 }
 
 impl PackedWide {
@@ -30,10 +34,11 @@ impl PackedWide {
         k: usize,
         n: usize,
         bias: &[i32],
-        weight: impl Fn(usize, usize, usize) -> i8,
+        weight: impl Fn(usize, usize, usize) -> i16,
     ) -> Result<Self> {
-        // K <= 2^24 keeps every sum below 2^47, exact in the f64 requantization.
-        if groups == 0 || k == 0 || k > 1 << 24 || n == 0 || bias.len() != groups * n {
+        // K <= 2^20 keeps every sum below 2^51 (`2^20·2^15·2^15`, plus the constants), exact in
+        // the f64 requantization.
+        if groups == 0 || k == 0 || k > 1 << 20 || n == 0 || bias.len() != groups * n {
             return Err(Error::InvalidArgument(format!(
                 "wide GEMM weights: {groups} groups of {k}x{n} with {} biases",
                 bias.len()
@@ -43,13 +48,20 @@ impl PackedWide {
         let pairs = k.div_ceil(2);
         let mut data = vec![0i16; groups * panels * pairs * NR * 2];
         let mut sums = vec![0i64; groups * n];
+        let mut max_abs = 1;
         for g in 0..groups {
             for c in 0..n {
                 let panel = (g * panels + c / NR) * pairs * NR * 2;
                 for kk in 0..k {
                     let w = weight(g, c, kk);
+                    if w == i16::MIN {
+                        return Err(Error::InvalidArgument(format!(
+                            "wide GEMM weights: -32768 at column {c} of group {g} (the range is -32767..=32767)"
+                        )));
+                    }
+                    max_abs = max_abs.max(i32::from(w).abs());
                     sums[g * n + c] += i64::from(w);
-                    data[panel + ((kk / 2) * NR + c % NR) * 2 + kk % 2] = i16::from(w);
+                    data[panel + ((kk / 2) * NR + c % NR) * 2 + kk % 2] = w;
                 }
             }
         }
@@ -60,7 +72,16 @@ impl PackedWide {
             data,
             sums,
             bias: bias.to_vec(),
+            max_abs,
         })
+    }
+
+    /// Pairs one block may sum in `i32` for inputs whose `|q − OFFSET|` is at most `max_input`:
+    /// `pairs·2·max_input·max|w| < 2^31`, at most [`BLOCK_PAIRS`] (255 for `i8` weights and
+    /// 16-bit inputs, 16 for 12-bit weights, 1 for 16-bit weights and inputs).
+    pub(crate) fn block_pairs(&self, max_input: i32) -> usize {
+        let pair = 2 * i64::from(max_input.max(1)) * i64::from(self.max_abs);
+        (i64::from(i32::MAX) / pair).clamp(1, BLOCK_PAIRS as i64) as usize
     }
 
     /// Groups.

@@ -28,8 +28,17 @@ fn value(seed: u64, i: usize, max: u32) -> u32 {
     (x % (u64::from(max) + 1)) as u32
 }
 
-fn weights(seed: u64, len: usize) -> Vec<i8> {
-    (0..len).map(|i| value(seed, i, 255) as u8 as i8).collect()
+/// Weights of `bits` bits: all of `i8`, or `-32767..=32767`, every seventh at an extreme.
+fn weights(seed: u64, len: usize, bits: u8) -> Vec<i16> {
+    let max: i16 = if bits == 8 { 127 } else { 32767 };
+    (0..len)
+        .map(|i| match (i % 7, bits) {
+            (0, 8) => -128,
+            (0, _) => -max,
+            (1, _) => max,
+            _ => (value(seed, i, 2 * max as u32) as i32 - i32::from(max)) as i16,
+        })
+        .collect()
 }
 
 fn inputs<I: WideInput + TryFrom<u32>>(seed: u64, len: usize) -> Vec<I> {
@@ -52,7 +61,7 @@ fn reference_conv<I: WideInput, O: WideOutput>(
     [n, h, w]: [usize; 3],
     z: u16,
     g: &Conv2dGeometry,
-    weight: &[i8],
+    weight: &[i16],
     bias: &[i32],
     requant: &RequantWide,
 ) -> Vec<O> {
@@ -92,9 +101,11 @@ fn check_conv<I: WideInput + TryFrom<u32>, O: WideOutput + PartialEq + std::fmt:
     g: Conv2dGeometry,
     [n, h, w]: [usize; 3],
     seed: u64,
+    weight_bits: u8,
 ) {
     let ipg = g.in_channels / g.groups;
-    let weight = weights(seed, g.out_channels * ipg * g.kernel[0] * g.kernel[1]);
+    let len = g.out_channels * ipg * g.kernel[0] * g.kernel[1];
+    let weight = weights(seed, len, weight_bits);
     let bias: Vec<i32> = (0..g.out_channels)
         .map(|i| value(seed ^ 1, i, 2_000_000) as i32 - 1_000_000)
         .collect();
@@ -158,7 +169,7 @@ fn self_check_passes_on_every_tier_this_cpu_has() {
 fn long_reductions_of_extreme_values_stay_exact() {
     // K = 3·3·96 = 864 taps of 65535 against -128: past the i32 range of one block.
     let g = geometry(96, 17, 1, [3, 3], [1, 1], 1, [1, 1]);
-    let weight = vec![-128i8; 17 * 96 * 9];
+    let weight = vec![-128i16; 17 * 96 * 9];
     let x = vec![u16::MAX; 5 * 5 * 96];
     let requant = RequantWide::new(vec![1e-9], 0, u16::MAX);
     let packed = PackedWideConv2d::new(g, &weight, &[0; 17]).unwrap();
@@ -193,6 +204,34 @@ fn bad_shapes_and_parameters_are_errors() {
     let linear = PackedWide::new(1, 5, 3, &[0; 3], |_, _, _| 1).unwrap();
     assert!(qlinear_wide(&[0u16; 9], 0, &linear, &requant, &mut [0u8; 6]).is_err());
     assert!(PackedWide::new(1, 5, 3, &[0; 2], |_, _, _| 1).is_err());
+    let min = PackedWide::new(1, 5, 3, &[0; 3], |_, _, _| i16::MIN).unwrap_err();
+    assert!(min.to_string().contains("-32768"), "{min}");
+}
+
+#[test]
+fn sixteen_bit_weights_sum_exactly_one_pair_per_block() {
+    // 65535 (q − 32768 = 32767) against 32767 weights: each pair sums to 2^31 − 2^17, so
+    // blocks of one pair; the centre's 864 taps reach 9.3·10^11 in i64.
+    let g = geometry(96, 17, 1, [3, 3], [1, 1], 1, [1, 1]);
+    let weight = vec![32767i16; 17 * 96 * 9];
+    let x = vec![u16::MAX; 5 * 5 * 96];
+    let requant = RequantWide::new(vec![1e-8], 0, u16::MAX);
+    let packed = PackedWideConv2d::new(g, &weight, &[0; 17]).unwrap();
+    let expected: Vec<u16> = reference_conv(&x, [1, 5, 5], 32768, &g, &weight, &[0; 17], &requant);
+    assert_eq!(
+        expected[2 * 5 * 17 + 2 * 17],
+        9277,
+        "864·32767² = 9.28·10^11, past i32"
+    );
+    for isa in paths() {
+        let mut out = vec![0u16; expected.len()];
+        with_isa(isa, || {
+            qconv2d_wide(&x, [1, 5, 5], 32768, &packed, &requant, &mut out)
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(out, expected, "{isa}");
+    }
 }
 
 proptest! {
@@ -211,14 +250,15 @@ proptest! {
         n in 1usize..=2,
         seed in any::<u64>(),
         widths in 0usize..4,
+        weight_bits in prop_oneof![Just(8u8), Just(16u8)],
     ) {
         let g = geometry(cin_per_group * groups, cout_per_group * groups, groups, [k.0, k.1], [s.0, s.1], p, [d.0, d.1]);
         prop_assume!(g.output_size(h, w).is_ok());
         match widths {
-            0 => check_conv::<u16, u16>(g, [n, h, w], seed),
-            1 => check_conv::<u16, u8>(g, [n, h, w], seed),
-            2 => check_conv::<u8, u16>(g, [n, h, w], seed),
-            _ => check_conv::<u8, u8>(g, [n, h, w], seed),
+            0 => check_conv::<u16, u16>(g, [n, h, w], seed, weight_bits),
+            1 => check_conv::<u16, u8>(g, [n, h, w], seed, weight_bits),
+            2 => check_conv::<u8, u16>(g, [n, h, w], seed, weight_bits),
+            _ => check_conv::<u8, u8>(g, [n, h, w], seed, weight_bits),
         }
     }
 
@@ -231,12 +271,14 @@ proptest! {
         (h, w) in (5usize..=12, 5usize..=12),
         seed in any::<u64>(),
         wide_out in any::<bool>(),
+        weight_bits in prop_oneof![Just(8u8), Just(16u8)],
     ) {
+        // 16-bit weights run as a grouped GEMM (their sums exceed the direct kernel's i32).
         let g = geometry(c, c, c, [k, k], [s, s], p, [1, 1]);
         if wide_out {
-            check_conv::<u16, u16>(g, [2, h, w], seed);
+            check_conv::<u16, u16>(g, [2, h, w], seed, weight_bits);
         } else {
-            check_conv::<u16, u8>(g, [2, h, w], seed);
+            check_conv::<u16, u8>(g, [2, h, w], seed, weight_bits);
         }
     }
 
@@ -246,11 +288,12 @@ proptest! {
         k in 1usize..=700,
         n in 1usize..=50,
         seed in any::<u64>(),
+        weight_bits in prop_oneof![Just(8u8), Just(16u8)],
     ) {
         // A linear layer is a 1x1 convolution over a 1-pixel-wide image of `rows` lines.
         let g = geometry(k, n, 1, [1, 1], [1, 1], 0, [1, 1]);
         let g = Conv2dGeometry { padding: [0; 4], ..g };
-        let weight = weights(seed, n * k);
+        let weight = weights(seed, n * k, weight_bits);
         let bias: Vec<i32> = (0..n).map(|i| value(seed, i, 1000) as i32 - 500).collect();
         let x: Vec<u16> = inputs(seed ^ 9, rows * k);
         let requant = RequantWide::new(vec![3e-6], 31000, u16::MAX);
