@@ -492,13 +492,21 @@ fn numeric_suite_compares_float_and_int8_layer_by_layer() {
     // Every int8 node's output is compared: 20 convs, 8 adds, pools, the classifier.
     assert!(layers.len() >= 30, "{}", layers.len());
     assert!(layers.iter().any(|l| l.node == "layer1.0.conv1"));
+    // Each output against the float model's (errors add up with depth; the seeded weights
+    // differ with the order tests draw them in): over 8 runs 37.7-38.1 dB at conv1, the worst
+    // layer (in layer4) 19.5-27.7 dB, the mean 30.6-32.6 dB.
+    let first = layers.iter().find(|l| l.node == "conv1").unwrap();
+    assert!(first.sqnr_db > 36.0, "{first}");
     for layer in &layers {
-        assert!(layer.sqnr_db > 15.0 && layer.cosine > 0.98, "{layer}");
+        assert!(layer.sqnr_db > 17.0 && layer.cosine > 0.99, "{layer}");
     }
+    let mean = layers.iter().map(|l| l.sqnr_db).sum::<f64>() / layers.len() as f64;
+    assert!(mean > 29.0, "mean SQNR {mean:.1} dB");
     let weights = compare_weights(&prepared, &qmodel).unwrap();
     assert_eq!(weights.len(), 21);
     assert!(
-        weights.iter().all(|w| w.sqnr_db > 30.0),
+        // Per-channel 8-bit weights of uniform seeded weights: 47.6-48.4 dB measured.
+        weights.iter().all(|w| w.sqnr_db > 46.5),
         "{:?}",
         weights.iter().map(|w| w.sqnr_db).collect::<Vec<_>>()
     );

@@ -248,19 +248,25 @@ fn bytes_above(data: &[u8], limit: u8) -> usize {
 /// clamps, direct and packed A; for a narrow kernel, A within its [`Kernel::a_max`] and A
 /// above it) and compares every byte with the scalar kernel.
 pub(crate) fn self_check(isa: Isa) -> Result<(), String> {
-    for kernel in KERNELS.iter().filter(|k| k.isa == isa) {
-        let problems = [(37, 201, 70), (13, 128, 16), (1, 4, 1)]
-            .into_iter()
-            .flat_map(|size| [(size, kernel.a_max), (size, u8::MAX)]);
-        for ((m, k, n), a_max) in problems {
-            let problem = CheckProblem::new(m, k, n).narrowed(a_max);
-            let (expected, got) = (problem.run(&scalar::KERNEL), problem.run(kernel));
-            if let Some(i) = (0..expected.len()).find(|&i| expected[i] != got[i]) {
-                return Err(format!(
-                    "GEMM m={m} k={k} n={n} (A up to {a_max}): output {i} is {} instead of {}",
-                    got[i], expected[i]
-                ));
-            }
+    KERNELS
+        .iter()
+        .filter(|k| k.isa == isa)
+        .try_for_each(|kernel| check_kernel(kernel))
+}
+
+/// [`self_check`] of one kernel.
+pub(crate) fn check_kernel(kernel: &Kernel) -> Result<(), String> {
+    let problems = [(37, 201, 70), (13, 128, 16), (1, 4, 1)]
+        .into_iter()
+        .flat_map(|size| [(size, kernel.a_max), (size, u8::MAX)]);
+    for ((m, k, n), a_max) in problems {
+        let problem = CheckProblem::new(m, k, n).narrowed(a_max);
+        let (expected, got) = (problem.run(&scalar::KERNEL), problem.run(kernel));
+        if let Some(i) = (0..expected.len()).find(|&i| expected[i] != got[i]) {
+            return Err(format!(
+                "GEMM m={m} k={k} n={n} (A up to {a_max}): output {i} is {} instead of {}",
+                got[i], expected[i]
+            ));
         }
     }
     Ok(())

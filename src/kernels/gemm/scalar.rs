@@ -24,7 +24,7 @@ pub(super) static KERNEL: Kernel = Kernel {
 ///
 /// # Safety
 /// The [`Tile`] contract.
-unsafe fn tile(t: &Tile) {
+pub(super) unsafe fn tile(t: &Tile) {
     let k_bytes = t.k_groups * KR;
     // SAFETY: the tile contract: `nr` biases and multipliers.
     let (bias, multipliers) = unsafe {

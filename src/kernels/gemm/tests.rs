@@ -144,11 +144,33 @@ fn narrow_kernels_are_picked_only_for_rows_with_few_bytes_above_their_range() {
     }
 }
 
-#[test]
-fn self_check_accepts_every_available_path() {
-    for isa in available_isas() {
-        assert_eq!(super::self_check(isa), Ok(()), "{isa}");
+/// The scalar microkernel with one bit of every tile's last output flipped.
+///
+/// # Safety
+/// The [`Tile`](super::Tile) contract.
+unsafe fn off_by_one_tile(t: &super::Tile) {
+    // SAFETY: the same contract as the scalar kernel's; the last output of the tile, row
+    // `m − 1` and column `n − 1`, is inside `out` (`ldc` apart).
+    unsafe {
+        super::scalar::tile(t);
+        *t.out.add((t.m - 1) * t.ldc + t.n - 1) ^= 1;
     }
+}
+
+/// The self-check catches a kernel that differs from scalar by one bit in one output, and
+/// names the output (the paths it accepts are checked against the CPU's features in `isa`).
+#[test]
+fn self_check_rejects_a_kernel_off_by_one_bit() {
+    let broken = super::Kernel {
+        entry: super::Entry::Tile(off_by_one_tile),
+        ..*kernel(Isa::Scalar)
+    };
+    let err = super::check_kernel(&broken).unwrap_err();
+    assert!(
+        err.contains("output") && err.contains("instead of"),
+        "{err}"
+    );
+    assert_eq!(super::check_kernel(kernel(Isa::Scalar)), Ok(()));
 }
 
 /// `K` around the AMX tile depth: any `1..=300`, or a multiple of 64 up to 1280 (past the
