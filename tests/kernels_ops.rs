@@ -199,3 +199,40 @@ fn bad_inputs_are_errors_not_panics() {
     assert!(qcat(&[input], 2, qp, &mut [0; 4]).is_err());
     assert!(qcat(&[], 2, qp, &mut []).is_err());
 }
+
+/// The quantize kernels report a non-finite value wherever it is (first, a later parallel
+/// chunk, last), in the pass that quantizes, on every path; the bytes are PyTorch's all the
+/// same.
+#[test]
+fn quantize_reports_non_finite_values_on_every_path() {
+    use burn_quantize::kernels::{WideQParams, quantize_wide};
+    let qp = QParams::new(0.05, 100);
+    let len = 70_000 * 3; // several parallel chunks; [n=2, c=3, 35000] as an image
+    let mut rng = Rng::new(41);
+    let clean: Vec<f32> = (0..len).map(|_| rng.f32(-6.0, 6.0)).collect();
+    for at in [None, Some(0), Some(len / 2 + 7), Some(len - 1)] {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut x = clean.clone();
+            if let Some(at) = at {
+                x[at] = bad;
+            }
+            let expected = (
+                x.iter().map(|&v| quantize_ref(v, qp)).collect::<Vec<u8>>(),
+                at.is_none(),
+            );
+            check_all_paths("quantize, finite flag", &expected, || {
+                let mut out = vec![0; len];
+                let finite = quantize(&x, qp, &mut out).unwrap();
+                (out, finite)
+            });
+            check_all_paths("quantize to NHWC, finite flag", &at.is_none(), || {
+                let mut out = vec![0; len];
+                quantize_nchw_to_nhwc(&x, 2, 3, 35_000, 1, qp, &mut out).unwrap()
+            });
+            check_all_paths("wide quantize, finite flag", &at.is_none(), || {
+                let mut out = vec![0u16; len];
+                quantize_wide(&x, [2, 3, 35_000], WideQParams::new(1e-3, 30_000), &mut out).unwrap()
+            });
+        }
+    }
+}

@@ -785,3 +785,42 @@ fn batches_run_in_chunks_give_the_bytes_of_whole_batches_and_of_the_debug_model(
     let mixed = convert(&calibrated(&net, &x86.module("layer2", None), &device)).unwrap();
     assert!(!mixed.chunks_batches());
 }
+
+#[test]
+fn non_finite_inputs_are_errors_naming_the_input_unless_allowed() {
+    use burn_quantize::quantized::NonFinite;
+    let device = device();
+    let model = model(&device);
+    let qconfig = QConfigMap::global(QConfig::preset(Engine::X86));
+    let mut qmodel = convert(&calibrated(&model, &qconfig, &device)).unwrap();
+    assert_eq!(qmodel.non_finite(), NonFinite::Error);
+    let clean = images(3, 5, &device)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    for (at, bad) in [
+        (0, f32::NAN),
+        (3 * 32 * 32 * 2 + 17, f32::INFINITY),
+        (9000, -f32::INFINITY),
+    ] {
+        let mut values = clean.clone();
+        values[at] = bad;
+        let x = Tensor::<4>::from_data(TensorData::new(values, [3, 3, 32, 32]), &device);
+        match qmodel.forward::<4, 2>(x.clone()) {
+            Err(Error::NonFinite { context }) => {
+                assert!(context.contains("model input 0"), "{context}")
+            }
+            other => panic!(
+                "{bad} at {at}: expected NonFinite, got {:?}",
+                other.map(|t| t.dims())
+            ),
+        }
+        // Opted out: quantized as PyTorch does, and the run goes on.
+        qmodel.set_non_finite(NonFinite::Quantize);
+        let out: Tensor<2> = qmodel.forward(x).unwrap();
+        assert!(out.into_data().iter::<f32>().all(f32::is_finite));
+        qmodel.set_non_finite(NonFinite::Error);
+    }
+    let x = Tensor::<4>::from_data(TensorData::new(clean, [3, 3, 32, 32]), &device);
+    assert!(qmodel.forward::<4, 2>(x).is_ok());
+}

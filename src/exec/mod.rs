@@ -10,6 +10,6 @@ mod quantized;
 mod reference;
 
 pub use float::FloatExecutor;
-pub use quantized::RunValue;
 pub(crate) use quantized::nc_plane;
 pub(crate) use quantized::{Arithmetic, QuantizedExecutor, Tap};
+pub use quantized::{NonFinite, RunValue};

@@ -70,6 +70,20 @@ pub(crate) struct QuantizedExecutor {
     per_sample: bool,
     /// The arena bytes a chunk of a batch may fill, or `None` to run batches whole.
     chunk_bytes: Option<usize>,
+    /// What a run does with a non-finite value it quantizes.
+    non_finite: NonFinite,
+}
+
+/// What a run does with a non-finite (NaN or infinite) float value it quantizes: a model input,
+/// or the output of a float node on its way back to int8.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NonFinite {
+    /// Stop with [`Error::NonFinite`] naming the value (the default). The check rides in the
+    /// quantize pass: no extra pass over the input.
+    #[default]
+    Error,
+    /// Quantize it as PyTorch does: NaN to the top of the range, infinities to its ends.
+    Quantize,
 }
 
 impl QuantizedExecutor {
@@ -96,7 +110,18 @@ impl QuantizedExecutor {
             arenas: Mutex::new(Vec::new()),
             per_sample: chunk::per_sample(program),
             chunk_bytes: Some(chunk::CHUNK_ARENA_BYTES),
+            non_finite: NonFinite::default(),
         })
+    }
+
+    /// Sets what runs do with non-finite values they quantize.
+    pub(crate) fn set_non_finite(&mut self, policy: NonFinite) {
+        self.non_finite = policy;
+    }
+
+    /// What runs do with non-finite values they quantize.
+    pub(crate) fn non_finite(&self) -> NonFinite {
+        self.non_finite
     }
 
     /// Sets the arena bytes a chunk of a batch may fill (`None`: batches run whole).
@@ -172,6 +197,7 @@ impl QuantizedExecutor {
             arithmetic,
             plan,
             params: self.float_params(program, layers, device)?,
+            non_finite: self.non_finite,
         })
     }
 
@@ -363,6 +389,7 @@ struct Run<'a> {
     arithmetic: Arithmetic,
     plan: &'a ShapePlan,
     params: Arc<FloatParams>,
+    non_finite: NonFinite,
 }
 
 impl Run<'_> {
@@ -424,7 +451,7 @@ impl Run<'_> {
                 let (out, around) = Around::split(arena, self.plan.slot(output)?);
                 match step {
                     Step::Quantize { input, output } => {
-                        self.quantize(&self.float(floats, *input)?, *output, out)
+                        self.quantize(&self.float(floats, *input)?, [*input, *output], out)
                     }
                     Step::Conv2d { .. } | Step::Linear { .. } => self.layer(step, &around, out),
                     _ => self.int8(step, &around, out),
@@ -459,19 +486,34 @@ impl Run<'_> {
         around.get(self.plan.slot(id)?)
     }
 
-    /// Float to `u8` or `u16` in one pass (NCHW float to NHWC for images).
-    fn quantize(&self, x: &DispatchTensor, output: ValueId, out: &mut [u8]) -> Result<()> {
+    /// Float value `input` to `u8` or `u16` value `output` in one pass (NCHW float to NHWC for
+    /// images), checking that every value is finite unless the policy says to quantize them.
+    fn quantize(
+        &self,
+        x: &DispatchTensor,
+        [input, output]: [ValueId; 2],
+        out: &mut [u8],
+    ) -> Result<()> {
         let shape = self.plan.shape(output)?;
-        if let Domain::Int16(qp) = self.program.domains[output.index()] {
+        let finite = if let Domain::Int16(qp) = self.program.domains[output.index()] {
             let dims = nc_plane(shape);
             let out = kernels::as_u16_mut(out)?;
-            return float_ops::with_f32_values(x, |x| kernels::quantize_wide(x, dims, qp, out))?;
+            float_ops::with_f32_values(x, |x| kernels::quantize_wide(x, dims, qp, out))??
+        } else {
+            let qp = self.qparams(output)?;
+            float_ops::with_f32_values(x, |x| match *shape {
+                [n, c, h, w] => kernels::quantize_nchw_to_nhwc(x, n, c, h, w, qp, out),
+                _ => kernels::quantize(x, qp, out),
+            })??
+        };
+        if finite || self.non_finite == NonFinite::Quantize {
+            return Ok(());
         }
-        let qp = self.qparams(output)?;
-        float_ops::with_f32_values(x, |x| match *shape {
-            [n, c, h, w] => kernels::quantize_nchw_to_nhwc(x, n, c, h, w, qp, out),
-            _ => kernels::quantize(x, qp, out),
-        })?
+        let context = match self.program.inputs.iter().position(|&id| id == input) {
+            Some(k) => format!("model input {k} (value {input}, shape {shape:?})"),
+            None => format!("float value {input} (shape {shape:?}), quantized into {output}"),
+        };
+        Err(Error::NonFinite { context })
     }
 
     /// `u8` or `u16` to a float tensor (NHWC to NCHW float for images).

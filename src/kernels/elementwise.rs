@@ -27,22 +27,29 @@ pub(crate) fn tier() -> Tier {
 }
 
 /// Quantizes `x` into `out` (same length): `clamp(round_half_even(fma(x, 1/s, z)), 0, 255)`.
-pub fn quantize(x: &[f32], qp: QParams, out: &mut [u8]) -> Result<()> {
+/// `Ok(false)` when a value of `x` is not finite (NaN or infinite; quantized all the same, as
+/// PyTorch does): the check rides in the same pass.
+pub fn quantize(x: &[f32], qp: QParams, out: &mut [u8]) -> Result<bool> {
     qp.check("quantize")?;
     expect_len("quantize output", out.len(), x.len())?;
     let tier = tier();
     let (inv, zero) = (1.0 / qp.scale, f32::from(qp.zero_point));
-    out.par_chunks_mut(CHUNK)
+    Ok(out
+        .par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
-        .for_each(|(out, x)| quantize_slice(tier, x, inv, zero, out));
-    Ok(())
+        .map(|(out, x)| quantize_slice(tier, x, inv, zero, out))
+        .reduce(|| true, |a, b| a & b))
 }
 
 multiversion! {
-    fn quantize_slice(x: &[f32], inv: f32, zero: f32, out: &mut [u8]) {
+    /// [`quantize`] of one slice; whether every value was finite.
+    fn quantize_slice(x: &[f32], inv: f32, zero: f32, out: &mut [u8]) -> bool {
+        let mut finite = true;
         for (out, &x) in out.iter_mut().zip(x) {
             *out = quantize_one(x, inv, zero);
+            finite &= x.is_finite();
         }
+        finite
     }
 }
 
@@ -67,7 +74,7 @@ multiversion! {
 }
 
 /// Quantizes an NCHW `f32` tensor `[n, c, h, w]` into an NHWC `u8` tensor `[n, h, w, c]`
-/// (arithmetic of [`quantize`]).
+/// (arithmetic of [`quantize`]); `Ok(false)` when a value is not finite.
 pub fn quantize_nchw_to_nhwc(
     x: &[f32],
     n: usize,
@@ -76,31 +83,36 @@ pub fn quantize_nchw_to_nhwc(
     w: usize,
     qp: QParams,
     out: &mut [u8],
-) -> Result<()> {
+) -> Result<bool> {
     qp.check("quantize")?;
     expect_len("quantize input", x.len(), n * c * h * w)?;
     expect_len("quantize output", out.len(), n * c * h * w)?;
     let (tier, inv, zero) = (tier(), 1.0 / qp.scale, f32::from(qp.zero_point));
-    out.par_chunks_mut((w * c).max(1))
+    Ok(out
+        .par_chunks_mut((w * c).max(1))
         .enumerate()
-        .for_each(|(row, out)| {
+        .map(|(row, out)| {
             let (image, y) = (row / h, row % h);
             let planes = &x[image * c * h * w..][..c * h * w];
-            quantize_to_pixels(tier, planes, h * w, y * w, inv, zero, out);
-        });
-    Ok(())
+            quantize_to_pixels(tier, planes, h * w, y * w, inv, zero, out)
+        })
+        .reduce(|| true, |a, b| a & b))
 }
 
 multiversion! {
     /// Quantizes pixels `first..` of the channel planes `planes` (`c × plane` values) into
     /// interleaved pixels (`out`, `c` bytes each).
-    fn quantize_to_pixels(planes: &[f32], plane: usize, first: usize, inv: f32, zero: f32, out: &mut [u8]) {
+    fn quantize_to_pixels(planes: &[f32], plane: usize, first: usize, inv: f32, zero: f32, out: &mut [u8]) -> bool {
         let c = planes.len() / plane;
+        let mut finite = true;
         for (i, pixel) in out.chunks_exact_mut(c).enumerate() {
             for (ch, out) in pixel.iter_mut().enumerate() {
-                *out = quantize_one(planes[ch * plane + first + i], inv, zero);
+                let x = planes[ch * plane + first + i];
+                *out = quantize_one(x, inv, zero);
+                finite &= x.is_finite();
             }
         }
+        finite
     }
 }
 

@@ -16,6 +16,7 @@ use crate::graph::ValueId;
 use crate::nn::{QConv2d, QLinear};
 use crate::prepare::{Placement, PreparedModel};
 
+pub use crate::exec::NonFinite;
 pub use crate::program::{
     ConvLayer, Domain, LinearLayer, NodeReport, PROGRAM_FORMAT_VERSION, QuantizedLayers,
     QuantizedProgram, Step,
@@ -96,6 +97,20 @@ impl QuantizedModel {
     /// batch on axis 0 of every value) are chunked; see [`QuantizedModel::chunks_batches`].
     pub fn set_batch_chunk_bytes(&mut self, bytes: Option<usize>) {
         self.executor.set_chunk_bytes(bytes);
+    }
+
+    /// Sets what a run does with a non-finite (NaN or infinite) value it quantizes (a model
+    /// input, or a float node's output on its way back to int8): by default
+    /// [`NonFinite::Error`], an [`Error::NonFinite`](crate::Error::NonFinite) naming the input;
+    /// [`NonFinite::Quantize`] opts out (PyTorch's behaviour: NaN to the top of the range).
+    pub fn set_non_finite(&mut self, policy: NonFinite) {
+        self.executor.set_non_finite(policy);
+    }
+
+    /// What a run does with a non-finite value it quantizes (see
+    /// [`QuantizedModel::set_non_finite`]).
+    pub fn non_finite(&self) -> NonFinite {
+        self.executor.non_finite()
     }
 
     /// Whether large batches run in chunks (see [`QuantizedModel::set_batch_chunk_bytes`]).

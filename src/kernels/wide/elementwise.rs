@@ -10,36 +10,42 @@ use crate::{Error, Result};
 
 /// Quantizes `[n, c, plane]` float values (NCHW; a row-major 2-D tensor is `[rows, features,
 /// 1]`) into `[n, plane, c]` `u16` values (NHWC):
-/// `clamp(round_half_even(fma(x, 1/s, z)), 0, 65535)`, NaN → 65535.
+/// `clamp(round_half_even(fma(x, 1/s, z)), 0, 65535)`, NaN → 65535; `Ok(false)` when a value
+/// is not finite (checked in the same pass).
 pub fn quantize_wide(
     x: &[f32],
     [n, c, plane]: [usize; 3],
     qp: WideQParams,
     out: &mut [u16],
-) -> Result<()> {
+) -> Result<bool> {
     qp.check("quantize")?;
     expect_len("wide quantize input", x.len(), n * c * plane)?;
     expect_len("wide quantize output", out.len(), n * c * plane)?;
     let (inv, zero) = (1.0 / qp.scale, f32::from(qp.zero_point));
     let tier = Tier::of(active_isa());
-    out.par_chunks_mut((plane * c).max(1))
+    Ok(out
+        .par_chunks_mut((plane * c).max(1))
         .zip(x.par_chunks((plane * c).max(1)))
-        .for_each(|(out, x)| quantize_image(tier, x, c, inv, zero, out));
-    Ok(())
+        .map(|(out, x)| quantize_image(tier, x, c, inv, zero, out))
+        .reduce(|| true, |a, b| a & b))
 }
 
 multiversion! {
     /// One image of [`quantize_wide`]: `c` planes of `x` into interleaved pixels.
-    fn quantize_image(x: &[f32], c: usize, inv: f32, zero: f32, out: &mut [u16]) {
+    fn quantize_image(x: &[f32], c: usize, inv: f32, zero: f32, out: &mut [u16]) -> bool {
         let plane = x.len() / c.max(1);
+        let mut finite = true;
         for (i, pixel) in out.chunks_exact_mut(c).enumerate() {
             for (ch, out) in pixel.iter_mut().enumerate() {
-                let v = x[ch * plane + i].mul_add(inv, zero);
+                let x = x[ch * plane + i];
+                finite &= x.is_finite();
+                let v = x.mul_add(inv, zero);
                 let v = if v < 65535.0 { v } else { 65535.0 };
                 let v = if v > 0.0 { v } else { 0.0 };
                 *out = v.round_ties_even() as u16;
             }
         }
+        finite
     }
 }
 
