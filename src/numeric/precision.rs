@@ -392,7 +392,12 @@ pub fn auto_precision<const DI: usize, const DO: usize>(
         }
         for &((n, higher), ref alone) in &ranked {
             moves.push((n, higher));
-            current = score(&moves)?;
+            // The first move alone was scored while ranking.
+            current = if moves.len() == 1 {
+                *alone
+            } else {
+                score(&moves)?
+            };
             log.push(format!(
                 "+ `{}` {} (alone: {alone}) -> {current}",
                 name(n),
