@@ -591,7 +591,8 @@ fn weight_bits(qconfig: &QConfig, name: &str) -> Result<u8> {
 }
 
 /// Quantizes a layer's float weights `[out, ...]` with its qconfig's weight observer (symmetric:
-/// zero point 0) and its bias to `i32` with scale `s_x·s_w[c]`.
+/// zero point 0; its signed type was checked with the layer's spec, [`weight_bits`]) and its
+/// bias to `i32` with scale `s_x·s_w[c]`.
 fn quantize_weights(
     weight: &[f32],
     shape: &[usize],
@@ -609,7 +610,6 @@ fn quantize_weights(
     })?;
     let qp = observer.qparams()?;
     let channels = shape[0];
-    weight_bits(qconfig, name)?;
     if qp.zero_point.iter().any(|&z| z != 0) {
         return Err(Error::Unsupported(format!(
             "weights of `{name}`: the kernels take symmetric weights (zero point 0), the qconfig gives {:?}",

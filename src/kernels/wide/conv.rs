@@ -260,7 +260,7 @@ impl<I: WideInput> Image<'_, I> {
             *sum = i64::from(a);
         }
         let requant = &constants.requant;
-        requant.row(tier, sums, &constants.bias, 0, out);
+        requant.row(tier, sums, &constants.bias, out);
     }
 }
 

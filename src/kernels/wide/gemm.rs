@@ -225,7 +225,7 @@ impl<'a> WideGemm<'a> {
         let columns = n.min(panel * NR + NR) - panel * NR;
         let (constants, requant) = &self.tiles[g * self.packed.panels() + panel];
         let mut q = [O::default(); MAX_MR * NR];
-        requant.row(tier, acc, &constants[..acc.len()], 0, &mut q[..acc.len()]);
+        requant.row(tier, acc, &constants[..acc.len()], &mut q[..acc.len()]);
         for (i, q) in q[..acc.len()].chunks_exact(NR).enumerate() {
             out[i * width + first..][..columns].copy_from_slice(&q[..columns]);
         }

@@ -1,5 +1,5 @@
-//! Kernels for 16-bit activations (W8A16): `u8` or `u16` activations times `i8` weights,
-//! written as `u8` or `u16`.
+//! Kernels for 16-bit activations and wider weights (W8A16, W12, W16): `u8` or `u16`
+//! activations times `i8` or `i16` weights, written as `u8` or `u16`.
 //!
 //! A 16-bit activation is affine `u16`: `x = s·(q − z)`, `q` and `z` in `0..=65535`, the same
 //! convention as the `u8` activations with twice the bits (chosen over symmetric `i16` so that
@@ -11,12 +11,14 @@
 //! * Conv / linear: `acc = Σ (q_x − z_x)·q_w + bias_i32`, exact in `i64`. The kernels read each
 //!   activation as `a = q_x − OFFSET` in `i16` (`OFFSET` is 32768 for `u16`, 0 for `u8`), sum
 //!   `a·q_w` pair by pair with `vpmaddwd` (AVX-512 BW, AVX2) or plain multiplies (scalar) in
-//!   `i32` over blocks of at most [`gemm::BLOCK_PAIRS`] pairs — `|a·w| ≤ 2^22`, so a block
-//!   never overflows — and widen each block's sums to `i64`; the constant
+//!   `i32` over blocks of pairs sized from the largest `|a|` and `|w|` so that a block never
+//!   overflows ([`gemm::BLOCK_PAIRS`] = 255 for `i8` weights, whose `|a·w| ≤ 2^22`; 1 for
+//!   16-bit weights and activations) — and widen each block's sums to `i64`; the constant
 //!   `(OFFSET − z_x)·Σ q_w + bias_i32` is added per column.
 //! * The accumulator becomes the output through [`requantize_wide`], one scalar definition in
 //!   `f64` that all paths share.
-//! * Depthwise convolutions sum `(q_x − z_x)·q_w` over at most `i32::MAX / 2^23` taps in `i32`.
+//! * Depthwise convolutions sum `(q_x − z_x)·q_w` directly in `i32` while
+//!   `taps·65535·max|q_w| < 2^31` (up to 255 taps of `i8` weights), else as a grouped GEMM.
 
 mod avx2;
 mod avx512;
@@ -318,7 +320,7 @@ impl RequantWide {
 /// `v = (acc as f64)·(multiplier as f64)`, clamped to `[qmin − z, qmax − z]`, rounded half to
 /// even, plus `z`. Because rounding is monotone and the bounds are integers this is
 /// `clamp(round_half_even(acc·m) + z, qmin, qmax)`. `acc` is exact in `f64` (the kernels'
-/// sums stay below 2^51: at most 2^24 terms of 2^22 plus an `i32` bias).
+/// sums stay below 2^51: at most 2^20 terms of 2^30, plus a constant of at most 2^50).
 pub fn requantize_wide(acc: i64, multiplier: f32, zero_point: u16, qmin: u16, qmax: u16) -> i64 {
     let z = f64::from(zero_point);
     let (lo, hi) = (f64::from(qmin) - z, f64::from(qmax) - z);
@@ -382,13 +384,12 @@ impl Expanded {
         }
     }
 
-    /// `out[j]` = [`requantize_wide`] of `sums[j] + constants[j]` for channel `first + j`.
+    /// `out[j]` = [`requantize_wide`] of `sums[j] + constants[j]` with multiplier `j`.
     pub(crate) fn row<O: WideOutput>(
         &self,
         tier: Tier,
         sums: &[i64],
         constants: &[i64],
-        first: usize,
         out: &mut [O],
     ) {
         const CHUNK: usize = 256;
@@ -396,7 +397,7 @@ impl Expanded {
         for (start, out) in (0..out.len()).step_by(CHUNK).zip(out.chunks_mut(CHUNK)) {
             let n = out.len();
             let (s, c) = (&sums[start..][..n], &constants[start..][..n]);
-            let m = &self.multipliers[first + start..][..n];
+            let m = &self.multipliers[start..][..n];
             requantize_row(tier, s, c, m, self.z, self.lo, self.hi, &mut q[..n]);
             for (o, &v) in out.iter_mut().zip(&q) {
                 *o = O::from_clamped(i64::from(v));
