@@ -5,8 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use burn::data::dataloader::batcher::Batcher;
-use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
+use burn::data::dataloader::DataLoader;
 use burn::data::dataset::InMemDataset;
 use burn::tensor::{Device, Tensor, TensorData};
 use burn_quantize::exec::RunValue;
@@ -289,9 +288,9 @@ fn saved_models_reload_bit_identical_and_bad_files_are_errors() {
         let needle = "\"burn_quantize.record_version\"";
         assert!(!program.contains(needle));
         let mut v = bytes.clone();
-        // The version is stored as text "1" right after its key in the metadata.
+        // The version is stored as text "2" right after its key in the metadata.
         let at = find(&v, b"burn_quantize.record_version").expect("version key in the file");
-        let one = find(&v[at..], b"1").map(|i| at + i).unwrap();
+        let one = find(&v[at..], b"2").map(|i| at + i).unwrap();
         v[one] = b'7';
         write("version.bpk", &v)
     };
@@ -313,20 +312,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-#[derive(Clone)]
-struct ImageBatcher;
-
-impl Batcher<Vec<f32>, Tensor<4>> for ImageBatcher {
-    fn batch(&self, items: Vec<Vec<f32>>, device: &Device) -> Tensor<4> {
-        let n = items.len();
-        Tensor::from_data(TensorData::new(items.concat(), [n, 3, 32, 32]), device)
-    }
-}
-
 fn loader(items: Vec<Vec<f32>>) -> std::sync::Arc<dyn DataLoader<Tensor<4>>> {
-    DataLoaderBuilder::new(ImageBatcher)
-        .batch_size(4)
-        .build(InMemDataset::new(items))
+    common::image_loader(InMemDataset::new(items), 4)
 }
 
 #[test]

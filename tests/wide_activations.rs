@@ -15,6 +15,7 @@ use burn_quantize::numeric::{Budget, Higher, sensitivity};
 use burn_quantize::prepare::{PreparedModel, prepare};
 use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
 use burn_quantize::quantized::{Domain, QuantizedModel, convert, convert_debug};
+use burn_quantize::record::RecordParts;
 use common::images_hw;
 
 /// conv 3x3 -> conv 1x1 -> max pool 2x2.
@@ -128,14 +129,14 @@ fn one_sensitive_edge_in_16_bits() {
     let path = dir.join("wide.bpk");
     common::assert_paths_match_debug_and_reload(&prepared, &qmodel, &x, &path);
 
-    // A record of the previous program format (8-bit-only layer specs) is refused by version.
-    let mut bytes = std::fs::read(&path).unwrap();
-    let needle = br#""version":3"#;
-    let at = (bytes.windows(needle.len()).position(|w| w == needle)).expect("program version");
-    bytes[at + needle.len() - 1] = b'2';
-    let old = dir.join("version2.bpk");
-    std::fs::write(&old, &bytes).unwrap();
-    let err = QuantizedModel::load_file(&old, &device)
+    // A record of the previous program format (8-bit-only layer specs), sealed with valid
+    // checksums, is refused by version.
+    let mut parts = RecordParts::from_bytes(&std::fs::read(&path).unwrap()).unwrap();
+    assert!(parts.program.contains(r#""version":3"#));
+    parts.program = parts
+        .program
+        .replacen(r#""version":3"#, r#""version":2"#, 1);
+    let err = QuantizedModel::from_bytes(&parts.to_bytes().unwrap(), &device)
         .unwrap_err()
         .to_string();
     assert!(err.contains("program format version 2"), "{err}");

@@ -1,8 +1,11 @@
 //! Conformance checks against the PyTorch goldens in `../shared/goldens`.
 //!
 //! ```text
-//! cargo run --release --example conformance -- <check> [--goldens DIR]
+//! cargo run --release --example conformance -- <check> [--goldens DIR] [--cases N] [--seed S]
 //! ```
+//!
+//! `kernels` checks the int8 kernels against PyTorch's outputs, then runs `--cases` random
+//! cases (default 3,000) of every kernel on every path against the scalar path.
 //!
 //! Each check prints a table and, as its last line, its figures as `key=value`; the process exits
 //! non-zero when a check misses its bar. The goldens directory defaults to `../shared/goldens`
@@ -15,35 +18,60 @@ mod kernels;
 mod mobilenet_v3;
 mod observers;
 mod resnets;
+mod sweep;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// What the checks are given: the goldens directory, and the random sweep's size and seed.
+struct Options {
+    goldens: PathBuf,
+    cases: u64,
+    seed: u64,
+}
+
 /// One conformance check: its name on the command line and the function that runs it.
 type Check = (
     &'static str,
-    fn(&std::path::Path) -> Result<bool, Box<dyn std::error::Error>>,
+    fn(&Options) -> Result<bool, Box<dyn std::error::Error>>,
 );
 
 const CHECKS: &[Check] = &[
-    ("float", float::run),
-    ("kernels", kernels::run),
-    ("observers", observers::run),
-    ("int8", int8::run),
-    ("mobilenet_v3", mobilenet_v3::run),
+    ("float", |o| float::run(&o.goldens)),
+    ("kernels", |o| {
+        let goldens = kernels::run(&o.goldens)?;
+        Ok(sweep::run(o.cases, o.seed)? && goldens)
+    }),
+    ("observers", |o| observers::run(&o.goldens)),
+    ("int8", |o| int8::run(&o.goldens)),
+    ("mobilenet_v3", |o| mobilenet_v3::run(&o.goldens)),
 ];
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut names = Vec::new();
-    let mut goldens = std::env::var_os("BURN_QUANTIZE_GOLDENS")
+    let goldens = std::env::var_os("BURN_QUANTIZE_GOLDENS")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("../shared/goldens"));
+    let mut options = Options {
+        goldens,
+        cases: 3_000,
+        seed: 0x5eed,
+    };
     while let Some(arg) = args.next() {
+        let number = |value: Option<String>| value.and_then(|v| v.replace('_', "").parse().ok());
         match arg.as_str() {
             "--goldens" => match args.next() {
-                Some(dir) => goldens = PathBuf::from(dir),
+                Some(dir) => options.goldens = PathBuf::from(dir),
                 None => return usage("--goldens needs a directory"),
+            },
+            "--cases" => match number(args.next()) {
+                Some(n) => options.cases = n,
+                None => return usage("--cases needs a number"),
+            },
+            "--seed" => match number(args.next()) {
+                Some(n) => options.seed = n,
+                None => return usage("--seed needs a number"),
             },
             name => names.push(name.to_string()),
         }
@@ -56,7 +84,7 @@ fn main() -> ExitCode {
         let Some((_, run)) = CHECKS.iter().find(|(n, _)| n == name) else {
             return usage(&format!("unknown check `{name}`"));
         };
-        match run(&goldens) {
+        match run(&options) {
             Ok(passed) => all_passed &= passed,
             Err(err) => {
                 eprintln!("conformance {name}: error: {err}");
@@ -80,7 +108,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 fn usage(problem: &str) -> ExitCode {
     let names: Vec<_> = CHECKS.iter().map(|(n, _)| *n).collect();
     eprintln!(
-        "conformance: {problem}\nusage: conformance <{}>... [--goldens DIR]",
+        "conformance: {problem}\nusage: conformance <{}>... [--goldens DIR] [--cases N] [--seed S]",
         names.join("|")
     );
     ExitCode::from(2)

@@ -10,7 +10,7 @@
 
 use std::ops::Range;
 
-use crate::graph::{RunShapes, ValueId, broadcast_all, cat_shape, reshape_target};
+use crate::graph::{RunShapes, ValueId, ValueShapes, broadcast_all, cat_shape, reshape_target};
 use crate::kernels;
 use crate::program::{QuantizedLayers, QuantizedProgram, Step};
 use crate::{Error, Result};
@@ -70,6 +70,33 @@ impl ShapePlan {
         };
         plan.place(program);
         Ok(plan)
+    }
+
+    /// Checks a program's recorded shapes along its steps: a plan at the recorded input shapes
+    /// (at [`QuantizedProgram::recorded_batch`]) must infer every value a step makes with the
+    /// shape recorded for it.
+    pub(super) fn check_recorded(
+        program: &QuantizedProgram,
+        layers: &QuantizedLayers,
+    ) -> Result<()> {
+        let n = program.recorded_batch();
+        let inputs = (program.inputs.iter())
+            .map(|&id| program.shape_at(id, n))
+            .collect::<Result<Vec<_>>>()?;
+        let plan = ShapePlan::new(program, layers, inputs)?;
+        for (i, step) in program.steps.iter().enumerate() {
+            for &id in step.outputs() {
+                let (recorded, inferred) = (program.shape_at(id, n)?, plan.shape(id)?);
+                if recorded != inferred {
+                    return Err(Error::Shape {
+                        context: format!("value {id} made by step {i} ({})", step_kind(step)),
+                        expected: format!("{recorded:?} as recorded"),
+                        got: format!("{inferred:?}"),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The shape of value `id` in these runs.

@@ -114,6 +114,15 @@ impl QuantizedExecutor {
         })
     }
 
+    /// Checks the program's recorded shapes along its steps (a dry run of shapes only, at the
+    /// recorded input shapes): what a record loader runs before accepting a program.
+    pub(crate) fn check_recorded_shapes(
+        program: &QuantizedProgram,
+        layers: &QuantizedLayers,
+    ) -> Result<()> {
+        ShapePlan::check_recorded(program, layers)
+    }
+
     /// Sets what runs do with non-finite values they quantize.
     pub(crate) fn set_non_finite(&mut self, policy: NonFinite) {
         self.non_finite = policy;

@@ -10,6 +10,7 @@
 //! or 7. Every other size (height, width) is free: each run infers its values' shapes from its
 //! inputs op by op (`infer`), so a graph captured at 224x224 runs at 160x160 or 256x192.
 
+mod attrs;
 mod batch;
 mod display;
 pub(crate) mod infer;
@@ -26,6 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+pub use attrs::MAX_SIZE;
+pub(crate) use attrs::check_sizes;
 pub(crate) use batch::make_batch_free;
 pub(crate) use infer::{RunShapes, broadcast_all, cat_shape, reshape_target};
 pub(crate) use layer::LayerLayout;

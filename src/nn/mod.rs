@@ -186,9 +186,8 @@ impl QConv2d {
         Ok(layer)
     }
 
-    /// A layer holding `weights`, not packed yet (a record is loaded into it, then
-    /// [`pack`](Self::pack) is called).
-    pub fn unpacked(
+    /// A layer holding `weights`, not packed yet.
+    fn unpacked(
         geometry: Conv2dGeometry,
         weights: QWeights,
         spec: QLayerSpec,
@@ -280,7 +279,7 @@ impl QLinear {
     }
 
     /// A layer holding `weights`, not packed yet.
-    pub fn unpacked(
+    fn unpacked(
         out_features: usize,
         in_features: usize,
         weights: QWeights,
@@ -386,16 +385,6 @@ impl QWeights {
         (0..deq.len())
             .map(|k| deq[(k % out_features) * ins + k / out_features])
             .collect()
-    }
-
-    /// All zeros for a layer of `weights` weights and `channels` output channels (a skeleton
-    /// that a record is then loaded into).
-    pub fn zeros(weights: usize, channels: usize) -> Self {
-        QWeights {
-            weight: vec![0; weights],
-            bias: vec![0; channels],
-            scales: vec![1.0; channels],
-        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! by `exec`, saved by `record`; below all three, so none of them imports another for it.
 
 mod display;
+mod validate;
 
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;

@@ -2,6 +2,9 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
+use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
+use burn::data::dataset::Dataset;
 use burn::tensor::{Device, Tensor, TensorData};
 
 /// `n` deterministic pseudo-images `[n, 3, h, w]` with values in [-2, 2].
@@ -82,4 +85,25 @@ pub fn native_auto_precision<M: burn_quantize::Forward<4, 4>>(
     let options = burn_quantize::prepare::PrepareOptions::default();
     burn_quantize::numeric::auto_precision::<4, 4>(&graph, &qconfig, &options, batches, budget)
         .unwrap()
+}
+
+/// Batches 3x32x32 images given as flat vectors.
+#[derive(Clone)]
+pub struct ImageBatcher;
+
+impl Batcher<Vec<f32>, Tensor<4>> for ImageBatcher {
+    fn batch(&self, items: Vec<Vec<f32>>, device: &Device) -> Tensor<4> {
+        let n = items.len();
+        Tensor::from_data(TensorData::new(items.concat(), [n, 3, 32, 32]), device)
+    }
+}
+
+/// A data loader of `dataset`'s 3x32x32 images in batches of `batch`.
+pub fn image_loader<D: Dataset<Vec<f32>> + 'static>(
+    dataset: D,
+    batch: usize,
+) -> std::sync::Arc<dyn DataLoader<Tensor<4>>> {
+    DataLoaderBuilder::new(ImageBatcher)
+        .batch_size(batch)
+        .build(dataset)
 }
