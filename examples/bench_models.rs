@@ -245,7 +245,7 @@ fn measure(subject: &Subject, [threads, batch, rounds]: [usize; 3], with_float: 
     let (int8, float, float_cpu) = pool.install(|| {
         let x = random_images(batch, &subject.device);
         let run_int8 = || {
-            let y: Tensor<2> = subject.int8.forward(x.clone()).expect("int8 forward");
+            let y: Tensor<2> = subject.int8.try_forward(x.clone()).expect("int8 forward");
             y.into_data();
         };
         let run_float = || {

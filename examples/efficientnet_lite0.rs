@@ -151,7 +151,7 @@ fn run(goldens: &Path) -> Result<bool, Error> {
     let best = quantize(&graph, &choice.qconfig, &options, &calibration)?;
     let (_, float_nodes) = best.report().counts();
     let int16_nodes = best.report().int16_nodes();
-    let best_top1 = correct(&top_k(best.forward::<4, 2>(x.clone())?, 1)?, &labels);
+    let best_top1 = correct(&top_k(best.try_forward::<4, 2>(x.clone())?, 1)?, &labels);
     let [ms_int8, ms_best] = median_ms_per_image([&all_int8, &best], &x)?;
 
     // Views of the 20 photos: float and quantized top-1, and their agreement.
@@ -166,7 +166,7 @@ fn run(goldens: &Path) -> Result<bool, Error> {
         views += float.len();
         float_right += correct(&float, &truth);
         for (i, qmodel) in [&all_int8, &best].into_iter().enumerate() {
-            let quantized = top_k(qmodel.forward::<4, 2>(batch.clone())?, 1)?;
+            let quantized = top_k(qmodel.try_forward::<4, 2>(batch.clone())?, 1)?;
             agree[i] += float.iter().zip(&quantized).filter(|(f, q)| f == q).count();
             right[i] += correct(&quantized, &truth);
         }
@@ -225,7 +225,7 @@ fn median_ms_per_image(models: [&QuantizedModel; 2], x: &Tensor<4>) -> Result<[f
     for _ in 0..TIMING_ROUNDS {
         for (model, times) in models.iter().zip(&mut times) {
             let start = Instant::now();
-            model.forward::<4, 2>(x.clone())?;
+            model.try_forward::<4, 2>(x.clone())?;
             times.push(start.elapsed().as_secs_f64() * 1e3 / n);
         }
     }

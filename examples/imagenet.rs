@@ -169,24 +169,27 @@ where
     );
     println!("{}", qmodel.report());
     let int8_path = scratch.join("int8.bpk");
-    qmodel.save_file(&int8_path)?;
+    qmodel.save(&int8_path)?;
     let int8 = evaluate(eval_loader.as_ref(), &int8_path, |x| {
-        Ok(qmodel.forward::<4, 2>(x)?)
+        Ok(qmodel.try_forward::<4, 2>(x)?)
     })?;
     print_row("int8", &int8);
 
     // Save, reload, and compare on the first evaluation batch.
-    let reloaded = QuantizedModel::load_file(&int8_path, device)?;
+    let reloaded = QuantizedModel::load(&int8_path, device)?;
     let first = eval_loader
         .iter()
         .next()
         .ok_or("no evaluation batch")??
         .images;
     let before: Vec<f32> = qmodel
-        .forward::<4, 2>(first.clone())?
+        .try_forward::<4, 2>(first.clone())?
         .into_data()
         .try_to_vec()?;
-    let after: Vec<f32> = reloaded.forward::<4, 2>(first)?.into_data().try_to_vec()?;
+    let after: Vec<f32> = reloaded
+        .try_forward::<4, 2>(first)?
+        .into_data()
+        .try_to_vec()?;
     let reload_identical = before == after;
     std::fs::remove_dir_all(&scratch)?;
 

@@ -243,14 +243,17 @@ fn main() -> Result<()> {
 
     // 3. The int8 model and the debug model; 4. save, reload, evaluate again.
     let int8_file = work.join("fashion_int8.bpk");
-    qmodel.save_file(&int8_file)?;
-    let (int8_row, int8_logits) =
-        bench.run("int8", Box::new(|x| qmodel.forward(x)), Some(&int8_file))?;
+    qmodel.save(&int8_file)?;
+    let (int8_row, int8_logits) = bench.run(
+        "int8",
+        Box::new(|x| qmodel.try_forward(x)),
+        Some(&int8_file),
+    )?;
     let (debug_row, _) = bench.run("debug", Box::new(|x| debug.forward(x)), None)?;
-    let reloaded = QuantizedModel::load_file(&int8_file, &device)?;
+    let reloaded = QuantizedModel::load(&int8_file, &device)?;
     let (reloaded_row, reloaded_logits) = bench.run(
         "reloaded",
-        Box::new(|x| reloaded.forward(x)),
+        Box::new(|x| reloaded.try_forward(x)),
         Some(&int8_file),
     )?;
     let identical = int8_logits == reloaded_logits;

@@ -20,9 +20,9 @@
 //! let qconfig = QConfigMap::global(QConfig::preset(Engine::X86)) // get_default_qconfig("x86")
 //!     .module("fc", None);                                        // keep the classifier in float
 //! let qmodel = quantize(&model, &qconfig, calibration_loader.as_ref())?;
-//! let logits: Tensor<2> = qmodel.forward(images)?;              // int8 inside
-//! qmodel.save_file("resnet18_int8.bpk")?;
-//! let again = QuantizedModel::load_file("resnet18_int8.bpk", &device)?;
+//! let logits: Tensor<2> = qmodel.forward(images);               // int8 inside; try_forward: Result
+//! qmodel.save("resnet18_int8.bpk")?;
+//! let again = QuantizedModel::load("resnet18_int8.bpk", &device)?;
 //! # Ok(()) }
 //! ```
 //!
@@ -74,7 +74,7 @@ mod quantize;
 pub mod quantized;
 pub mod record;
 
-pub use capture::Forward;
+pub use capture::{Forward, Tensors};
 pub use error::{Error, Result};
 pub use graph::Graph;
 pub use quantize::quantize;

@@ -22,7 +22,7 @@ use crate::{Error, Result};
 /// # fn run(model: ResNet, loader: std::sync::Arc<dyn DataLoader<Tensor<4>>>, images: Tensor<4>) -> burn_quantize::Result<()> {
 /// let qconfig = QConfigMap::global(QConfig::preset(Engine::X86)).module("fc", None);
 /// let qmodel = quantize(&model, &qconfig, loader.as_ref())?;
-/// let logits: Tensor<2> = qmodel.forward(images)?;
+/// let logits: Tensor<2> = qmodel.forward(images); // try_forward returns a Result instead of panicking
 /// # Ok(()) }
 /// ```
 pub fn quantize<M, O, const DI: usize, const DO: usize>(

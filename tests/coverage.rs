@@ -200,7 +200,7 @@ fn every_table_activation_runs_in_int8_matches_the_debug_model_and_float_within_
             }
         }
         let x = images_hw(3, 9, [12, 12], &device);
-        let int8: Tensor<4> = qmodel.forward(x.clone()).unwrap();
+        let int8: Tensor<4> = qmodel.try_forward(x.clone()).unwrap();
         let debug: Tensor<4> = convert_debug(&prepared)
             .unwrap()
             .forward(x.clone())
@@ -268,7 +268,7 @@ fn a_model_with_se_gating_gelu_pad_and_scalar_ops_has_no_float_node() {
     let qmodel = convert(&prepared).unwrap();
     assert_all_int8(&qmodel);
     let x = images_hw(2, 5, [16, 16], &device);
-    let int8: Tensor<4> = qmodel.forward(x.clone()).unwrap();
+    let int8: Tensor<4> = qmodel.try_forward(x.clone()).unwrap();
     let debug: Tensor<4> = convert_debug(&prepared)
         .unwrap()
         .forward(x.clone())
@@ -289,7 +289,7 @@ fn a_resnet_captured_at_224_runs_at_160_and_288_equal_to_the_debug_model() {
     );
     for size in [[160, 160], [288, 288], [256, 192]] {
         let x = images_hw(2, 3, size, &device);
-        let int8: Tensor<2> = qmodel.forward(x.clone()).unwrap();
+        let int8: Tensor<2> = qmodel.try_forward(x.clone()).unwrap();
         let reference: Tensor<2> = debug.forward(x.clone()).unwrap();
         assert_eq!(int8.clone().into_data(), reference.into_data(), "{size:?}");
         let cos = cosine(net.forward(x), int8);
@@ -304,7 +304,7 @@ fn a_resnet_captured_at_224_runs_at_160_and_288_equal_to_the_debug_model() {
     );
     for size in [[24, 20], [9, 13]] {
         let x = images_hw(1, 4, size, &device);
-        let int8: Tensor<4> = qmodel.forward(x.clone()).unwrap();
+        let int8: Tensor<4> = qmodel.try_forward(x.clone()).unwrap();
         assert_eq!(int8.dims(), Forward::forward(&net, x.clone()).dims());
         let reference: Tensor<4> = debug.forward(x).unwrap();
         assert_eq!(int8.into_data(), reference.into_data(), "{size:?}");
@@ -332,10 +332,12 @@ fn a_model_that_fixes_its_size_errors_at_the_node_that_fixes_it() {
     };
     let prepared = calibrated(&net, [8, 8], Engine::X86, &device);
     let qmodel = convert(&prepared).unwrap();
-    let ok: Tensor<4> = qmodel.forward(images_hw(1, 1, [8, 8], &device)).unwrap();
+    let ok: Tensor<4> = qmodel
+        .try_forward(images_hw(1, 1, [8, 8], &device))
+        .unwrap();
     assert_eq!(ok.dims(), [1, 4, 32, 2]);
     let err = qmodel
-        .forward::<4, 4>(images_hw(1, 1, [10, 8], &device))
+        .try_forward::<4, 4>(images_hw(1, 1, [10, 8], &device))
         .unwrap_err();
     assert!(matches!(err, Error::Shape { .. }), "{err}");
     assert!(err.to_string().contains("reshape"), "{err}");

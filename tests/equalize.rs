@@ -186,7 +186,7 @@ fn equalization_lets_per_tensor_weights_fit_every_channel() {
                 (0..4).try_for_each(|s| m.forward::<4, 4>(images(4, s, &device)).map(|_| ()))
             })
             .unwrap();
-        let y: Tensor<4> = convert(&prepared).unwrap().forward(x.clone()).unwrap();
+        let y: Tensor<4> = convert(&prepared).unwrap().try_forward(x.clone()).unwrap();
         let y: Vec<f32> = y.into_data().try_to_vec().unwrap();
         Comparison::new(String::new(), String::new(), &float, &y).sqnr_db
     };
@@ -233,7 +233,7 @@ fn bias_correction_removes_the_mean_shift_of_per_tensor_weights() {
             .unwrap()
             .calibrate(|m| (0..4).try_for_each(|_| m.forward::<4, 4>(batch()).map(|_| ())))
             .unwrap();
-        let y: Tensor<4> = convert(&prepared).unwrap().forward(x.clone()).unwrap();
+        let y: Tensor<4> = convert(&prepared).unwrap().try_forward(x.clone()).unwrap();
         mean_channel_shift(&y.into_data().try_to_vec().unwrap(), &float, dims)
     };
     let (plain, corrected) = (shift(false), shift(true));

@@ -252,7 +252,7 @@ fn the_trained_model_loads_is_accurate_and_quantizes() {
             .unwrap();
     let qmodel = burn_quantize::quantized::convert(&prepared).unwrap();
     assert_eq!(qmodel.report().counts().1, 0, "{}", qmodel.report());
-    let int8 = predictions(qmodel.forward(images).unwrap());
+    let int8 = predictions(qmodel.try_forward(images).unwrap());
     let agree = int8.iter().zip(&float).filter(|(a, b)| a == b).count();
     assert!(agree >= 985, "int8 agrees with float on {agree}/1000");
 }

@@ -224,7 +224,7 @@ fn tutorial_flow<M: Forward<4, 2>>(
         let batch = batch.unwrap();
         seen.extend(batch.labels.iter().copied());
         let f: Tensor<2> = model.forward(batch.images.clone());
-        let q: Tensor<2> = qmodel.forward::<4, 2>(batch.images).unwrap();
+        let q: Tensor<2> = qmodel.try_forward::<4, 2>(batch.images).unwrap();
         float.update(f.clone(), &batch.labels).unwrap();
         int8.update(q.clone(), &batch.labels).unwrap();
         float_logits.extend(f.into_data().try_to_vec::<f32>().unwrap());
@@ -242,10 +242,10 @@ fn tutorial_flow<M: Forward<4, 2>>(
     }
 
     let path = scratch.0.join("int8.bpk");
-    qmodel.save_file(&path).unwrap();
-    let reloaded = QuantizedModel::load_file(&path, &device).unwrap();
+    qmodel.save(&path).unwrap();
+    let reloaded = QuantizedModel::load(&path, &device).unwrap();
     let batch = val.iter().next().unwrap().unwrap();
-    let again: Tensor<2> = reloaded.forward::<4, 2>(batch.images).unwrap();
+    let again: Tensor<2> = reloaded.try_forward::<4, 2>(batch.images).unwrap();
     assert_eq!(
         again.into_data().try_to_vec::<f32>().unwrap(),
         int8_logits,

@@ -138,7 +138,7 @@ fn resnet_quantizes_close_to_float_and_reports_every_node() {
     let qmodel = convert(&prepared).unwrap();
     let x = images(6, 9, &device);
     let float: Tensor<2> = model.forward(x.clone());
-    let int8: Tensor<2> = qmodel.forward(x).unwrap();
+    let int8: Tensor<2> = qmodel.try_forward(x).unwrap();
     let cos = cosine(float, int8);
     assert!(cos > 0.99, "cosine to float {cos}");
 
@@ -261,11 +261,11 @@ fn saved_models_reload_bit_identical_and_bad_files_are_errors() {
     let dir = std::env::temp_dir().join(format!("burn-quantize-record-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("model.bpk");
-    qmodel.save_file(&path).unwrap();
-    let again = QuantizedModel::load_file(&path, &device).unwrap();
+    qmodel.save(&path).unwrap();
+    let again = QuantizedModel::load(&path, &device).unwrap();
     let x = images(3, 5, &device);
-    let a: Tensor<2> = qmodel.forward(x.clone()).unwrap();
-    let b: Tensor<2> = again.forward(x).unwrap();
+    let a: Tensor<2> = qmodel.try_forward(x.clone()).unwrap();
+    let b: Tensor<2> = again.try_forward(x).unwrap();
     assert_eq!(a.into_data(), b.into_data());
     assert_eq!(again.program(), qmodel.program());
 
@@ -295,14 +295,14 @@ fn saved_models_reload_bit_identical_and_bad_files_are_errors() {
         write("version.bpk", &v)
     };
     for bad in [&truncated, &header_only, &corrupt, &text, &other_version] {
-        match QuantizedModel::load_file(bad, &device) {
+        match QuantizedModel::load(bad, &device) {
             Err(Error::BadFile { path, reason }) => assert_eq!(&path, bad, "{reason}"),
             Err(other) => panic!("{}: expected BadFile, got {other}", bad.display()),
             Ok(_) => panic!("{} loaded", bad.display()),
         }
     }
     assert!(matches!(
-        QuantizedModel::load_file(dir.join("missing.bpk"), &device),
+        QuantizedModel::load(dir.join("missing.bpk"), &device),
         Err(Error::Io { .. })
     ));
     std::fs::remove_dir_all(&dir).unwrap();
@@ -335,7 +335,7 @@ fn quantize_in_one_call_over_a_data_loader() {
     )
     .unwrap();
     let x = images(4, 3, &device);
-    let cos = cosine(model.forward(x.clone()), qmodel.forward(x).unwrap());
+    let cos = cosine(model.forward(x.clone()), qmodel.try_forward(x).unwrap());
     assert!(cos > 0.99, "{cos}");
 }
 
@@ -377,9 +377,9 @@ fn bad_input_gives_errors_not_panics() {
     let qmodel = convert(&prepared).unwrap();
     // Any height and width runs (shapes are inferred per run); a wrong channel count does not.
     qmodel
-        .forward::<4, 2>(Tensor::zeros([1, 3, 31, 32], &device))
+        .try_forward::<4, 2>(Tensor::zeros([1, 3, 31, 32], &device))
         .unwrap();
-    match qmodel.forward::<4, 2>(Tensor::zeros([1, 4, 32, 32], &device)) {
+    match qmodel.try_forward::<4, 2>(Tensor::zeros([1, 4, 32, 32], &device)) {
         Err(Error::Shape { context, got, .. }) => {
             assert!(
                 context.contains("conv1") || got.contains("conv1"),
@@ -389,7 +389,7 @@ fn bad_input_gives_errors_not_panics() {
         other => panic!("expected a shape error, got {:?}", other.map(|t| t.dims())),
     }
     assert!(matches!(
-        qmodel.forward::<4, 3>(images(1, 2, &device)),
+        qmodel.try_forward::<4, 3>(images(1, 2, &device)),
         Err(Error::Shape { .. })
     ));
 
@@ -443,7 +443,7 @@ fn ops_without_int8_kernels_run_in_float_and_are_reported() {
     );
     let x = images(3, 2, &device);
     let float: Tensor<4> = burn_quantize::Forward::forward(&net, x.clone());
-    let int8: Tensor<4> = qmodel.forward(x).unwrap();
+    let int8: Tensor<4> = qmodel.try_forward(x).unwrap();
     assert_eq!(int8.dims(), [3, 5, 28, 28]);
     let cos = cosine::<2>(float.flatten(1, 3), int8.flatten(1, 3));
     assert!(cos > 0.99, "{cos}");
@@ -460,7 +460,7 @@ fn float_regions_between_int8_regions_are_dequantized_and_requantized() {
     let (int8, float) = qmodel.report().counts();
     assert!(int8 > 0 && float > 0, "{int8} int8, {float} float");
     let x = images(2, 4, &device);
-    let cos = cosine(model.forward(x.clone()), qmodel.forward(x).unwrap());
+    let cos = cosine(model.forward(x.clone()), qmodel.try_forward(x).unwrap());
     assert!(cos > 0.99, "{cos}");
 }
 
@@ -468,7 +468,7 @@ fn float_regions_between_int8_regions_are_dequantized_and_requantized() {
 fn numeric_suite_compares_float_and_int8_layer_by_layer() {
     use burn_quantize::numeric::{compare_activations, compare_weights};
     let device = device();
-    let model = model(&device);
+    let model = common::seeded(model(&device), 11);
     let prepared = calibrated(
         &model,
         &QConfigMap::global(QConfig::preset(Engine::X86)),
@@ -479,21 +479,22 @@ fn numeric_suite_compares_float_and_int8_layer_by_layer() {
     // Every int8 node's output is compared: 20 convs, 8 adds, pools, the classifier.
     assert!(layers.len() >= 30, "{}", layers.len());
     assert!(layers.iter().any(|l| l.node == "layer1.0.conv1"));
-    // Each output against the float model's (errors add up with depth; the seeded weights
-    // differ with the order tests draw them in): over 8 runs 37.7-38.1 dB at conv1, the worst
-    // layer (in layer4) 19.5-27.7 dB, the mean 30.6-32.6 dB.
+    // Each output against the float model's (errors add up with depth). The weights are seeded
+    // (not drawn from Burn's generator, which parallel tests share), so the figures are the
+    // same on every run: 37.89 dB at conv1, the worst layer 24.23 dB (layer4.1.conv2), every
+    // cosine >= 0.99821, the mean 31.12 dB.
     let first = layers.iter().find(|l| l.node == "conv1").unwrap();
-    assert!(first.sqnr_db > 36.0, "{first}");
+    assert!(first.sqnr_db > 37.5, "{first}");
     for layer in &layers {
-        assert!(layer.sqnr_db > 17.0 && layer.cosine > 0.99, "{layer}");
+        assert!(layer.sqnr_db > 23.5 && layer.cosine > 0.998, "{layer}");
     }
     let mean = layers.iter().map(|l| l.sqnr_db).sum::<f64>() / layers.len() as f64;
-    assert!(mean > 29.0, "mean SQNR {mean:.1} dB");
+    assert!(mean > 30.8, "mean SQNR {mean:.1} dB");
     let weights = compare_weights(&prepared, &qmodel).unwrap();
     assert_eq!(weights.len(), 21);
     assert!(
-        // Per-channel 8-bit weights of uniform seeded weights: 47.6-48.4 dB measured.
-        weights.iter().all(|w| w.sqnr_db > 46.5),
+        // Per-channel 8-bit weights of uniform seeded weights: 47.65 dB and more.
+        weights.iter().all(|w| w.sqnr_db > 47.5),
         "{:?}",
         weights.iter().map(|w| w.sqnr_db).collect::<Vec<_>>()
     );
@@ -595,10 +596,10 @@ fn cat_pools_clamps_and_flatten_run_in_int8_close_to_float_and_match_the_debug_m
         );
     }
     let float: Tensor<2> = burn_quantize::Forward::forward(&net, x.clone());
-    let cos = cosine(float, qmodel.forward(x.clone()).unwrap());
+    let cos = cosine(float, qmodel.try_forward(x.clone()).unwrap());
     assert!(cos > 0.998, "{cos}");
     let debug = convert_debug(&prepared).unwrap();
-    let a: Tensor<2> = qmodel.forward(x.clone()).unwrap();
+    let a: Tensor<2> = qmodel.try_forward(x.clone()).unwrap();
     let b: Tensor<2> = debug.forward(x).unwrap();
     assert_eq!(a.into_data(), b.into_data());
 }
@@ -638,7 +639,7 @@ fn channels_with_tiny_weights_keep_their_bias() {
         .unwrap();
     let step = qmodel.program().convs[0].spec.output.scale();
     for out in [
-        qmodel.forward::<4, 4>(x.clone()).unwrap(),
+        qmodel.try_forward::<4, 4>(x.clone()).unwrap(),
         debug.forward::<4, 4>(x).unwrap(),
     ] {
         let out: Vec<f32> = out.into_data().try_to_vec().unwrap();
@@ -660,7 +661,7 @@ fn channels_with_tiny_weights_keep_their_bias() {
 
 /// The bytes of a model's output.
 fn output_bytes(qmodel: &QuantizedModel, x: Tensor<4>) -> Vec<f32> {
-    let y: Tensor<2> = qmodel.forward(x).unwrap();
+    let y: Tensor<2> = qmodel.try_forward(x).unwrap();
     y.into_data().try_to_vec().unwrap()
 }
 
@@ -793,7 +794,7 @@ fn non_finite_inputs_are_errors_naming_the_input_unless_allowed() {
         let mut values = clean.clone();
         values[at] = bad;
         let x = Tensor::<4>::from_data(TensorData::new(values, [3, 3, 32, 32]), &device);
-        match qmodel.forward::<4, 2>(x.clone()) {
+        match qmodel.try_forward::<4, 2>(x.clone()) {
             Err(Error::NonFinite { context }) => {
                 assert!(context.contains("model input 0"), "{context}")
             }
@@ -804,10 +805,10 @@ fn non_finite_inputs_are_errors_naming_the_input_unless_allowed() {
         }
         // Opted out: quantized as PyTorch does, and the run goes on.
         qmodel.set_non_finite(NonFinite::Quantize);
-        let out: Tensor<2> = qmodel.forward(x).unwrap();
+        let out: Tensor<2> = qmodel.try_forward(x).unwrap();
         assert!(out.into_data().iter::<f32>().all(f32::is_finite));
         qmodel.set_non_finite(NonFinite::Error);
     }
     let x = Tensor::<4>::from_data(TensorData::new(clean, [3, 3, 32, 32]), &device);
-    assert!(qmodel.forward::<4, 2>(x).is_ok());
+    assert!(qmodel.try_forward::<4, 2>(x).is_ok());
 }

@@ -62,7 +62,7 @@ pub fn run(goldens: &Path) -> Result<bool, Box<dyn std::error::Error>> {
             let qmodel = convert(&prepared)?;
             let x: Tensor<4> = images.first(n_eval, &device);
             let ours: Vec<f32> = qmodel
-                .forward::<4, 2>(x.clone())?
+                .try_forward::<4, 2>(x.clone())?
                 .into_data()
                 .try_to_vec()?;
             let pytorch = read_tensor(&golden, key)?.values;
@@ -74,10 +74,10 @@ pub fn run(goldens: &Path) -> Result<bool, Box<dyn std::error::Error>> {
                 if correct { "+bc" } else { "" }
             );
             let path = scratch.join(format!("{name}_{label}.bpk"));
-            qmodel.save_file(&path)?;
+            qmodel.save(&path)?;
             let size_ratio = std::fs::metadata(&path)?.len() as f64 / float_size;
-            let reloaded: Vec<f32> = QuantizedModel::load_file(&path, &device)?
-                .forward::<4, 2>(x)?
+            let reloaded: Vec<f32> = QuantizedModel::load(&path, &device)?
+                .try_forward::<4, 2>(x)?
                 .into_data()
                 .try_to_vec()?;
             let reload_identical = reloaded == ours;

@@ -23,6 +23,9 @@
 //! merged into one whose shapes are symbolic in the batch size (see [`Dim`](crate::graph::Dim)).
 
 mod paths;
+mod tensors;
+
+pub use tensors::Tensors;
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -55,38 +58,43 @@ impl Graph {
         Self::capture_with(model, |m: &M, x| m.forward(x), sample)
     }
 
-    /// Captures `forward(model, input)` on `sample` into a batch-free graph.
-    pub fn capture_with<M, F, const DI: usize, const DO: usize>(
-        model: &M,
-        forward: F,
-        sample: &Tensor<DI>,
-    ) -> Result<Graph>
+    /// Captures `forward(model, inputs)` on `sample` into a batch-free graph. The inputs and
+    /// outputs are one tensor or a tuple of tensors ([`Tensors`]), every input with the batch
+    /// on its first axis (the same batch size for all).
+    pub fn capture_with<M, F, I, O>(model: &M, forward: F, sample: &I) -> Result<Graph>
     where
         M: Module,
-        F: Fn(&M, Tensor<DI>) -> Tensor<DO>,
+        I: Tensors,
+        O: Tensors,
+        F: Fn(&M, I) -> O,
     {
-        let dims = sample.dims();
-        let n = *dims.first().ok_or_else(|| Error::Shape {
-            context: "capture sample".into(),
-            expected: "a tensor with a batch axis".into(),
-            got: "a rank-0 tensor".into(),
-        })?;
-        if n == 0 {
-            return Err(Error::Shape {
-                context: "capture sample".into(),
-                expected: "batch size >= 1".into(),
-                got: format!("{dims:?}"),
-            });
-        }
-        let data = sample.to_data();
-        let larger = data_at_batch(&data, n + 1);
+        let datas = sample.to_datas();
+        let n = batch_size(&datas)?;
+        let larger = datas.iter().map(|d| data_at_batch(d, n + 1)).collect();
         let model = model.valid();
-        let at_n = capture_once(&model, &forward, data)?;
+        let at_n = capture_once(&model, &forward, datas)?;
         let at_n1 = capture_once(&model, &forward, larger)?;
         let mut graph = graph::make_batch_free(at_n, &at_n1, n, n + 1);
         passes::fuse_linear(&mut graph);
         graph.validate()?;
         Ok(graph)
+    }
+}
+
+/// The batch size of the sample inputs: the first axis of each, at least 1 and the same for
+/// all.
+fn batch_size(datas: &[TensorData]) -> Result<usize> {
+    let firsts: Vec<Option<usize>> = datas.iter().map(|d| d.shape().first().copied()).collect();
+    match firsts.first() {
+        Some(&Some(n)) if n >= 1 && firsts.iter().all(|&f| f == Some(n)) => Ok(n),
+        _ => Err(Error::Shape {
+            context: "capture sample".into(),
+            expected: "inputs with the same batch size >= 1 on their first axis".into(),
+            got: format!(
+                "{:?}",
+                datas.iter().map(|d| d.shape().to_vec()).collect::<Vec<_>>()
+            ),
+        }),
     }
 }
 
@@ -106,14 +114,12 @@ fn data_at_batch(data: &TensorData, n: usize) -> TensorData {
 }
 
 /// Runs the forward once on a fresh capture device and lowers what it records.
-fn capture_once<M, F, const DI: usize, const DO: usize>(
-    model: &M,
-    forward: &F,
-    sample: TensorData,
-) -> Result<Graph>
+fn capture_once<M, F, I, O>(model: &M, forward: &F, sample: Vec<TensorData>) -> Result<Graph>
 where
     M: Module,
-    F: Fn(&M, Tensor<DI>) -> Tensor<DO>,
+    I: Tensors,
+    O: Tensors,
+    F: Fn(&M, I) -> O,
 {
     let device = Device::capture();
     let mut params: HashMap<_, ParamRef> = HashMap::new();
@@ -122,16 +128,21 @@ where
         device.capture_scope(|scope| {
             let on_capture = model.clone().to_device(&device);
             params = paths::parameter_paths(&on_capture);
-            let input = Tensor::<DI>::from_data(sample, &device);
-            let input_id = paths::capture_id(&input);
-            let output = forward(&on_capture, input);
-            let output_id = paths::capture_id(&output);
-            match (input_id, output_id) {
-                (Some(i), Some(o)) => scope.complete([i], [o]),
-                _ => {
+            let inputs = I::from_datas(sample, &device);
+            let ids = inputs.map(|inputs| {
+                let input_ids = inputs.capture_ids();
+                (input_ids, forward(&on_capture, inputs).capture_ids())
+            });
+            match ids {
+                Ok((Some(i), Some(o))) => scope.complete(i, o),
+                Ok(_) => {
                     boundary = Err(Error::Capture(
                         "the forward's tensors are not captured".into(),
                     ));
+                    scope.complete([], [])
+                }
+                Err(e) => {
+                    boundary = Err(e);
                     scope.complete([], [])
                 }
             }

@@ -74,6 +74,22 @@ pub(crate) struct QuantizedExecutor {
     non_finite: NonFinite,
 }
 
+impl Clone for QuantizedExecutor {
+    /// The same settings and plans; its own arenas and float parameters.
+    fn clone(&self) -> Self {
+        let plans = self.plans.lock().map(|p| p.clone()).unwrap_or_default();
+        QuantizedExecutor {
+            frees: self.frees.clone(),
+            float_params: Mutex::new(None),
+            plans: Mutex::new(plans),
+            arenas: Mutex::new(Vec::new()),
+            per_sample: self.per_sample,
+            chunk_bytes: self.chunk_bytes,
+            non_finite: self.non_finite,
+        }
+    }
+}
+
 /// What a run does with a non-finite (NaN or infinite) float value it quantizes: a model input,
 /// or the output of a float node on its way back to int8.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -121,6 +137,14 @@ impl QuantizedExecutor {
         layers: &QuantizedLayers,
     ) -> Result<()> {
         ShapePlan::check_recorded(program, layers)
+    }
+
+    /// Forgets the float parameters uploaded for runs (after the layers changed: a record was
+    /// loaded into them, or they moved to another device).
+    pub(crate) fn forget_float_params(&mut self) {
+        if let Ok(params) = self.float_params.get_mut() {
+            *params = None;
+        }
     }
 
     /// Sets what runs do with non-finite values they quantize.

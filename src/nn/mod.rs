@@ -217,9 +217,11 @@ impl QConv2d {
         }
     }
 
-    /// Packs the weights held in the parameters (after a record was loaded into them), for
-    /// the int8 kernels or, when the spec has a 16-bit side, the wide ones.
+    /// Packs the weights held in the parameters (after Burn loaded a record into them), for
+    /// the int8 kernels or, when the spec has a 16-bit side, the wide ones; on an error the
+    /// layer is left unpacked (and runs are errors).
     pub fn pack(&mut self) -> Result<()> {
+        self.packed = None;
         let w = self.weights()?;
         check_channels("QConv2d", w.scales.len(), self.geometry.out_channels)?;
         self.packed = Some(if self.spec.is_wide() {
@@ -306,9 +308,11 @@ impl QLinear {
         }
     }
 
-    /// Packs the weights held in the parameters (after a record was loaded into them), for
-    /// the int8 kernels or, when the spec has a 16-bit side, the wide ones.
+    /// Packs the weights held in the parameters (after Burn loaded a record into them), for
+    /// the int8 kernels or, when the spec has a 16-bit side, the wide ones; on an error the
+    /// layer is left unpacked (and runs are errors).
     pub fn pack(&mut self) -> Result<()> {
+        self.packed = None;
         let [out_features, in_features] = self.weight.val().dims();
         let w = self.weights()?;
         check_channels("QLinear", w.scales.len(), out_features)?;
@@ -462,7 +466,7 @@ fn int8<'a, P, W>(packed: &'a Option<Kernels<P, W>>, layer: &str) -> Result<&'a 
             "{layer} has 16-bit activations: it runs on the wide kernels"
         ))),
         None => Err(Error::InvalidArgument(format!(
-            "{layer} used before pack()"
+            "{layer} is not packed: its weights failed to pack (see pack())"
         ))),
     }
 }
@@ -477,7 +481,7 @@ fn wide<'a, P, W>(
             "{layer} has 8-bit activations: it runs on the int8 kernels"
         ))),
         None => Err(Error::InvalidArgument(format!(
-            "{layer} used before pack()"
+            "{layer} is not packed: its weights failed to pack (see pack())"
         ))),
     }
 }

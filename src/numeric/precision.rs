@@ -143,7 +143,7 @@ impl<'a, const DI: usize> Reference<'a, DI> {
         let qmodel = convert(&variant)?;
         let (mut float, mut quantized) = (Vec::new(), Vec::new());
         for (batch, reference) in self.batches.iter().zip(&self.float) {
-            let out: Tensor<DO> = qmodel.forward(batch.clone())?;
+            let out: Tensor<DO> = qmodel.try_forward(batch.clone())?;
             quantized.extend(out.into_data().iter::<f32>());
             float.extend_from_slice(reference);
         }

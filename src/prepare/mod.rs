@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use burn::tensor::Tensor;
 
+use crate::capture::Tensors;
 use crate::exec::FloatExecutor;
 use crate::graph::{Graph, ValueId, passes};
 use crate::observe::{FrozenObserver, Observer};
@@ -238,12 +239,18 @@ impl PreparedModel {
         &mut self,
         input: Tensor<DI>,
     ) -> Result<Tensor<DO>> {
-        let device = input.device();
+        self.run(input)
+    }
+
+    /// [`forward`](Self::forward) for models of several inputs or outputs: one tensor or a
+    /// tuple of tensors each ([`Tensors`]).
+    pub fn run<I: Tensors, O: Tensors>(&mut self, inputs: I) -> Result<O> {
+        let device = inputs.device();
         if self.executor.as_ref().is_none_or(|e| e.device() != &device) {
             self.executor = Some(FloatExecutor::new(self.graph.clone(), &device)?);
         }
         let executor = self.executor.as_ref().expect("just made");
-        let input = input.into_dispatch();
+        let inputs = inputs.into_dispatch();
         let (observers, observer_of) = (&mut self.observers, &self.observer_of);
         let (input_means, means_of) = (&mut self.input_means, &self.means_of);
         let mut record =
@@ -271,17 +278,21 @@ impl PreparedModel {
                 }
                 Ok(())
             };
-        for &v in &self.graph.inputs {
-            record(v, &input, "the model input")?;
+        for (k, (&v, input)) in self.graph.inputs.iter().zip(&inputs).enumerate() {
+            let name = match k {
+                0 => "the model input".to_string(),
+                k => format!("model input {k}"),
+            };
+            record(v, input, &name)?;
         }
-        let outputs = executor.run_observed(vec![input], &mut |node, outputs| {
+        let outputs = executor.run_observed(inputs, &mut |node, outputs| {
             for (&v, t) in node.outputs.iter().zip(outputs) {
                 record(v, t, &format!("the output of node `{}`", node.name))?;
             }
             Ok(())
         })?;
         self.batches += 1;
-        crate::ops::single_output(outputs)
+        O::from_dispatch(outputs)
     }
 
     /// Runs `calibrate` on the prepared model (the tutorial's `calibrate(model, data_loader)`),

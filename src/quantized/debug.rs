@@ -12,6 +12,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::{QuantizedModel, convert};
 use crate::Result;
+use crate::capture::Tensors;
 use crate::exec::{Arithmetic, RunValue};
 use crate::graph::{Graph, ValueId};
 use crate::nn::QWeights;
@@ -90,7 +91,14 @@ impl DebugModel {
         &self,
         input: Tensor<DI>,
     ) -> Result<Tensor<DO>> {
-        self.model.run_with(input, Arithmetic::FloatReference, None)
+        self.run(input)
+    }
+
+    /// [`forward`](Self::forward) for models of several inputs or outputs (see
+    /// [`QuantizedModel::try_run`]).
+    pub fn run<I: Tensors, O: Tensors>(&self, inputs: I) -> Result<O> {
+        self.model
+            .run_with(inputs, Arithmetic::FloatReference, None)
     }
 
     /// Runs the model and shows every value to `tap`, as

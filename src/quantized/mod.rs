@@ -5,12 +5,14 @@
 //! it): the model is the program, its layers, and the executor planned for them.
 
 mod debug;
+mod module;
 
 use std::fmt;
 
 use burn::tensor::Tensor;
 
 use crate::Result;
+use crate::capture::Tensors;
 use crate::exec::{Arithmetic, QuantizedExecutor, RunValue, Tap};
 use crate::graph::ValueId;
 use crate::nn::{QConv2d, QLinear};
@@ -33,15 +35,19 @@ pub fn convert(prepared: &PreparedModel) -> Result<QuantizedModel> {
 
 /// A quantized model: its program and layers. `forward` takes and returns ordinary Burn
 /// tensors; inside, int8 nodes run on the int8 kernels (NHWC `u8`) and the rest in float
-/// through Burn on the input's device.
+/// through Burn on the input's device. It is a Burn [`Module`](burn::module::Module) (its
+/// layers' tensors are its parameters, its program a constant), so it can be a field of a
+/// user's model and be saved, loaded and moved with it; [`save`](Self::save) and
+/// [`load`](Self::load) write and read a self-contained, checked record with the program.
 ///
 /// ```no_run
 /// # use burn::prelude::*;
 /// # use burn_quantize::quantized::QuantizedModel;
 /// # fn run(qmodel: &QuantizedModel, images: Tensor<4>) -> burn_quantize::Result<()> {
-/// let logits: Tensor<2> = qmodel.forward(images)?;
+/// let logits: Tensor<2> = qmodel.try_forward(images.clone())?; // or forward: panics on errors
+/// let logits: Tensor<2> = qmodel.forward(images);
 /// println!("{}", qmodel.report());          // every node: int8 or float, and why
-/// qmodel.save_file("model_int8.bpk")?;
+/// qmodel.save("model_int8.bpk")?;
 /// # Ok(()) }
 /// ```
 pub struct QuantizedModel {
@@ -70,12 +76,41 @@ impl QuantizedModel {
         })
     }
 
-    /// Runs the model on one input of rank `DI` and returns its output of rank `DO`.
-    pub fn forward<const DI: usize, const DO: usize>(
+    /// Runs the model on one input of rank `DI` (on the input's device) and returns its output
+    /// of rank `DO`, as a Burn module's `forward` does.
+    ///
+    /// # Panics
+    ///
+    /// On what [`try_forward`](Self::try_forward) returns as an error: an input of a shape or
+    /// rank the model cannot take, a non-finite input value, an output of another rank.
+    pub fn forward<const DI: usize, const DO: usize>(&self, input: Tensor<DI>) -> Tensor<DO> {
+        self.try_forward(input)
+            .unwrap_or_else(|e| panic!("QuantizedModel::forward: {e}"))
+    }
+
+    /// Runs the model on one input of rank `DI` (on the input's device) and returns its output
+    /// of rank `DO`, or an error naming the shape or value that it cannot take.
+    pub fn try_forward<const DI: usize, const DO: usize>(
         &self,
         input: Tensor<DI>,
     ) -> Result<Tensor<DO>> {
         self.run_with(input, Arithmetic::Kernels, None)
+    }
+
+    /// [`forward`](Self::forward) for models of several inputs or outputs: one tensor or a
+    /// tuple of tensors each ([`Tensors`]), on the first input's device.
+    ///
+    /// # Panics
+    ///
+    /// On what [`try_run`](Self::try_run) returns as an error.
+    pub fn run<I: Tensors, O: Tensors>(&self, inputs: I) -> O {
+        self.try_run(inputs)
+            .unwrap_or_else(|e| panic!("QuantizedModel::run: {e}"))
+    }
+
+    /// [`try_forward`](Self::try_forward) for models of several inputs or outputs.
+    pub fn try_run<I: Tensors, O: Tensors>(&self, inputs: I) -> Result<O> {
+        self.run_with(inputs, Arithmetic::Kernels, None)
     }
 
     /// Runs the model and shows every value of the program to `tap` as it is made (`u8`
@@ -119,22 +154,22 @@ impl QuantizedModel {
     }
 
     /// Runs the model with the given arithmetic, showing every value to `tap` if given.
-    pub(crate) fn run_with<const DI: usize, const DO: usize>(
+    pub(crate) fn run_with<I: Tensors, O: Tensors>(
         &self,
-        input: Tensor<DI>,
+        inputs: I,
         arithmetic: Arithmetic,
         tap: Tap,
-    ) -> Result<Tensor<DO>> {
-        let device = input.device();
+    ) -> Result<O> {
+        let device = inputs.device();
         let outputs = self.executor.run(
             &self.program,
             &self.layers,
-            vec![input.into_dispatch()],
+            inputs.into_dispatch(),
             &device,
             arithmetic,
             tap,
         )?;
-        crate::ops::single_output(outputs)
+        O::from_dispatch(outputs)
     }
 
     /// The program it runs.
@@ -269,21 +304,21 @@ mod tests {
                 .unwrap(),
         )
         .unwrap();
-        qmodel.forward::<4, 2>(x(2, 32)).unwrap();
+        qmodel.try_forward::<4, 2>(x(2, 32)).unwrap();
         let first = qmodel.executor.pooled();
         assert_eq!((first.0, first.1.len()), (1, 1));
         for _ in 0..3 {
-            qmodel.forward::<4, 2>(x(2, 32)).unwrap();
+            qmodel.try_forward::<4, 2>(x(2, 32)).unwrap();
             assert_eq!(qmodel.executor.pooled(), first);
         }
         // A smaller input: a new plan, the same arena (large enough already).
-        qmodel.forward::<4, 2>(x(1, 24)).unwrap();
+        qmodel.try_forward::<4, 2>(x(1, 24)).unwrap();
         assert_eq!(qmodel.executor.pooled(), (2, first.1.clone()));
         // A larger one grows the arena once; then it is reused again.
-        qmodel.forward::<4, 2>(x(3, 32)).unwrap();
+        qmodel.try_forward::<4, 2>(x(3, 32)).unwrap();
         let grown = qmodel.executor.pooled();
         assert_eq!((grown.0, grown.1.len()), (3, 1));
-        qmodel.forward::<4, 2>(x(2, 32)).unwrap();
+        qmodel.try_forward::<4, 2>(x(2, 32)).unwrap();
         assert_eq!(qmodel.executor.pooled(), grown);
     }
 }

@@ -35,7 +35,7 @@ use checksum::Checksums;
 /// Version of the record layout; bumped on every incompatible change (2: content checksums).
 pub const RECORD_FORMAT_VERSION: u32 = 2;
 
-/// The largest record [`QuantizedModel::load_file`] reads (4 GiB).
+/// The largest record [`QuantizedModel::load`] reads (4 GiB).
 pub const MAX_RECORD_BYTES: u64 = 4 << 30;
 
 /// The path named in errors about a record read from memory.
@@ -47,8 +47,8 @@ const KEY_CHECKSUMS: &str = "burn_quantize.checksums";
 
 impl QuantizedModel {
     /// Saves the model to `path` (a burnpack file; no extension is added), with the checksums
-    /// [`load_file`](Self::load_file) verifies.
-    pub fn save_file(&self, path: impl AsRef<Path>) -> Result<()> {
+    /// [`load`](Self::load) verifies.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let bytes = self.to_bytes().map_err(|e| rename(e, path))?;
         std::fs::write(path, bytes).map_err(|source| Error::Io {
@@ -57,7 +57,7 @@ impl QuantizedModel {
         })
     }
 
-    /// The record [`save_file`](Self::save_file) writes, as bytes.
+    /// The record [`save`](Self::save) writes, as bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let program = serde_json::to_string(&self.program)
             .map_err(|e| bad(IN_MEMORY, format!("program: {e}")))?;
@@ -68,18 +68,18 @@ impl QuantizedModel {
         RecordParts { program, tensors }.to_bytes()
     }
 
-    /// Loads a model saved by [`save_file`](Self::save_file), checking the whole file first
+    /// Loads a model saved by [`save`](Self::save), checking the whole file first
     /// (see the [module documentation](self)). A missing file is an [`Error::Io`]; a file that
     /// is not such a record, of another format version, altered or damaged, or whose program
     /// is inconsistent, an [`Error::BadFile`] naming the path and what is wrong.
-    pub fn load_file(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let path = path.as_ref();
         let bytes = read_bounded(path)?;
         Self::from_bytes(&bytes, device).map_err(|e| rename(e, path))
     }
 
     /// Loads a model from a record's bytes, with every check of
-    /// [`load_file`](Self::load_file) (errors name the path `<record in memory>`).
+    /// [`load`](Self::load) (errors name the path `<record in memory>`).
     pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self> {
         let parts = RecordParts::from_bytes(bytes)?;
         let program = parse_program(&parts.program).map_err(|e| bad(IN_MEMORY, e))?;

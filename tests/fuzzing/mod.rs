@@ -86,7 +86,7 @@ fn seed<M: Forward<4, 2>>(model: &M, qconfig: &QConfigMap, device: &Device) -> S
         .expect("calibrate");
     let qmodel = convert(&calibrated).expect("convert");
     let output = qmodel
-        .forward::<4, 2>(input.clone())
+        .try_forward::<4, 2>(input.clone())
         .expect("run")
         .into_data();
     let bytes = qmodel.to_bytes().expect("save");
@@ -173,7 +173,7 @@ pub fn run(
             let model = QuantizedModel::from_bytes(&bytes, device).map_err(|e| e.to_string())?;
             Ok::<_, String>(
                 model
-                    .forward::<4, 2>(s.input.clone())
+                    .try_forward::<4, 2>(s.input.clone())
                     .map(Tensor::into_data),
             )
         }));
