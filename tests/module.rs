@@ -113,6 +113,11 @@ fn runs_on_the_inputs_device_and_moves_with_to_device() {
     let (a, b) = (bytes(on_input), bytes(after_move));
     assert_eq!(a, b);
     a.assert_approx_eq::<f32>(&expected, burn::tensor::Tolerance::absolute(1e-5));
+
+    // Converted after calibrating on a device, the layers are made there.
+    assert_eq!(qmodel.devices(), vec![device.clone()]);
+    let calibrated_there = quantized_resnet(&other);
+    assert_eq!(calibrated_there.devices(), vec![other]);
 }
 
 #[test]

@@ -58,7 +58,7 @@ pub fn to_program(prepared: &PreparedModel) -> Result<(QuantizedProgram, Quantiz
         },
         convs: Vec::new(),
         linears: Vec::new(),
-        device: Device::default(),
+        device: prepared.calibration_device().unwrap_or_default(),
     };
     let mut report = Vec::new();
     for ((node, placement), qconfig) in graph

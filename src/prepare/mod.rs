@@ -15,7 +15,7 @@ mod plan;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 
 use crate::capture::Tensors;
 use crate::exec::FloatExecutor;
@@ -226,6 +226,11 @@ impl PreparedModel {
     /// With bias correction on, the input statistics of int8 layer `node`.
     pub(crate) fn input_means(&self, node: &str) -> Option<&InputMeans> {
         self.input_means.get(node)
+    }
+
+    /// The device calibration ran on (where the last batch was), if a batch was run.
+    pub fn calibration_device(&self) -> Option<Device> {
+        self.executor.as_ref().map(|e| e.device().clone())
     }
 
     /// How many batches were observed so far.

@@ -26,8 +26,9 @@ pub use crate::program::{
 pub use debug::{DebugModel, convert_debug};
 
 /// Converts a calibrated model to int8 (PyTorch's `convert_fx`): its program and layers (see
-/// [`crate::convert`]), checked and planned for running. Layer tensors are made on the CPU
-/// device Burn picks by default; the model runs on any device.
+/// [`crate::convert`]), checked and planned for running. Layer tensors are made on the device
+/// calibration ran on; the model runs on the device of its input (and moves with
+/// `Module::to_device`).
 pub fn convert(prepared: &PreparedModel) -> Result<QuantizedModel> {
     let (program, layers) = crate::convert::to_program(prepared)?;
     QuantizedModel::new(program, layers)
