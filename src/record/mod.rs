@@ -30,7 +30,7 @@ use crate::exec::QuantizedExecutor;
 use crate::program::{PROGRAM_FORMAT_VERSION, QuantizedLayers, QuantizedProgram};
 use crate::quantized::QuantizedModel;
 use crate::{Error, Result};
-use checksum::Checksums;
+use checksum::{Checksums, Stored};
 
 /// Version of the record layout; bumped on every incompatible change (2: content checksums).
 pub const RECORD_FORMAT_VERSION: u32 = 2;
@@ -127,7 +127,7 @@ impl RecordParts {
         let bytes = burn_pack::Writer::new(tensors)
             .with_metadata(KEY_VERSION, &RECORD_FORMAT_VERSION.to_string())
             .with_metadata(KEY_PROGRAM, &self.program)
-            .with_metadata(KEY_CHECKSUMS, &sums.to_json())
+            .with_metadata(KEY_CHECKSUMS, &sums.to_text())
             .into_bytes()
             .map_err(|e| bad(IN_MEMORY, e.to_string()))?;
         Ok(bytes.to_vec())
@@ -148,7 +148,7 @@ impl RecordParts {
         };
         check_version(&field(KEY_VERSION, "format version")?).map_err(reason)?;
         let program = field(KEY_PROGRAM, "program")?;
-        let stored = Checksums::from_json(&field(KEY_CHECKSUMS, "checksums")?).map_err(reason)?;
+        let stored = Stored::parse(&field(KEY_CHECKSUMS, "checksums")?).map_err(reason)?;
         let mut sums = Checksums::default();
         sums.add_program(&program);
         let mut tensors = Vec::new();
