@@ -77,4 +77,4 @@ pub mod record;
 pub use capture::{Forward, Tensors};
 pub use error::{Error, Result};
 pub use graph::Graph;
-pub use quantize::quantize;
+pub use quantize::{quantize, quantize_dynamic};

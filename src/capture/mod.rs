@@ -19,8 +19,9 @@
 //! (`Module::valid`, which also gives BatchNorm fresh running-state handles, so moving the copy
 //! to the capture device cannot move the original's state).
 //!
-//! The forward is captured at the sample's batch size `n` and at `n + 1`, and the two graphs are
-//! merged into one whose shapes are symbolic in the batch size (see [`Dim`](crate::graph::Dim)).
+//! The forward is captured at the sample's batch size `n` (2 for a sample of 1) and at `n + 1`,
+//! and the two graphs are merged into one whose shapes are symbolic in the batch size (see
+//! [`Dim`](crate::graph::Dim)).
 
 mod paths;
 mod tensors;
@@ -69,7 +70,12 @@ impl Graph {
         F: Fn(&M, I) -> O,
     {
         let datas = sample.to_datas();
-        let n = batch_size(&datas)?;
+        // Burn takes other paths at batch size 1 for some ops (a Linear layer multiplies a
+        // 3-D input by its unsqueezed weight instead of flattening the rows), so a graph
+        // captured at 1 and 2 would be fixed to batch size 1: a sample of 1 is captured at 2
+        // and 3.
+        let n = batch_size(&datas)?.max(2);
+        let datas: Vec<TensorData> = datas.iter().map(|d| data_at_batch(d, n)).collect();
         let larger = datas.iter().map(|d| data_at_batch(d, n + 1)).collect();
         let model = model.valid();
         let at_n = capture_once(&model, &forward, datas)?;

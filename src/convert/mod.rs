@@ -5,6 +5,9 @@
 //! boundaries. A pointwise function (hard-swish, sigmoid, GELU, ...) is a 256-entry table made
 //! here by running its float body on the 256 values its input can take; when it is the only
 //! reader of a conv or linear layer's output it is applied in that layer's requantization.
+//! [`to_dynamic_program`] converts for dynamic quantization instead (no calibration).
+
+mod dynamic;
 
 use std::collections::HashMap;
 
@@ -25,6 +28,8 @@ use crate::program::{
 };
 use crate::qconfig::QConfig;
 use crate::{Error, Result};
+
+pub use dynamic::to_dynamic_program;
 
 /// Converts a calibrated model to its int8 program and layers. Layer tensors are made on the
 /// CPU device Burn picks by default.
@@ -54,6 +59,7 @@ pub fn to_program(prepared: &PreparedModel) -> Result<(QuantizedProgram, Quantiz
         layers: QuantizedLayers {
             convs: Vec::new(),
             linears: Vec::new(),
+            dynamic_linears: Vec::new(),
             floats: Vec::new(),
         },
         convs: Vec::new(),
@@ -115,6 +121,7 @@ pub fn to_program(prepared: &PreparedModel) -> Result<(QuantizedProgram, Quantiz
         float_params: b.float_params,
         convs: b.convs,
         linears: b.linears,
+        dynamic_linears: Vec::new(),
         report,
     };
     Ok((program, b.layers))
@@ -248,18 +255,10 @@ impl Builder<'_> {
 
     fn float_node(&mut self, node: &Node) -> Result<()> {
         let mut node = node.clone();
+        let params = (&mut self.float_params, &mut self.layers.floats);
+        push_float_params(self.graph, &node, params, &self.device);
         for input in &mut node.inputs {
-            if let Some(data) = self.graph.tensors.get(input) {
-                if !self.float_params.contains(input) {
-                    let values: Vec<f32> = data.iter::<f32>().collect();
-                    let n = values.len();
-                    let tensor = Tensor::<1>::from_data(TensorData::new(values, [n]), &self.device);
-                    self.layers
-                        .floats
-                        .push(Param::initialized(ParamId::new(), tensor));
-                    self.float_params.push(*input);
-                }
-            } else {
+            if !self.graph.tensors.contains_key(input) {
                 *input = self.float_version(*input);
             }
         }
@@ -337,11 +336,8 @@ impl Builder<'_> {
                 })
             }
             (Int8Op::Linear, Op::Linear) => {
-                // Burn's linear weight is [in, out]; PyTorch's and the kernels' is [out, in].
                 let (inputs, outputs) = (shape[0], shape[1]);
-                let transposed: Vec<f32> = (0..outputs * inputs)
-                    .map(|k| weight[(k % inputs) * outputs + k / inputs])
-                    .collect();
+                let transposed = to_out_in(&weight, inputs, outputs);
                 let shape = [outputs, inputs];
                 let w = self.layer_weights(node, &transposed, &shape, bias, x_scale, qconfig)?;
                 let layer = QLinear::new(outputs, inputs, w, spec.clone(), &self.device)?;
@@ -568,6 +564,34 @@ impl Builder<'_> {
     }
 }
 
+/// Makes the parameters and constants `node` reads float parameters of the model (each once:
+/// `ids` lists those made already, `floats` holds their tensors, flattened).
+fn push_float_params(
+    graph: &Graph,
+    node: &Node,
+    (ids, floats): (&mut Vec<ValueId>, &mut Vec<Param<Tensor<1>>>),
+    device: &Device,
+) {
+    for input in &node.inputs {
+        if let Some(data) = graph.tensors.get(input)
+            && !ids.contains(input)
+        {
+            let values: Vec<f32> = data.iter::<f32>().collect();
+            let n = values.len();
+            let tensor = Tensor::<1>::from_data(TensorData::new(values, [n]), device);
+            floats.push(Param::initialized(ParamId::new(), tensor));
+            ids.push(*input);
+        }
+    }
+}
+
+/// Burn's linear weight `[in, out]` in PyTorch's and the kernels' layout `[out, in]`.
+fn to_out_in(weight: &[f32], inputs: usize, outputs: usize) -> Vec<f32> {
+    (0..outputs * inputs)
+        .map(|k| weight[(k % inputs) * outputs + k / inputs])
+        .collect()
+}
+
 /// The error of a node whose plan does not fit its op.
 fn mismatch(node: &Node, op: Int8Op, other: &Op) -> Error {
     Error::InvalidGraph(format!(
@@ -590,17 +614,14 @@ fn weight_bits(qconfig: &QConfig, name: &str) -> Result<u8> {
     }
 }
 
-/// Quantizes a layer's float weights `[out, ...]` with its qconfig's weight observer (symmetric:
-/// zero point 0; its signed type was checked with the layer's spec, [`weight_bits`]) and its
-/// bias to `i32` with scale `s_x·s_w[c]`.
-fn quantize_weights(
+/// A layer's weight scale per output channel from its qconfig's weight observer (symmetric:
+/// zero point 0), and the observer's integer range.
+fn observe_weights(
     weight: &[f32],
     shape: &[usize],
-    bias: Option<&[f32]>,
-    x_scale: f32,
     qconfig: &QConfig,
     name: &str,
-) -> Result<QWeights> {
+) -> Result<(Vec<f32>, [i32; 2])> {
     let mut observer = qconfig.weight.build()?;
     observer.observe(weight, shape).map_err(|e| match e {
         Error::NonFinite { .. } => Error::NonFinite {
@@ -609,39 +630,51 @@ fn quantize_weights(
         other => other,
     })?;
     let qp = observer.qparams()?;
-    let channels = shape[0];
     if qp.zero_point.iter().any(|&z| z != 0) {
         return Err(Error::Unsupported(format!(
             "weights of `{name}`: the kernels take symmetric weights (zero point 0), the qconfig gives {:?}",
             qconfig.weight.scheme
         )));
     }
-    let observed: Vec<f32> = if qp.scale.len() == 1 {
-        vec![qp.scale[0]; channels]
-    } else {
-        qp.scale.clone()
+    let scales = match qp.scale.len() {
+        1 => vec![qp.scale[0]; shape[0]],
+        _ => qp.scale,
     };
-    let bias = bias
-        .map(<[f32]>::to_vec)
-        .unwrap_or_else(|| vec![0.0; channels]);
-    // A channel with (nearly) zero weights and a bias would overflow the integer bias.
-    let scales = kernels::bias_safe_weight_scales(&bias, x_scale, &observed);
-    let per_channel = weight.len() / channels;
-    // fbgemm::Quantize (non-legacy): round_half_even(w * (1 / s)) + 0, clamped.
-    let weight = weight
-        .iter()
-        .enumerate()
+    Ok((scales, [qp.quant_min, qp.quant_max]))
+}
+
+/// Weights `[out, ...]` rounded with a scale per output channel as fbgemm's `Quantize`
+/// (non-legacy) does: `round_half_even(w · (1 / s)) + 0`, clamped to `[qmin, qmax]`.
+fn round_weights(weight: &[f32], scales: &[f32], [qmin, qmax]: [i32; 2]) -> Vec<i16> {
+    let per_channel = weight.len() / scales.len().max(1);
+    (weight.iter().enumerate())
         .map(|(k, &w)| {
             let inv = 1.0 / scales[k / per_channel];
-            (w * inv)
-                .round_ties_even()
-                .clamp(qp.quant_min as f32, qp.quant_max as f32) as i16
+            (w * inv).round_ties_even().clamp(qmin as f32, qmax as f32) as i16
         })
-        .collect();
-    let bias = kernels::quantize_bias(&bias, x_scale, &scales);
+        .collect()
+}
+
+/// Quantizes a layer's float weights `[out, ...]` with its qconfig's weight observer (its
+/// signed type was checked with the layer's spec, [`weight_bits`]) and its bias to `i32` with
+/// scale `s_x·s_w[c]`.
+fn quantize_weights(
+    weight: &[f32],
+    shape: &[usize],
+    bias: Option<&[f32]>,
+    x_scale: f32,
+    qconfig: &QConfig,
+    name: &str,
+) -> Result<QWeights> {
+    let (observed, range) = observe_weights(weight, shape, qconfig, name)?;
+    let bias = bias
+        .map(<[f32]>::to_vec)
+        .unwrap_or_else(|| vec![0.0; shape[0]]);
+    // A channel with (nearly) zero weights and a bias would overflow the integer bias.
+    let scales = kernels::bias_safe_weight_scales(&bias, x_scale, &observed);
     Ok(QWeights {
-        weight,
-        bias,
+        weight: round_weights(weight, &scales, range),
+        bias: kernels::quantize_bias(&bias, x_scale, &scales),
         scales,
     })
 }

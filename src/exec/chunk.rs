@@ -29,7 +29,7 @@ pub(super) fn per_sample(program: &QuantizedProgram) -> bool {
             && shape[1..].iter().all(|d| d.is_fixed())
     };
     let steps_ok = program.steps.iter().all(|step| {
-        !matches!(step, Step::Float(_))
+        !matches!(step, Step::Float(_) | Step::DynamicLinear { .. })
             && (step.inputs().iter().chain(step.outputs()))
                 .all(|id| batch_major(&program.values[id.index()].shape))
     });

@@ -270,6 +270,24 @@ fn infer(
             }
             (*output, vec![x[0], l.out_features])
         }
+        Step::DynamicLinear {
+            layer,
+            input,
+            output,
+        } => {
+            let mut x = shape(input)?;
+            let l = &program.dynamic_linears[*layer];
+            match x.last_mut() {
+                Some(features) if *features == l.in_features => *features = l.out_features,
+                _ => {
+                    return Err(bad(format!(
+                        "{x:?} into `{}`, which takes {} features",
+                        l.name, l.in_features
+                    )));
+                }
+            }
+            (*output, x)
+        }
         Step::Binary { inputs, output, .. } => {
             let both = vec![shape(&inputs[0])?, shape(&inputs[1])?];
             (*output, broadcast_all(&both).map_err(bad)?)

@@ -21,7 +21,7 @@ use super::plan::ShapePlan;
 use super::{chunk, reference};
 use crate::graph::{BinaryOp, ValueId, ValueShapes};
 use crate::kernels::{self, CatInput, QBinaryOp, QParams, QTensorRef};
-use crate::nn::{QConv2d, QLayerSpec, QLinear};
+use crate::nn::{QConv2d, QDynamicLinear, QLayerSpec, QLinear};
 use crate::ops as float_ops;
 use crate::program::{Domain, QuantizedLayers, QuantizedProgram, Step};
 use crate::{Error, Result};
@@ -344,6 +344,12 @@ fn check(program: &QuantizedProgram, layers: &QuantizedLayers) -> Result<()> {
                     layers.linears.len()
                 ));
             }
+            Step::DynamicLinear { layer, .. } if *layer >= layers.dynamic_linears.len() => {
+                return bad(format!(
+                    "step {i} uses dynamic linear layer {layer}, the model has {}",
+                    layers.dynamic_linears.len()
+                ));
+            }
             _ => {}
         }
         let mut ids = step.inputs().iter().chain(step.outputs());
@@ -468,6 +474,16 @@ impl Run<'_> {
                 let outputs =
                     float_ops::run_node(node, args, &shape_of, self.plan.batch, self.device)?;
                 floats.extend(node.outputs.iter().copied().zip(outputs));
+                Ok(())
+            }
+            Step::DynamicLinear {
+                layer,
+                input,
+                output,
+            } => {
+                let x = self.float(floats, *input)?;
+                let layer = &self.layers.dynamic_linears[*layer];
+                floats.insert(*output, self.dynamic_linear(layer, &x, *output)?);
                 Ok(())
             }
             Step::Dequantize { input, output } => {
@@ -606,6 +622,26 @@ impl Run<'_> {
                 "{other:?} is not a layer step"
             ))),
         }
+    }
+
+    /// A dynamic linear layer of `x` into float value `output`, on the kernels or (debug
+    /// model) through Burn in `f64`.
+    fn dynamic_linear(
+        &self,
+        layer: &QDynamicLinear,
+        x: &DispatchTensor,
+        output: ValueId,
+    ) -> Result<DispatchTensor> {
+        let packed = layer.packed()?;
+        let shape = self.plan.shape(output)?.to_vec();
+        let rows = shape[..shape.len().saturating_sub(1)].iter().product();
+        let mut y = vec![0f32; rows * packed.out_features()];
+        float_ops::with_f32_values(x, |x| match self.arithmetic {
+            Arithmetic::Kernels => kernels::qlinear_dynamic(x, rows, packed, &mut y),
+            Arithmetic::FloatReference => reference::dynamic_linear(layer, x, self.device, &mut y),
+        })??;
+        let data = TensorData::new(y, shape);
+        Ok(Dispatch::float_from_data(data, self.device.as_dispatch()))
     }
 
     /// The element-wise int8 steps: binary ops, tables, clamps, concatenation, reshape.

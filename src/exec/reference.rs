@@ -6,7 +6,8 @@
 //! through [`kernels::requantize`] (or [`kernels::requantize_wide`] for a layer with a 16-bit
 //! side, whose `i64` sums are as exact in `f64`), the one definition every kernel path matches.
 //! The output integers are therefore bit-identical to the quantized model's, while nothing of
-//! the kernels' packing, im2col or SIMD code is used.
+//! the kernels' packing, im2col or SIMD code is used. A dynamic linear layer's float output
+//! is the kernels' float expression of that exact accumulator, so it is bit-identical too.
 
 use burn::backend::ops::{FloatTensorOps, ModuleOps};
 use burn::backend::{Dispatch, DispatchTensor};
@@ -14,7 +15,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Device, Shape, TensorData};
 
 use crate::kernels::{self, ActQParams, Requant, RequantWide};
-use crate::nn::{QConv2d, QLayerSpec, QLinear};
+use crate::nn::{QConv2d, QDynamicLinear, QLayerSpec, QLinear};
 use crate::ops::float_values;
 use crate::{Error, Result};
 
@@ -125,6 +126,43 @@ pub(crate) fn linear(
         .map(|(k, &a)| requant.apply(a, k % out_features))
         .collect::<Result<Vec<_>>>()?;
     store(&q, layer.spec.output, out)
+}
+
+/// The reference dynamic linear layer of float `input` (rows of `in_features`) into `out`:
+/// the rows quantized as the kernels quantize them, `Σ (q − z_r)·w` as an `f64` matmul (exact),
+/// then the kernels' float expression `acc·(s_r·s_w) + b`.
+pub(crate) fn dynamic_linear(
+    layer: &QDynamicLinear,
+    input: &[f32],
+    device: &Device,
+    out: &mut [f32],
+) -> Result<()> {
+    let packed = layer.packed()?;
+    let (k, n) = (packed.in_features(), packed.out_features());
+    let rows = kernels::quantize_dynamic_rows(input, k)?;
+    let m = rows.scales.len();
+    let centred = (rows.values.chunks_exact(k).zip(&rows.zero_points))
+        .flat_map(|(q, &z)| q.iter().map(move |&q| f64::from(i32::from(q) - z)))
+        .collect();
+    let weight: Vec<f64> = (layer.weight.val().into_data().iter::<i8>())
+        .map(f64::from)
+        .collect();
+    let x = f64_tensor(centred, [m, k], device);
+    let w = f64_tensor(weight, [n, k], device);
+    let acc = float_values::<f64>(&B::float_matmul(x, B::float_swap_dims(w, 0, 1)))?;
+    if out.len() != m * n {
+        return Err(Error::Shape {
+            context: "dynamic linear output".into(),
+            expected: format!("{} values", m * n),
+            got: format!("{} values", out.len()),
+        });
+    }
+    let (scales, bias) = (packed.weight_scales(), packed.bias());
+    for (k, (y, &acc)) in out.iter_mut().zip(&acc).enumerate() {
+        let (r, o) = (k / n, k % n);
+        *y = acc as i32 as f32 * (rows.scales[r] * scales[o]) + bias[o];
+    }
+    Ok(())
 }
 
 /// `q − z` of every value of `input`, held as `qp` says (`u8`, or `u16` in pairs of bytes).

@@ -43,7 +43,7 @@ pub fn quantize(x: &[f32], qp: QParams, out: &mut [u8]) -> Result<bool> {
 
 multiversion! {
     /// [`quantize`] of one slice; whether every value was finite.
-    fn quantize_slice(x: &[f32], inv: f32, zero: f32, out: &mut [u8]) -> bool {
+    pub(crate) fn quantize_slice(x: &[f32], inv: f32, zero: f32, out: &mut [u8]) -> bool {
         let mut finite = true;
         for (out, &x) in out.iter_mut().zip(x) {
             *out = quantize_one(x, inv, zero);

@@ -110,6 +110,7 @@ pub fn qlinear_prepared(
         m: rows,
         b: &linear.weights,
         epilogue,
+        dequant: None,
     };
     gemm.run(gemm::kernel_for(active_isa(), &source), output, n, true);
     Ok(())

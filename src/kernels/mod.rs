@@ -17,6 +17,9 @@
 //! * Elementwise ops (quantize, dequantize, add/sub/mul with broadcasting, cat, pooling)
 //!   follow PyTorch's fbgemm/x86 arithmetic; each function's doc comment spells out the exact
 //!   `f32` operations so a float "debug mode" can reproduce the integers.
+//! * A dynamically quantized linear layer ([`qlinear_dynamic`]) reads and writes `f32`: it
+//!   quantizes each input row at run time, runs the same GEMM with the `i32` accumulators
+//!   stored, and turns them into floats with one expression every path shares.
 //! * Padding and table lookups ([`qpad_nhwc`], [`lookup`]) move bytes without arithmetic.
 //!
 //! # Matching PyTorch (fbgemm)
@@ -37,6 +40,7 @@
 
 mod binary;
 mod conv;
+mod dynamic;
 mod elementwise;
 mod gemm;
 mod isa;
@@ -52,6 +56,10 @@ mod wide;
 
 pub use binary::{QBinaryOp, QTensorRef, qadd, qbinary};
 pub use conv::{Conv2dGeometry, PackedConv2d, qconv2d, qconv2d_prepared};
+pub use dynamic::{
+    DynamicRows, MAX_DYNAMIC_IN_FEATURES, PackedDynamicLinear, qlinear_dynamic,
+    quantize_dynamic_rows,
+};
 pub use elementwise::{
     CatInput, dequantize, dequantize_nhwc_to_nchw, qcat, quantize, quantize_nchw_to_nhwc,
     requantize_u8,

@@ -274,6 +274,71 @@ impl Epilogue {
     }
 }
 
+impl Epilogue {
+    /// The epilogue of a GEMM with float outputs, which reads no requantization constant:
+    /// zero multipliers for `columns` packed columns.
+    pub(crate) fn unused(columns: usize) -> Self {
+        Epilogue {
+            multipliers: vec![0.0; columns],
+            zero_point: 0,
+            lo: 0.0,
+            hi: 0.0,
+            table: None,
+        }
+    }
+}
+
+/// How the `i32` accumulators of a GEMM with float outputs become floats (dynamic
+/// quantization): output row `r`, column `c` is `((acc − z_r·Σw_c) as f32)·(s_r·s_c) + b_c`,
+/// with `z_r`, `s_r` the zero point and scale row `r` of A was quantized with, `s_c` the
+/// weight scale of column `c`, `Σw_c` its weight sum and `b_c` its float bias. The correction
+/// is exact `i32` arithmetic while `|z_r·Σw_c|` and the accumulator fit (the caller bounds
+/// `K`); each float operation rounds on its own (no fused multiply-add), so every path, and
+/// a reference that computes the same expression, agree bit for bit.
+pub(crate) struct Dequant<'a> {
+    /// `s_r` per row.
+    pub(crate) row_scales: &'a [f32],
+    /// `z_r` per row.
+    pub(crate) row_zero_points: &'a [i32],
+    /// `s_c` per column.
+    pub(crate) col_scales: &'a [f32],
+    /// `Σ_k w[k][c]` per column.
+    pub(crate) col_sums: &'a [i32],
+    /// `b_c` per column.
+    pub(crate) bias: &'a [f32],
+}
+
+impl Dequant<'_> {
+    /// Rows described.
+    pub(crate) fn rows(&self) -> usize {
+        self.row_scales.len().min(self.row_zero_points.len())
+    }
+
+    /// Columns described.
+    pub(crate) fn columns(&self) -> usize {
+        (self.col_scales.len())
+            .min(self.col_sums.len())
+            .min(self.bias.len())
+    }
+
+    /// Replaces the accumulators of row `row`, columns `first..first + values.len()` by the
+    /// bits of their floats.
+    #[inline]
+    pub(crate) fn to_float_bits(&self, values: &mut [i32], row: usize, first: usize) {
+        let (s, z) = (self.row_scales[row], self.row_zero_points[row]);
+        let columns = first..first + values.len();
+        let (scales, sums, bias) = (
+            &self.col_scales[columns.clone()],
+            &self.col_sums[columns.clone()],
+            &self.bias[columns],
+        );
+        for (((v, &sc), &sum), &b) in values.iter_mut().zip(scales).zip(sums).zip(bias) {
+            let exact = v.wrapping_sub(z.wrapping_mul(sum));
+            *v = (exact as f32 * (s * sc) + b).to_bits() as i32;
+        }
+    }
+}
+
 /// A layer's [`Requant`], checked and laid out once for its packed weights (by
 /// [`PackedConv2d::prepare`](crate::kernels::PackedConv2d::prepare) or
 /// [`PackedLinear::prepare`](crate::kernels::PackedLinear::prepare)), so that a run neither

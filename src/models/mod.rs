@@ -5,6 +5,7 @@ pub mod fashion;
 pub mod mobilenet_v2;
 pub mod mobilenet_v3;
 mod resnet;
+pub mod transformer;
 
 pub use resnet::{Block, Downsample, ResNet, ResNetConfig};
 

@@ -1,11 +1,16 @@
 //! Quantized layers as Burn modules: `QConv2d` and `QLinear` hold their int8 weights, i32
 //! biases and weight scales as Burn parameters (so they are saved in Burn records), and the
 //! weights packed once for the kernels: the int8 ones when the layer reads and writes 8-bit
-//! activations, the wide (W8A16) ones when either side is 16-bit.
+//! activations, the wide (W8A16) ones when either side is 16-bit. [`QDynamicLinear`], the
+//! layer of dynamic quantization, holds int8 weights, their scales and float biases.
 
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
+
+mod dynamic;
+
+pub use dynamic::QDynamicLinear;
 
 use crate::graph::Activation;
 use crate::kernels::{

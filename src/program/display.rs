@@ -95,6 +95,12 @@ impl QuantizedProgram {
                 );
                 (call, Some(l.name.as_str()))
             }
+            Step::DynamicLinear { layer, input, .. } => {
+                let l = &self.dynamic_linears[*layer];
+                let (k, n) = (l.in_features, l.out_features);
+                let call = format!("QDynamicLinear[{k}->{n}]({input})");
+                (call, Some(l.name.as_str()))
+            }
             Step::Float(node) => {
                 let (kind, act) = (node.op.kind(), fused(node.activation));
                 let call = format!("float {kind}{act}({})", ids(&node.inputs));
@@ -152,6 +158,8 @@ fn glue_call(step: &Step) -> String {
         } => format!("clamp[{min}..={max}]({input})"),
         Step::Reshape { input, .. } => format!("reshape({input})"),
         // Described by `QuantizedProgram::describe` with their layer or node.
-        Step::Conv2d { .. } | Step::Linear { .. } | Step::Float(_) => format!("{step:?}"),
+        Step::Conv2d { .. } | Step::Linear { .. } | Step::DynamicLinear { .. } | Step::Float(_) => {
+            format!("{step:?}")
+        }
     }
 }

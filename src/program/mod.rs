@@ -14,7 +14,7 @@ use crate::graph::{BatchMode, BinaryOp, Node, ValueId, ValueInfo, ValueShapes};
 use crate::kernels::{
     ActQParams, AvgPool2d, Conv2dGeometry, MaxPool2d, QParams, Table, WideQParams,
 };
-use crate::nn::{QConv2d, QLayerSpec, QLinear};
+use crate::nn::{QConv2d, QDynamicLinear, QLayerSpec, QLinear};
 
 /// Version of the serialized [`QuantizedProgram`]; bumped on every incompatible change.
 pub const PROGRAM_FORMAT_VERSION: u32 = 3;
@@ -181,6 +181,16 @@ pub enum Step {
         /// Quantized output.
         output: ValueId,
     },
+    /// A dynamically quantized linear layer: float in, float out, its input quantized per
+    /// row at run time ([`crate::kernels::qlinear_dynamic`]), over the last axis.
+    DynamicLinear {
+        /// Index into the model's `QDynamicLinear` layers.
+        layer: usize,
+        /// Float input.
+        input: ValueId,
+        /// Float output.
+        output: ValueId,
+    },
     /// A node of the prepared graph run in float through Burn; its parameters are the model's
     /// float parameters.
     Float(Node),
@@ -194,6 +204,7 @@ impl Step {
             | Step::Dequantize { input, .. }
             | Step::Conv2d { input, .. }
             | Step::Linear { input, .. }
+            | Step::DynamicLinear { input, .. }
             | Step::MaxPool2d { input, .. }
             | Step::AvgPool2d { input, .. }
             | Step::GlobalAvgPool { input, .. }
@@ -214,6 +225,7 @@ impl Step {
             | Step::Dequantize { output, .. }
             | Step::Conv2d { output, .. }
             | Step::Linear { output, .. }
+            | Step::DynamicLinear { output, .. }
             | Step::MaxPool2d { output, .. }
             | Step::AvgPool2d { output, .. }
             | Step::GlobalAvgPool { output, .. }
@@ -252,6 +264,17 @@ pub struct LinearLayer {
     pub spec: QLayerSpec,
 }
 
+/// What a `QDynamicLinear` layer is, besides its tensors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DynamicLinearLayer {
+    /// The node's name (the layer's module path, or the matmul's name).
+    pub name: String,
+    /// Output features.
+    pub out_features: usize,
+    /// Input features.
+    pub in_features: usize,
+}
+
 /// The int8 operation a node becomes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Int8Op {
@@ -259,6 +282,8 @@ pub enum Int8Op {
     Conv2d,
     /// `QLinear`.
     Linear,
+    /// `QDynamicLinear` (float input quantized at run time, float output).
+    DynamicLinear,
     /// Quantized add, sub or mul of two values with broadcasting (two input scales to one
     /// output scale).
     Binary(BinaryOp),
@@ -349,6 +374,10 @@ pub struct QuantizedProgram {
     pub convs: Vec<ConvLayer>,
     /// The model's `QLinear` layers, in layer order.
     pub linears: Vec<LinearLayer>,
+    /// The model's `QDynamicLinear` layers, in layer order (left out of the file when there
+    /// are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dynamic_linears: Vec<DynamicLinearLayer>,
     /// What became of every node.
     pub report: Vec<NodeReport>,
 }
@@ -378,13 +407,16 @@ impl QuantizedProgram {
 }
 
 /// The layers of a quantized model that hold tensors, as one Burn module (what its record
-/// stores): `QConv2d` and `QLinear` layers, and the float parameters of nodes kept in float.
+/// stores): `QConv2d`, `QLinear` and `QDynamicLinear` layers, and the float parameters of
+/// nodes kept in float.
 #[derive(Module, Debug)]
 pub struct QuantizedLayers {
     /// The quantized convolutions, in program order.
     pub convs: Vec<QConv2d>,
     /// The quantized linear layers, in program order.
     pub linears: Vec<QLinear>,
+    /// The dynamically quantized linear layers, in program order.
+    pub dynamic_linears: Vec<QDynamicLinear>,
     /// Parameters of float nodes, flattened (their shapes are in the program).
     pub floats: Vec<Param<Tensor<1>>>,
 }

@@ -5,7 +5,7 @@
 //! run (shapes along the steps) by the executor's dry run at the recorded shapes.
 
 use crate::graph::{Activation, BatchMode, MAX_SIZE, ValueId, check_sizes};
-use crate::kernels::{ActQParams, Conv2dGeometry};
+use crate::kernels::{ActQParams, Conv2dGeometry, MAX_DYNAMIC_IN_FEATURES};
 use crate::nn::QLayerSpec;
 use crate::{Error, Result};
 
@@ -38,6 +38,15 @@ impl QuantizedProgram {
                 .and_then(|()| elements(&[l.out_features, l.in_features]).map(drop))
                 .and_then(|()| check_spec(&l.spec))
                 .map_err(|e| invalid(format!("linear layer {i} `{}`: {e}", l.name)))?;
+        }
+        for (i, l) in self.dynamic_linears.iter().enumerate() {
+            check_sizes("features", &[l.out_features, l.in_features], 1)
+                .and_then(|()| elements(&[l.out_features, l.in_features]).map(drop))
+                .and_then(|()| match l.in_features <= MAX_DYNAMIC_IN_FEATURES {
+                    true => Ok(()),
+                    false => Err(format!("{} input features", l.in_features)),
+                })
+                .map_err(|e| invalid(format!("dynamic linear layer {i} `{}`: {e}", l.name)))?;
         }
         self.check_steps()
     }
@@ -147,6 +156,16 @@ impl QuantizedProgram {
             Some(id) => Err(format!("{id} is float")),
             None => Ok(()),
         };
+        let all_float = || match ins
+            .iter()
+            .chain(outs)
+            .find(|&&id| self.domain(id).is_quantized())
+        {
+            Some(id) => Err(format!(
+                "{id} is an integer value; the step reads and makes floats"
+            )),
+            None => Ok(()),
+        };
         let same_bits = || match ins
             .iter()
             .find(|&&id| self.domain(id).bytes() != self.domain(outs[0]).bytes())
@@ -184,16 +203,15 @@ impl QuantizedProgram {
                     (None, _) => domain_is(*output, Domain::of(spec.output)),
                 }
             }
+            Step::DynamicLinear { layer, .. } => {
+                if *layer >= self.dynamic_linears.len() {
+                    return Err(format!("dynamic linear layer {layer} does not exist"));
+                }
+                all_float()
+            }
             Step::Float(node) => {
                 node.check_attrs()?;
-                match ins
-                    .iter()
-                    .chain(outs)
-                    .find(|&&id| self.domain(id).is_quantized())
-                {
-                    Some(id) => Err(format!("float node reads or makes integer value {id}")),
-                    None => Ok(()),
-                }
+                all_float()
             }
             Step::Pad { padding, .. } => {
                 check_sizes("padding", padding, 0)?;

@@ -9,6 +9,32 @@ use crate::observe::ObserverConfig;
 
 pub use map::QConfigMap;
 
+/// What dynamic quantization ([`crate::quantize_dynamic`], PyTorch's `quantize_dynamic`)
+/// makes int8: the Linear layers and matmuls by a constant matrix that [`Self::qconfig`] maps
+/// to a [`QConfig`], whose weights its weight observer quantizes (8-bit, symmetric); a node
+/// mapped to `None` stays float. Activation observers are not used: each input row is
+/// quantized when the layer runs.
+#[derive(Clone, Debug)]
+pub struct DynamicConfig {
+    /// Which nodes become int8 and how their weights are observed.
+    pub qconfig: QConfigMap,
+}
+
+impl DynamicConfig {
+    /// Dynamic quantization of the nodes `qconfig` maps to a [`QConfig`].
+    pub fn new(qconfig: QConfigMap) -> Self {
+        DynamicConfig { qconfig }
+    }
+}
+
+impl Default for DynamicConfig {
+    /// Every linear node, with per-output-channel symmetric int8 weights (PyTorch's
+    /// `default_dynamic_qconfig` weights on x86).
+    fn default() -> Self {
+        DynamicConfig::new(QConfigMap::global(QConfig::preset(Engine::X86)))
+    }
+}
+
 /// How one part of a model is quantized: the observer for its activations and the one for its
 /// weights (PyTorch's `QConfig`), and optionally another for the inputs it quantizes itself.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -63,6 +63,7 @@ impl fmt::Debug for QuantizedModel {
             .field("steps", &self.program.steps.len())
             .field("convs", &self.layers.convs.len())
             .field("linears", &self.layers.linears.len())
+            .field("dynamic_linears", &self.layers.dynamic_linears.len())
             .finish()
     }
 }

@@ -37,6 +37,9 @@ impl QuantizedModel {
         for linear in &mut self.layers.linears {
             let _ = linear.pack();
         }
+        for linear in &mut self.layers.dynamic_linears {
+            let _ = linear.pack();
+        }
         self.executor.forget_float_params();
         self
     }

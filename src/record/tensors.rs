@@ -9,8 +9,8 @@ use burn::module::{Param, ParamId};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::graph::ValueShapes;
-use crate::nn::{QConv2d, QLayerSpec, QLinear, QWeights};
-use crate::program::{QuantizedLayers, QuantizedProgram};
+use crate::nn::{QConv2d, QDynamicLinear, QLayerSpec, QLinear, QWeights};
+use crate::program::{DynamicLinearLayer, QuantizedLayers, QuantizedProgram};
 
 /// A tensor of a record.
 pub(super) struct RecordTensor {
@@ -35,6 +35,20 @@ pub(super) fn of_layers(layers: &QuantizedLayers) -> Vec<RecordTensor> {
         push(format!("{prefix}.weight"), weight);
         push(format!("{prefix}.bias"), bias.val().into_data());
         push(format!("{prefix}.weight_scale"), scale.val().into_data());
+    }
+    for (i, l) in layers.dynamic_linears.iter().enumerate() {
+        push(
+            format!("dynamic_linears.{i}.weight"),
+            l.weight.val().into_data(),
+        );
+        push(
+            format!("dynamic_linears.{i}.weight_scale"),
+            l.weight_scale.val().into_data(),
+        );
+        push(
+            format!("dynamic_linears.{i}.bias"),
+            l.bias.val().into_data(),
+        );
     }
     for (i, p) in layers.floats.iter().enumerate() {
         push(format!("floats.{i}"), p.val().into_data());
@@ -89,6 +103,12 @@ pub(super) fn layers(
         );
         linears.push(layer.map_err(|e| format!("linear layer `{}`: {e}", l.name))?);
     }
+    let mut dynamic_linears = Vec::new();
+    for (i, l) in program.dynamic_linears.iter().enumerate() {
+        let layer = dynamic_linear(&mut take, &format!("dynamic_linears.{i}"), l, device)
+            .map_err(|e| format!("dynamic linear layer `{}`: {e}", l.name))?;
+        dynamic_linears.push(layer);
+    }
     let mut floats = Vec::new();
     for (i, &id) in program.float_params.iter().enumerate() {
         let n = program
@@ -107,6 +127,7 @@ pub(super) fn layers(
         None => Ok(QuantizedLayers {
             convs,
             linears,
+            dynamic_linears,
             floats,
         }),
     }
@@ -146,4 +167,32 @@ fn weights(
         bias: bias.iter::<i32>().collect(),
         scales,
     })
+}
+
+/// Dynamic linear layer `prefix` of shape `layer`: `i8` weights, finite positive scales and
+/// finite biases (checked when it packs).
+fn dynamic_linear(
+    take: &mut Take,
+    prefix: &str,
+    layer: &DynamicLinearLayer,
+    device: &Device,
+) -> Result<QDynamicLinear, String> {
+    let (out_features, in_features) = (layer.out_features, layer.in_features);
+    let shape = vec![out_features, in_features];
+    let (_, weight) = take(format!("{prefix}.weight"), DType::I8, shape)?;
+    let (_, scales) = take(
+        format!("{prefix}.weight_scale"),
+        DType::F32,
+        vec![out_features],
+    )?;
+    let (_, bias) = take(format!("{prefix}.bias"), DType::F32, vec![out_features])?;
+    QDynamicLinear::new(
+        out_features,
+        in_features,
+        weight.iter::<i8>().collect(),
+        scales.iter::<f32>().collect(),
+        bias.iter::<f32>().collect(),
+        device,
+    )
+    .map_err(|e| e.to_string())
 }

@@ -15,6 +15,8 @@ pub fn fuse_linear(graph: &mut Graph) -> usize {
     let mut fused = 0;
     // Bias adds taken over by a fused node; removed once the scan is done.
     let mut absorbed = Vec::new();
+    // The output and layer of every fused node, to name it by its layer.
+    let mut renames = Vec::new();
     for i in 0..graph.nodes.len() {
         let node = &graph.nodes[i];
         if node.op != Op::Matmul {
@@ -51,6 +53,7 @@ pub fn fuse_linear(graph: &mut Graph) -> usize {
             absorbed.push(add);
         }
         let name = graph.nodes[i].name.clone();
+        renames.push((outputs[0], param.module.clone()));
         graph.nodes[i] = Node {
             name,
             op: Op::Linear,
@@ -71,6 +74,15 @@ pub fn fuse_linear(graph: &mut Graph) -> usize {
     });
     // The reshapes that fed the weights and biases are now dead.
     remove_dead_nodes(graph);
+    // Named by their layer, as captured layers are (unless a node has that name already: a
+    // layer applied twice).
+    for (output, module) in renames {
+        if !graph.nodes.iter().any(|n| n.name == module)
+            && let Some(node) = graph.nodes.iter_mut().find(|n| n.outputs[0] == output)
+        {
+            node.name = module;
+        }
+    }
     fused
 }
 

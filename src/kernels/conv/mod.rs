@@ -317,6 +317,7 @@ pub fn qconv2d_prepared(
                 m: batch * oh * ow,
                 b,
                 epilogue,
+                dequant: None,
             };
             gemm.run(
                 gemm::kernel_for(isa, &rows),

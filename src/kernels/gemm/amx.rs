@@ -349,11 +349,10 @@ impl Drained {
                 }
                 let row = &self.c.0[i][TR * v..][..TR];
                 // SAFETY: column `j < t.n`, so its bias and multipliers exist and output row
-                // `i0 + i < t.m` is writable for `n` bytes from column `j`.
+                // `i0 + i < t.m` is writable for `n` elements from column `j`.
                 unsafe {
                     let acc = std::array::from_fn(|l| row[l].wrapping_add(*t.bias.add(j + l)));
-                    let out = t.out.add((self.i0 + i) * t.ldc + j);
-                    unit.requant_store(&acc, t, j, out, n);
+                    unit.requant_store(&acc, t, self.i0 + i, j, n);
                 }
             }
         }

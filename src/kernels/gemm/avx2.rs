@@ -66,13 +66,7 @@ unsafe fn tile_m<const M: usize>(t: &Tile) {
         for (i, [lo, hi]) in acc.into_iter().enumerate() {
             // Per 128-bit lane: [c0 c1 c4 c5 | c2 c3 c6 c7]; reorder the 64-bit pairs.
             let sums = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(lo, hi));
-            requant_store8(
-                _mm256_add_epi32(sums, bias),
-                t,
-                0,
-                t.out.add(i * t.ldc),
-                t.n,
-            );
+            requant_store8(_mm256_add_epi32(sums, bias), t, i, 0, t.n);
         }
     }
 }
@@ -97,19 +91,27 @@ pub(super) unsafe fn store_rows<const M: usize, const NV: usize>(
             if n > 0 {
                 // SAFETY: row `i < t.m` and columns `8·v..8·v + n.min(8)`, `8·v < t.n`, are
                 // inside the tile's output and multipliers (the caller's contract).
-                unsafe { requant_store8(acc, t, 8 * v, t.out.add(i * t.ldc + 8 * v), n) };
+                unsafe { requant_store8(acc, t, i, 8 * v, n) };
             }
         }
     }
 }
 
-/// Requantizes 8 accumulators (bias included) of columns `col..col+8` and stores the first
-/// `n.min(8)` bytes at `out`.
+/// Requantizes 8 accumulators (bias included) of row `row`, columns `col..col+8` and stores
+/// the first `n.min(8)` bytes at [`Tile::out_at`]; a [`Tile::raw`] tile stores the
+/// accumulators themselves.
 ///
 /// # Safety
-/// `t.multipliers` holds `col + 8` values and `out` is writable for `n.min(8)` bytes; AVX2.
+/// `t.multipliers` holds `col + 8` values and output row `row` is writable for `n.min(8)`
+/// elements from `col`; AVX2.
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn requant_store8(acc: __m256i, t: &Tile, col: usize, out: *mut u8, n: usize) {
+pub(super) unsafe fn requant_store8(acc: __m256i, t: &Tile, row: usize, col: usize, n: usize) {
+    let (out, n) = (t.out_at(row, col), n.min(8));
+    if t.raw {
+        // SAFETY: the caller guarantees `n` writable `i32`s at `out`.
+        unsafe { store_i32x8(acc, out.cast(), n) };
+        return;
+    }
     // SAFETY: the caller guarantees the multipliers and the output bytes.
     unsafe {
         let scaled = _mm256_mul_ps(
@@ -127,13 +129,30 @@ pub(super) unsafe fn requant_store8(acc: __m256i, t: &Tile, col: usize, out: *mu
             _mm256_castsi256_si128(bytes),
             _mm256_extracti128_si256::<1>(bytes),
         );
-        let n = n.min(8);
         if n == 8 {
             _mm_storel_epi64(out.cast(), low8);
         } else {
             let mut tmp = [0u8; 16];
             _mm_storeu_si128(tmp.as_mut_ptr().cast(), low8);
             std::ptr::copy_nonoverlapping(tmp.as_ptr(), out, n);
+        }
+    }
+}
+
+/// Stores the first `n <= 8` lanes of `acc` at `out`.
+///
+/// # Safety
+/// `out` is writable for `n` `i32`s; AVX2.
+#[target_feature(enable = "avx2")]
+unsafe fn store_i32x8(acc: __m256i, out: *mut i32, n: usize) {
+    // SAFETY: the caller guarantees `n` writable values; the mask keeps lanes `n..` unwritten.
+    unsafe {
+        if n == 8 {
+            _mm256_storeu_si256(out.cast(), acc);
+        } else {
+            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
+            _mm256_maskstore_epi32(out, mask, acc);
         }
     }
 }

@@ -81,24 +81,35 @@ unsafe fn tile_mn<const M: usize, const V: usize>(t: &Tile) {
         for (i, acc) in acc.iter().enumerate() {
             for (v, &acc) in acc.iter().enumerate() {
                 let n = t.n.saturating_sub(16 * v).min(16);
-                requant_store(acc, t, 16 * v, t.out.add(i * t.ldc + 16 * v), n);
+                requant_store(acc, t, i, 16 * v, n);
             }
         }
     }
 }
 
-/// Requantizes 16 accumulators (bias included) of columns `col..col+16` and stores the first
-/// `n` bytes at `out`.
+/// Requantizes 16 accumulators (bias included) of row `row`, columns `col..col+16` and
+/// stores the first `n` bytes at [`Tile::out_at`]; a [`Tile::raw`] tile stores the
+/// accumulators themselves.
 ///
 /// # Safety
-/// `t.multipliers` holds `col + 16` values and `out` is writable for `n` bytes; AVX-512 F/BW/VL.
+/// `t.multipliers` holds `col + 16` values and output row `row` is writable for `n <= 16`
+/// elements from `col`; AVX-512 F/BW/VL.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(super) unsafe fn requant_store(acc: __m512i, t: &Tile, col: usize, out: *mut u8, n: usize) {
+pub(super) unsafe fn requant_store(acc: __m512i, t: &Tile, row: usize, col: usize, n: usize) {
     if n == 0 {
         return;
     }
-    // SAFETY: the caller guarantees the multipliers and the `n` output bytes.
+    let (out, mask) = (
+        t.out_at(row, col),
+        if n >= 16 { u16::MAX } else { (1u16 << n) - 1 },
+    );
+    // SAFETY: the caller guarantees the multipliers and the `n` output elements; the mask
+    // keeps the stores to them.
     unsafe {
+        if t.raw {
+            _mm512_mask_storeu_epi32(out.cast(), mask, acc);
+            return;
+        }
         let scaled = _mm512_mul_ps(
             _mm512_cvtepi32_ps(acc),
             _mm512_loadu_ps(t.multipliers.add(col)),
@@ -108,7 +119,6 @@ pub(super) unsafe fn requant_store(acc: __m512i, t: &Tile, col: usize, out: *mut
             _mm512_set1_ps(t.hi),
         );
         let q = _mm512_add_epi32(_mm512_cvtps_epi32(clamped), _mm512_set1_epi32(t.zero_point));
-        let mask = if n >= 16 { u16::MAX } else { (1u16 << n) - 1 };
         _mm_mask_storeu_epi8(out.cast(), mask, _mm512_cvtusepi32_epi8(q));
     }
 }

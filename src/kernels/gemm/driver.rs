@@ -19,7 +19,7 @@ use rayon::prelude::*;
 
 use super::{AForm, Block, Entry, Kernel, Tile};
 use crate::kernels::pack::{GROUP_STRIDE, KR, PANEL, PackedB};
-use crate::kernels::params::Epilogue;
+use crate::kernels::params::{Dequant, Epilogue};
 use crate::kernels::simd::Tier;
 
 /// Target size of one packed block of A (L2-resident while the panels sweep over it).
@@ -104,6 +104,8 @@ pub(crate) struct Gemm<'a> {
     pub(crate) b: &'a PackedB,
     /// Requantization constants per packed column.
     pub(crate) epilogue: &'a Epilogue,
+    /// For a GEMM with float outputs ([`Gemm::run_f32`]): how the accumulators become floats.
+    pub(crate) dequant: Option<&'a Dequant<'a>>,
 }
 
 /// A part of the output computed by one task.
@@ -274,19 +276,45 @@ impl Gemm<'_> {
     /// Computes every output of every group with `kernel`: row `i`, column `c` of group `g` goes
     /// to `out[i·ldc + g·n + c]`. `parallel` spreads tasks over the current rayon pool.
     pub(crate) fn run(&self, kernel: &Kernel, out: &mut [u8], ldc: usize, parallel: bool) {
+        assert!(
+            self.dequant.is_none(),
+            "a GEMM with float outputs runs with run_f32"
+        );
+        self.check_output(out.len(), ldc);
+        self.run_tasks(kernel, SharedOut(out.as_mut_ptr()), ldc, parallel);
+    }
+
+    /// [`Gemm::run`] with float outputs: the kernels store their `i32` accumulators in `out`
+    /// and each task turns its block of them into floats with [`Gemm::dequant`] while it is
+    /// in cache (the epilogue's requantization constants are not read).
+    pub(crate) fn run_f32(&self, kernel: &Kernel, out: &mut [f32], ldc: usize, parallel: bool) {
+        assert!(
+            self.dequant.is_some(),
+            "a GEMM with float outputs needs its Dequant"
+        );
+        self.check_output(out.len(), ldc);
+        self.run_tasks(kernel, SharedOut(out.as_mut_ptr().cast()), ldc, parallel);
+    }
+
+    /// Panics unless the operands agree and `len` elements, `ldc` apart, hold every output.
+    fn check_output(&self, len: usize, ldc: usize) {
         let columns = self.b.groups() * self.b.n();
         assert_eq!(
             self.rows.k(),
             self.b.k(),
             "A rows and packed B disagree on K"
         );
-        assert!(ldc >= columns && (self.m == 0 || out.len() >= (self.m - 1) * ldc + columns));
+        assert!(ldc >= columns && (self.m == 0 || len >= (self.m - 1) * ldc + columns));
         assert!(self.epilogue.multipliers.len() == self.b.groups() * self.b.panels() * PANEL);
+        if let Some(d) = self.dequant {
+            assert!(d.rows() >= self.m && d.columns() >= columns);
+        }
+    }
+
+    fn run_tasks(&self, kernel: &Kernel, out: SharedOut, ldc: usize, parallel: bool) {
         let tasks = self.plan(kernel, parallel);
-        let shared = SharedOut(out.as_mut_ptr());
         let work = |task: &Task| {
-            SCRATCH
-                .with(|scratch| self.run_task(kernel, task, shared, ldc, &mut scratch.borrow_mut()))
+            SCRATCH.with(|scratch| self.run_task(kernel, task, out, ldc, &mut scratch.borrow_mut()))
         };
         if parallel && tasks.len() > 1 {
             tasks.par_iter().for_each(work);
@@ -540,25 +568,44 @@ impl Gemm<'_> {
             zero_point: ep.zero_point,
             lo: ep.lo,
             hi: ep.hi,
-            // SAFETY: `row < m` and `g·n + col < columns <= ldc`, so the offset is inside
-            // `out` (checked in `run`).
-            out: unsafe { out.0.add(row * ldc + g * n + col) },
+            // SAFETY: `row < m` and `g·n + col < columns <= ldc`, so the element is inside
+            // `out` (checked in `check_output`).
+            out: unsafe { out.0.add((row * ldc + g * n + col) * self.element_bytes()) },
             ldc,
+            raw: self.dequant.is_some(),
             adds,
             add_col: (p - task.panels.start) * PANEL + c0,
         }
     }
 
-    /// Maps the task's rows of panel `p` through the fused lookup table, if any.
+    /// Bytes per output element: 4 for the `i32`s (then floats) of [`Gemm::run_f32`].
+    fn element_bytes(&self) -> usize {
+        if self.dequant.is_some() { 4 } else { 1 }
+    }
+
+    /// Maps the task's rows of panel `p` through the fused lookup table, if any, or turns
+    /// their accumulators into floats ([`Gemm::run_f32`]).
     fn finish_panel(&self, kernel: &Kernel, task: &Task, p: usize, out: SharedOut, ldc: usize) {
         let (g, n) = (task.group, self.b.n());
-        if let Some(table) = &self.epilogue.table {
-            let (col, tier) = (p * PANEL, Tier::of(kernel.isa));
-            // SAFETY: rows `m0..m0+mc`, columns `g·n + col..` (at most `n − col`) of `out`:
+        let (col, width) = (p * PANEL, (n - p * PANEL).min(PANEL));
+        if let Some(dequant) = self.dequant {
+            for row in task.m0..task.m0 + task.mc {
+                let first = row * ldc + g * n + col;
+                // SAFETY: row `row`, columns `g·n + col..` (`width` of them) of the `f32`
+                // output (so 4-aligned): accumulators the task's tiles have just written,
+                // which no other task touches.
+                let values = unsafe {
+                    std::slice::from_raw_parts_mut(out.0.cast::<i32>().add(first), width)
+                };
+                dequant.to_float_bits(values, row, g * n + col);
+            }
+        } else if let Some(table) = &self.epilogue.table {
+            let tier = Tier::of(kernel.isa);
+            // SAFETY: rows `m0..m0+mc`, columns `g·n + col..` (`width` of them) of `out`:
             // the tiles this task has just written, which no other task touches.
             unsafe {
                 let block = out.0.add(task.m0 * ldc + g * n + col);
-                table.map_rows(tier, block, block, task.mc, (n - col).min(PANEL), ldc);
+                table.map_rows(tier, block, block, task.mc, width, ldc);
             }
         }
     }

@@ -31,7 +31,7 @@ mod avxvnni;
 
 use super::Isa;
 use super::pack::PackedB;
-use super::params::{Epilogue, Requant};
+use super::params::{Dequant, Epilogue, Requant};
 use driver::{DenseRows, RowSource};
 
 #[cfg(target_arch = "x86_64")]
@@ -67,8 +67,8 @@ pub(crate) use by_rows;
 /// and stride of the `group` rows of group `j`, for every group of the `mr`-padded rows, each
 /// row readable for `k_groups·KR` bytes); `b` is readable for `taps·k_groups` groups
 /// `GROUP_STRIDE` bytes apart of the kernel's `nr` columns; `bias` and `multipliers` hold
-/// `nr` values; `out` row `i < m` is writable for `n` bytes at `out + i·ldc`; `adds` is null
-/// or holds `m` pointers, each null or readable for `add_col + nr` sums.
+/// `nr` values; `out` row `i < m` is writable for `n` elements at [`Tile::out_at`]`(i, 0)`;
+/// `adds` is null or holds `m` pointers, each null or readable for `add_col + nr` sums.
 pub(crate) struct Tile {
     /// Pointers to the rows of A, run by run.
     pub(crate) rows: *const *const u8,
@@ -98,8 +98,12 @@ pub(crate) struct Tile {
     pub(crate) hi: f32,
     /// The output element of row 0, column 0.
     pub(crate) out: *mut u8,
-    /// Bytes between output rows.
+    /// Elements between output rows.
     pub(crate) ldc: usize,
+    /// Whether the tile stores its `i32` accumulators (bias and `adds` included) instead of
+    /// requantized bytes: the output elements are then `i32`s, which the driver turns into
+    /// floats ([`driver::Dequant`]).
+    pub(crate) raw: bool,
     /// Null, or per row of the tile null or that row's sums to add to the accumulators
     /// ([`Kernel::a_max`]), read at `add_col..add_col + nr`. Only given to narrow kernels.
     pub(crate) adds: *const *const i32,
@@ -116,6 +120,14 @@ impl Tile {
     pub(crate) unsafe fn run_rows<const M: usize>(&self, tap: usize) -> [*const u8; M] {
         // SAFETY: the caller's bounds keep `tap·tap_stride + i` inside the pointer array.
         std::array::from_fn(|i| unsafe { *self.rows.add(tap * self.tap_stride + i) })
+    }
+
+    /// Where output row `i`, column `col` of the tile is (a byte, or an `i32` when
+    /// [`Tile::raw`]); inside the output when `i < m` and `col < n`.
+    #[inline(always)]
+    pub(crate) fn out_at(&self, i: usize, col: usize) -> *mut u8 {
+        let element = if self.raw { 4 } else { 1 };
+        self.out.wrapping_add((i * self.ldc + col) * element)
     }
 }
 
@@ -268,8 +280,24 @@ pub(crate) fn check_kernel(kernel: &Kernel) -> Result<(), String> {
                 got[i], expected[i]
             ));
         }
+        let (expected, got) = (problem.run_f32(&scalar::KERNEL), problem.run_f32(kernel));
+        if let Some(i) = (0..expected.len()).find(|&i| expected[i] != got[i]) {
+            return Err(format!(
+                "GEMM m={m} k={k} n={n} (A up to {a_max}) with float outputs: output {i} is {} instead of {}",
+                f32::from_bits(got[i]),
+                f32::from_bits(expected[i])
+            ));
+        }
     }
     Ok(())
+}
+
+/// The float-output constants of a [`CheckProblem`] ([`Dequant`]'s, owned).
+pub(crate) struct FloatParts {
+    pub(crate) row_scales: Vec<f32>,
+    pub(crate) row_zero_points: Vec<i32>,
+    pub(crate) col_sums: Vec<i32>,
+    pub(crate) bias: Vec<f32>,
 }
 
 /// A deterministic GEMM problem for [`self_check`] and the kernel tests.
@@ -333,17 +361,16 @@ impl CheckProblem {
         self
     }
 
+    /// The packed weights (with the zero point folded into the biases).
+    fn packed(&self) -> PackedB {
+        let w = |_, c, kk| self.w[c * self.k + kk];
+        PackedB::new(1, self.k, self.n, self.zero_point, &self.bias, w)
+    }
+
     /// The output of `kernel`: `m` rows of `n` bytes, `ldc` bytes apart (the bytes between
     /// rows keep the value 0xEE the buffer starts with).
     pub(crate) fn run(&self, kernel: &Kernel) -> Vec<u8> {
-        let packed = PackedB::new(
-            1,
-            self.k,
-            self.n,
-            self.zero_point,
-            &self.bias,
-            |_, c, kk| self.w[c * self.k + kk],
-        );
+        let packed = self.packed();
         let epilogue = Epilogue::new(&self.requant, packed.columns());
         let mut out = vec![0xEE; self.m * self.ldc];
         let rows = DenseRows::new(&self.a, self.k);
@@ -352,8 +379,53 @@ impl CheckProblem {
             m: self.m,
             b: &packed,
             epilogue: &epilogue,
+            dequant: None,
         };
         gemm.run(kernel, &mut out, self.ldc, self.parallel);
         out
+    }
+
+    /// The per-row and per-column constants of [`CheckProblem::run_f32`] (the column scales
+    /// are the requantization multipliers).
+    pub(crate) fn float_parts(&self) -> FloatParts {
+        FloatParts {
+            row_scales: (0..self.m).map(|r| (r % 7 + 1) as f32 * 1e-3).collect(),
+            row_zero_points: (0..self.m).map(|r| (r * 37 % 129) as i32).collect(),
+            col_sums: (0..self.n)
+                .map(|c| {
+                    (0..self.k)
+                        .map(|kk| i32::from(self.w[c * self.k + kk]))
+                        .sum()
+                })
+                .collect(),
+            bias: self.bias.iter().map(|&b| b as f32 * 0.01).collect(),
+        }
+    }
+
+    /// The bits of the float outputs of `kernel` ([`driver::Gemm::run_f32`]), with a scale
+    /// and zero point per row and a scale, weight sum and bias per column made from the
+    /// problem's data: `m` rows of `n` values, `ldc` apart (the rest keeps `0xEEEEEEEE`).
+    pub(crate) fn run_f32(&self, kernel: &Kernel) -> Vec<u32> {
+        let packed = self.packed();
+        let parts = self.float_parts();
+        let dequant = Dequant {
+            row_scales: &parts.row_scales,
+            row_zero_points: &parts.row_zero_points,
+            col_scales: &self.requant.multipliers,
+            col_sums: &parts.col_sums,
+            bias: &parts.bias,
+        };
+        let epilogue = Epilogue::unused(packed.column_count());
+        let mut out = vec![f32::from_bits(0xEEEE_EEEE); self.m * self.ldc];
+        let rows = DenseRows::new(&self.a, self.k);
+        let gemm = driver::Gemm {
+            rows: &rows,
+            m: self.m,
+            b: &packed,
+            epilogue: &epilogue,
+            dequant: Some(&dequant),
+        };
+        gemm.run_f32(kernel, &mut out, self.ldc, self.parallel);
+        out.iter().map(|v| v.to_bits()).collect()
     }
 }

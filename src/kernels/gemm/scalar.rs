@@ -20,7 +20,8 @@ pub(super) static KERNEL: Kernel = Kernel {
     entry: Entry::Tile(tile),
 };
 
-/// `acc = bias + Σ a·b` in wrapping `i32`, then [`requantize_parts`] per element.
+/// `acc = bias + Σ a·b` in wrapping `i32`, then [`requantize_parts`] per element (or `acc`
+/// itself for a [`Tile::raw`] tile).
 ///
 /// # Safety
 /// The [`Tile`] contract.
@@ -56,9 +57,15 @@ pub(super) unsafe fn tile(t: &Tile) {
     }
     for (i, acc) in acc.iter().enumerate().take(t.m) {
         for (j, &acc) in acc.iter().enumerate().take(t.n) {
-            let q = requantize_parts(acc, multipliers[j], t.zero_point, t.lo, t.hi);
-            // SAFETY: output row `i < m` is writable for `n > j` bytes.
-            unsafe { *t.out.add(i * t.ldc + j) = q };
+            let out = t.out_at(i, j);
+            // SAFETY: output row `i < m` is writable for `n > j` elements.
+            unsafe {
+                if t.raw {
+                    out.cast::<i32>().write_unaligned(acc);
+                } else {
+                    *out = requantize_parts(acc, multipliers[j], t.zero_point, t.lo, t.hi);
+                }
+            }
         }
     }
 }

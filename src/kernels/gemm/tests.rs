@@ -4,7 +4,8 @@
 //! driver's excess sums). Then every SIMD kernel — AMX on the tile emulator and (where the CPU
 //! has it) on the real tiles — against the scalar kernel over random shapes (up to 5 AMX row
 //! pairs, `K` past the reduction chunks), output strides, zero points, clamps, lookup tables,
-//! threads and, for a narrow kernel, how many bytes exceed its range. Narrow kernels are picked
+//! threads and, for a narrow kernel, how many bytes exceed its range; each also with float
+//! outputs (the accumulators stored, then dequantized by the driver). Narrow kernels are picked
 //! only for data with few such bytes. Kernels this CPU cannot run are listed, never silently
 //! passed.
 
@@ -14,29 +15,44 @@ use super::driver::{DenseRows, RowSource};
 use super::{CheckProblem, KERNELS, Kernel, kernel, kernel_for};
 use crate::kernels::{Isa, Table, available_isas, requantize};
 
+/// `bias + Σ (a − z)·w` of row `i`, column `j` in `i64`.
+fn naive_acc(p: &CheckProblem, i: usize, j: usize) -> i64 {
+    let dot: i64 = (0..p.k)
+        .map(|kk| {
+            let a = i64::from(p.a[i * p.k + kk]) - i64::from(p.zero_point);
+            a * i64::from(p.w[j * p.k + kk])
+        })
+        .sum();
+    dot + i64::from(p.bias[j])
+}
+
+/// Every output of `p` from its naive accumulator.
+fn each_output<T>(p: &CheckProblem, f: impl Fn(usize, usize, i64) -> T) -> Vec<T> {
+    (0..p.m)
+        .flat_map(|i| (0..p.n).map(move |j| (i, j)))
+        .map(|(i, j)| f(i, j, naive_acc(p, i, j)))
+        .collect()
+}
+
 /// The naive result: `acc = bias + Σ (a − z)·w` in `i64`, then the requantization definition.
 fn naive(p: &CheckProblem) -> Vec<u8> {
     let r = &p.requant;
-    let mut out = Vec::with_capacity(p.m * p.n);
-    for i in 0..p.m {
-        for j in 0..p.n {
-            let dot: i64 = (0..p.k)
-                .map(|kk| {
-                    let a = i64::from(p.a[i * p.k + kk]) - i64::from(p.zero_point);
-                    a * i64::from(p.w[j * p.k + kk])
-                })
-                .sum();
-            let acc = i32::try_from(dot + i64::from(p.bias[j])).expect("test sums fit in i32");
-            out.push(requantize(
-                acc,
-                r.multipliers[j],
-                r.zero_point,
-                r.qmin,
-                r.qmax,
-            ));
-        }
-    }
-    out
+    each_output(p, |_, j, acc| {
+        let acc = i32::try_from(acc).expect("test sums fit in i32");
+        requantize(acc, r.multipliers[j], r.zero_point, r.qmin, r.qmax)
+    })
+}
+
+/// [`naive`]'s accumulators turned into floats as [`super::params::Dequant`] defines, in the
+/// bits [`CheckProblem::run_f32`] returns.
+fn naive_f32(p: &CheckProblem) -> Vec<u32> {
+    let f = p.float_parts();
+    each_output(p, |i, j, acc| {
+        let correction = i64::from(f.row_zero_points[i]) * i64::from(f.col_sums[j]);
+        let exact = i32::try_from(acc - correction).expect("test sums fit in i32") as f32;
+        let scale = f.row_scales[i] * p.requant.multipliers[j];
+        (exact * scale + f.bias[j]).to_bits()
+    })
 }
 
 #[test]
@@ -70,6 +86,13 @@ fn every_kernel_matches_the_naive_gemm_on_edge_tiles() {
                             p.run(kernel),
                             naive(&p),
                             "{} (a_max {}, A up to {a_range}) m={m} n={n} k={k}",
+                            kernel.isa,
+                            kernel.a_max
+                        );
+                        assert_eq!(
+                            p.run_f32(kernel),
+                            naive_f32(&p),
+                            "{} (a_max {}, A up to {a_range}) m={m} n={n} k={k}, float outputs",
                             kernel.isa,
                             kernel.a_max
                         );
@@ -222,6 +245,14 @@ proptest! {
                 pool.install(|| p.run(kernel)),
                 expected,
                 "{} (A up to {})",
+                kernel.isa,
+                kernel.a_max
+            );
+            let expected = pool.install(|| p.run_f32(&super::scalar::KERNEL));
+            prop_assert_eq!(
+                pool.install(|| p.run_f32(kernel)),
+                expected,
+                "{} (A up to {}), float outputs",
                 kernel.isa,
                 kernel.a_max
             );

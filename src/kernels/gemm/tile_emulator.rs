@@ -124,12 +124,17 @@ impl TileUnit for Emulated {
         *self = Emulated::new();
     }
 
-    unsafe fn requant_store(&self, acc: &[i32; 16], t: &Tile, col: usize, out: *mut u8, n: usize) {
+    unsafe fn requant_store(&self, acc: &[i32; 16], t: &Tile, row: usize, col: usize, n: usize) {
         for (j, &acc) in acc.iter().enumerate().take(n) {
-            // SAFETY: the caller guarantees `col + 16` multipliers and `n` writable bytes.
+            let out = t.out_at(row, col + j);
+            // SAFETY: the caller guarantees `col + 16` multipliers and `n` writable elements.
             unsafe {
-                let multiplier = *t.multipliers.add(col + j);
-                *out.add(j) = requantize_parts(acc, multiplier, t.zero_point, t.lo, t.hi);
+                if t.raw {
+                    out.cast::<i32>().write_unaligned(acc);
+                } else {
+                    let multiplier = *t.multipliers.add(col + j);
+                    *out = requantize_parts(acc, multiplier, t.zero_point, t.lo, t.hi);
+                }
             }
         }
     }

@@ -100,12 +100,14 @@ pub(crate) trait TileUnit {
     /// The CPU supports AMX.
     unsafe fn release(&mut self);
 
-    /// Requantizes 16 accumulators (bias included) of columns `col..col+16` of `t` as
-    /// [`crate::kernels::requantize`] does and stores the first `n` bytes at `out`.
+    /// Requantizes 16 accumulators (bias included) of row `row`, columns `col..col+16` of `t`
+    /// as [`crate::kernels::requantize`] does and stores the first `n` bytes at
+    /// [`Tile::out_at`] (the accumulators themselves for a [`Tile::raw`] tile).
     ///
     /// # Safety
-    /// `t.multipliers` holds `col + 16` values and `out` is writable for `n` bytes.
-    unsafe fn requant_store(&self, acc: &[i32; 16], t: &Tile, col: usize, out: *mut u8, n: usize);
+    /// `t.multipliers` holds `col + 16` values and output row `row` is writable for `n <= 16`
+    /// elements from `col`.
+    unsafe fn requant_store(&self, acc: &[i32; 16], t: &Tile, row: usize, col: usize, n: usize);
 }
 
 /// The real tile unit; a value exists only where AMX was found usable.
@@ -183,12 +185,12 @@ impl TileUnit for Amx {
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn requant_store(&self, acc: &[i32; 16], t: &Tile, col: usize, out: *mut u8, n: usize) {
-        // SAFETY: the caller guarantees the multipliers and the `n` output bytes (and AVX-512,
-        // which `Amx::new` requires); `acc` is 64 readable bytes.
+    unsafe fn requant_store(&self, acc: &[i32; 16], t: &Tile, row: usize, col: usize, n: usize) {
+        // SAFETY: the caller guarantees the multipliers and the `n` output elements (and
+        // AVX-512, which `Amx::new` requires); `acc` is 64 readable bytes.
         unsafe {
             let acc = std::arch::x86_64::_mm512_loadu_si512(acc.as_ptr().cast());
-            super::avx512vnni::requant_store(acc, t, col, out, n);
+            super::avx512vnni::requant_store(acc, t, row, col, n);
         }
     }
 }

@@ -1,0 +1,115 @@
+//! Dynamic quantization of a Burn transformer encoder (attention, LayerNorm, GELU, residuals)
+//! captured through the normal path: every Linear layer int8, the rest float, outputs close to
+//! the float model at any batch size, records that load back to the same outputs, and the
+//! qconfig's `None` entries kept in float.
+
+mod common;
+
+use burn::nn::transformer::TransformerEncoderConfig;
+use burn::tensor::{Device, Tensor, TensorData};
+use burn_quantize::graph::Op;
+use burn_quantize::models::transformer::Encoder;
+use burn_quantize::program::{Int8Op, Placement};
+use burn_quantize::qconfig::{DynamicConfig, Engine, QConfig, QConfigMap};
+use burn_quantize::quantized::QuantizedModel;
+use burn_quantize::{Error, Graph, quantize_dynamic};
+
+const FEATURES: usize = 64;
+
+fn encoder(device: &Device) -> Encoder {
+    let config = TransformerEncoderConfig::new(FEATURES, 256, 4, 2).with_dropout(0.0);
+    common::seeded(Encoder::new(&config, device), 3)
+}
+
+/// Deterministic token features `[n, seq, FEATURES]`, a different offset per token.
+fn tokens(n: usize, seq: usize, seed: u64, device: &Device) -> Tensor<3> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let values: Vec<f32> = (0..n * seq * FEATURES)
+        .map(|k| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let unit = (state >> 40) as f32 / (1u64 << 24) as f32;
+            (unit * 2.0 - 1.0) * 1.5 + ((k / FEATURES) % 5) as f32 * 0.2
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(values, [n, seq, FEATURES]), device)
+}
+
+fn dynamic_nodes(qmodel: &QuantizedModel) -> Vec<String> {
+    (qmodel.program().report.iter())
+        .filter(|r| r.placement == Placement::Int8(Int8Op::DynamicLinear))
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+#[test]
+fn every_linear_of_an_encoder_runs_dynamic_int8_close_to_float() {
+    let device = Device::flex();
+    let model = encoder(&device);
+    let sample = tokens(2, 12, 1, &device);
+    let graph = Graph::capture(&model, &sample).unwrap();
+    let linears: Vec<String> = (graph.nodes.iter())
+        .filter(|n| n.op == Op::Linear)
+        .map(|n| n.name.clone())
+        .collect();
+    // Per layer: query, key, value and output projections, two feed-forward layers.
+    assert_eq!(linears.len(), 12, "{linears:?}");
+    let qmodel = quantize_dynamic(&model, &sample, &DynamicConfig::default()).unwrap();
+    assert_eq!(dynamic_nodes(&qmodel), linears);
+    assert_eq!(qmodel.layers().dynamic_linears.len(), 12);
+    let (int8, float) = qmodel.report().counts();
+    assert_eq!((int8, float), (12, graph.nodes.len() - 12));
+    for (n, seed) in [(2, 1), (5, 2), (1, 3)] {
+        let x = tokens(n, 12, seed, &device);
+        let got: Tensor<3> = qmodel.try_forward(x.clone()).unwrap();
+        let cos = common::cosine(got, model.forward(x));
+        assert!(cos > 0.9998, "batch {n}: cosine {cos}");
+    }
+}
+
+#[test]
+fn a_dynamic_model_loads_back_with_identical_outputs() {
+    let device = Device::flex();
+    let model = encoder(&device);
+    let sample = tokens(2, 12, 4, &device);
+    let qmodel = quantize_dynamic(&model, &sample, &DynamicConfig::default()).unwrap();
+    let bytes = qmodel.to_bytes().unwrap();
+    let loaded = QuantizedModel::from_bytes(&bytes, &device).unwrap();
+    assert_eq!(loaded.program(), qmodel.program());
+    let x = tokens(3, 12, 5, &device);
+    let a: Tensor<3> = qmodel.try_forward(x.clone()).unwrap();
+    let b: Tensor<3> = loaded.try_forward(x).unwrap();
+    assert_eq!(a.into_data(), b.into_data());
+    // A changed weight byte is caught by the checksum.
+    let mut tampered = bytes.clone();
+    let at = tampered.len() / 2;
+    tampered[at] ^= 0x10;
+    assert!(QuantizedModel::from_bytes(&tampered, &device).is_err());
+}
+
+#[test]
+fn the_qconfig_keeps_layers_mapped_to_none_in_float() {
+    let device = Device::flex();
+    let model = encoder(&device);
+    let sample = tokens(1, 12, 6, &device);
+    let qconfig = QConfigMap::global(QConfig::preset(Engine::X86)).module("encoder.layers.1", None);
+    let qmodel = quantize_dynamic(&model, &sample, &DynamicConfig::new(qconfig)).unwrap();
+    let int8 = dynamic_nodes(&qmodel);
+    assert_eq!(int8.len(), 6, "{int8:?}");
+    assert!(
+        int8.iter()
+            .all(|name| name.starts_with("encoder.layers.0.")),
+        "{int8:?}"
+    );
+    // Captured from a sample of one, it runs at any batch size.
+    let x = tokens(3, 12, 7, &device);
+    let cos = common::cosine(
+        qmodel.try_forward::<3, 3>(x.clone()).unwrap(),
+        model.forward(x),
+    );
+    assert!(cos > 0.9998, "cosine {cos}");
+    let unknown = QConfigMap::global(QConfig::preset(Engine::X86)).module("decoder", None);
+    let err = quantize_dynamic(&model, &sample, &DynamicConfig::new(unknown)).unwrap_err();
+    assert!(matches!(err, Error::QConfigKey { .. }), "{err}");
+}
