@@ -69,6 +69,7 @@ pub mod observe;
 mod ops;
 pub mod prepare;
 pub mod program;
+pub mod qat;
 pub mod qconfig;
 mod quantize;
 pub mod quantized;

@@ -113,3 +113,41 @@ fn the_qconfig_keeps_layers_mapped_to_none_in_float() {
     let err = quantize_dynamic(&model, &sample, &DynamicConfig::new(unknown)).unwrap_err();
     assert!(matches!(err, Error::QConfigKey { .. }), "{err}");
 }
+
+/// `x · W` by a constant matrix (not a Linear layer), then a ReLU.
+#[derive(burn::module::Module, Debug)]
+struct Projection {
+    weight: burn::module::Param<Tensor<2>>,
+}
+
+impl burn_quantize::Forward<2, 2> for Projection {
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        burn::tensor::activation::relu(x.matmul(self.weight.val()))
+    }
+}
+
+#[test]
+fn a_matmul_by_a_constant_matrix_runs_dynamic_and_bad_inputs_are_errors() {
+    let device = Device::flex();
+    let values: Vec<f32> = (0..FEATURES * 8)
+        .map(|k| ((k * 37 % 101) as f32 - 50.0) / 200.0)
+        .collect();
+    let weight = Tensor::from_data(TensorData::new(values, [FEATURES, 8]), &device);
+    let model = Projection {
+        weight: burn::module::Param::from_tensor(weight),
+    };
+    let x = tokens(4, 1, 8, &device).reshape([4, FEATURES]);
+    let qmodel = quantize_dynamic(&model, &x, &DynamicConfig::default()).unwrap();
+    assert_eq!(dynamic_nodes(&qmodel).len(), 1, "{}", qmodel.report());
+    let cos = common::cosine(
+        qmodel.try_forward::<2, 2>(x.clone()).unwrap(),
+        burn_quantize::Forward::forward(&model, x),
+    );
+    assert!(cos > 0.9999, "cosine {cos}");
+    let wrong = Tensor::<2>::zeros([4, FEATURES + 1], &device);
+    let err = qmodel.try_forward::<2, 2>(wrong).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+    let nan = Tensor::<2>::full([4, FEATURES], f32::NAN, &device);
+    let err = qmodel.try_forward::<2, 2>(nan).unwrap_err();
+    assert!(matches!(err, Error::NonFinite { .. }), "{err}");
+}

@@ -30,6 +30,7 @@ const OPS: &[Op] = &[
     ("conv2d_depthwise", depthwise),
     ("conv2d_wide", conv_wide),
     ("linear_wide", linear_wide),
+    ("linear_dynamic", linear_dynamic),
     ("max_pool2d", max_pool),
     ("avg_pool2d", avg_pool),
     ("global_avg_pool", global_pool),
@@ -188,6 +189,23 @@ fn linear(rng: &mut Rng) -> Case {
         let mut out = vec![0; rows * n];
         kernels::qlinear(&x, rows, &packed, &requant, &mut out)?;
         Ok(out)
+    })
+}
+
+fn linear_dynamic(rng: &mut Rng) -> Case {
+    let (rows, k, n) = (rng.int(1, 40), rng.int(1, 300), rng.int(1, 70));
+    let w = i8s(rng, n * k);
+    let scales: Vec<f32> = (0..n).map(|_| rng.f32(1e-4, 0.05)).collect();
+    let bias: Vec<f32> = (0..n).map(|_| rng.f32(-1.0, 1.0)).collect();
+    let (offset, spread) = (rng.f32(-3.0, 3.0), rng.f32(0.01, 4.0));
+    let x: Vec<f32> = (0..rows * k)
+        .map(|_| offset + rng.f32(-spread, spread))
+        .collect();
+    Box::new(move || {
+        let packed = kernels::PackedDynamicLinear::new(&w, n, k, &scales, &bias)?;
+        let mut out = vec![0f32; rows * n];
+        kernels::qlinear_dynamic(&x, rows, &packed, &mut out)?;
+        Ok(out.iter().flat_map(|v| v.to_le_bytes()).collect())
     })
 }
 

@@ -293,6 +293,26 @@ mod tests {
     use crate::qconfig::{Engine, QConfig, QConfigMap};
 
     #[test]
+    fn dynamic_layers_in_the_float_reference_give_the_kernels_bits() {
+        use crate::exec::Arithmetic;
+        use crate::models::transformer::Encoder;
+        use burn::nn::transformer::TransformerEncoderConfig;
+        let device = Device::flex();
+        let config = TransformerEncoderConfig::new(32, 64, 4, 1).with_dropout(0.0);
+        let model = Encoder::new(&config, &device);
+        let x = Tensor::<3>::random([3, 5, 32], Distribution::Uniform(-2.0, 2.0), &device);
+        let qconfig = crate::qconfig::DynamicConfig::default();
+        let qmodel = crate::quantize_dynamic(&model, &x, &qconfig).unwrap();
+        let run = |arithmetic| {
+            qmodel
+                .run_with::<_, Tensor<3>>(x.clone(), arithmetic, None)
+                .unwrap()
+                .into_data()
+        };
+        assert_eq!(run(Arithmetic::Kernels), run(Arithmetic::FloatReference));
+    }
+
+    #[test]
     fn runs_of_a_seen_shape_reuse_the_pooled_arena_and_the_cached_plan() {
         let device = Device::flex();
         let net = ResNetConfig::resnet18(10).narrowed(8).init(&device);

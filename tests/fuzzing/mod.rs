@@ -22,14 +22,14 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use burn_quantize::Forward;
 use burn_quantize::graph::Graph;
 use burn_quantize::models::ResNetConfig;
 use burn_quantize::models::mobilenet_v3::MobileNetV3Config;
 use burn_quantize::prepare::prepare;
-use burn_quantize::qconfig::{Engine, QConfig, QConfigMap};
+use burn_quantize::qconfig::{DynamicConfig, Engine, QConfig, QConfigMap};
 use burn_quantize::quantized::{QuantizedModel, convert};
 use burn_quantize::record::RecordParts;
+use burn_quantize::{Forward, quantize_dynamic};
 
 mod rng;
 pub use rng::Rng;
@@ -59,8 +59,9 @@ pub struct Seed {
 }
 
 /// Seeds: a narrowed ResNet-18 with its last block in float (float steps and parameters), a
-/// narrowed MobileNetV3 (depthwise convs, tables, squeeze-and-excite), and a ResNet with a
-/// 16-bit stem and 12-bit weights (the wide kernels).
+/// narrowed MobileNetV3 (depthwise convs, tables, squeeze-and-excite), a ResNet with a
+/// 16-bit stem and 12-bit weights (the wide kernels), and the ResNet dynamically quantized (a
+/// dynamic linear head after float convolutions).
 pub fn seeds(device: &Device) -> Vec<Seed> {
     let resnet = ResNetConfig::resnet18(10).narrowed(16).init(device);
     let mobilenet = MobileNetV3Config::large(10).narrowed(8).init(device);
@@ -70,10 +71,13 @@ pub fn seeds(device: &Device) -> Vec<Seed> {
         "conv1",
         QConfig::preset(Engine::Native).with_12bit_weights(),
     );
+    let input = images(1, 1, device);
+    let dynamic = quantize_dynamic(&resnet, &input, &DynamicConfig::default()).expect("dynamic");
     vec![
         seed(&resnet, &float_tail, device),
         seed(&mobilenet, &QConfigMap::global(x86), device),
         seed(&resnet, &wide, device),
+        seed_of(dynamic, input),
     ]
 }
 
@@ -84,7 +88,11 @@ fn seed<M: Forward<4, 2>>(model: &M, qconfig: &QConfigMap, device: &Device) -> S
         .expect("prepare")
         .calibrate(|m| m.forward::<4, 2>(images(4, 2, device)).map(drop))
         .expect("calibrate");
-    let qmodel = convert(&calibrated).expect("convert");
+    seed_of(convert(&calibrated).expect("convert"), input)
+}
+
+/// The seed of a quantized model run on `input`.
+fn seed_of(qmodel: QuantizedModel, input: Tensor<4>) -> Seed {
     let output = qmodel
         .try_forward::<4, 2>(input.clone())
         .expect("run")
