@@ -151,3 +151,43 @@ fn a_matmul_by_a_constant_matrix_runs_dynamic_and_bad_inputs_are_errors() {
     let err = qmodel.try_forward::<2, 2>(nan).unwrap_err();
     assert!(matches!(err, Error::NonFinite { .. }), "{err}");
 }
+
+/// A record whose float BatchNorm step reads a parameter of the wrong length (what the record
+/// fuzzer found: a dynamic model keeps BatchNorm in float) is refused with an error, not a
+/// panic in Burn's reshape.
+#[test]
+fn a_float_batch_norm_reading_a_parameter_of_another_length_is_an_error() {
+    use burn_quantize::models::ResNetConfig;
+    use burn_quantize::record::RecordParts;
+    let device = Device::flex();
+    let resnet = common::seeded(ResNetConfig::resnet18(10).narrowed(8).init(&device), 9);
+    let x = common::images_hw(1, 1, [32, 32], &device);
+    let qmodel = quantize_dynamic(&resnet, &x, &DynamicConfig::default()).unwrap();
+    let mut parts = RecordParts::from_bytes(&qmodel.to_bytes().unwrap()).unwrap();
+    let program = qmodel.program();
+    let (bn, conv) = (program.steps.iter())
+        .find_map(|s| match s {
+            burn_quantize::program::Step::Float(n) if n.op.kind() == "batch_norm" => Some(n),
+            _ => None,
+        })
+        .and_then(|bn| {
+            let conv = program.steps.iter().find_map(|s| match s {
+                burn_quantize::program::Step::Float(n) if n.outputs[0] == bn.inputs[0] => Some(n),
+                _ => None,
+            })?;
+            Some((bn, conv))
+        })
+        .expect("a convolution followed by a float batch norm");
+    let (gamma, weight) = (bn.inputs[1].0, conv.inputs[1].0);
+    let from = format!("\"inputs\":[{},{gamma},", bn.inputs[0].0);
+    let to = format!("\"inputs\":[{},{weight},", bn.inputs[0].0);
+    assert!(parts.program.contains(&from), "{from}");
+    parts.program = parts.program.replacen(&from, &to, 1);
+    let bytes = parts.to_bytes().unwrap();
+    let result = std::panic::catch_unwind(|| {
+        QuantizedModel::from_bytes(&bytes, &device)
+            .and_then(|m| m.try_forward::<4, 2>(x.clone()).map(drop))
+    });
+    let err = result.expect("no panic").unwrap_err();
+    assert!(err.to_string().contains("batch norm parameter"), "{err}");
+}

@@ -50,7 +50,8 @@ impl Forward<4, 2> for Chain {
 /// the inverse: the same function as without, but channel ranges 10^4 apart in conv1.
 fn chain(device: &Device) -> Chain {
     let same = PaddingConfig2d::Same;
-    let mut chain = Chain {
+    // Seeded: Burn's initializers share one generator across the tests running in parallel.
+    let chain = Chain {
         conv1: Conv2dConfig::new([3, 8], [3, 3])
             .with_padding(same.clone())
             .init(device),
@@ -64,6 +65,7 @@ fn chain(device: &Device) -> Chain {
         fc2: LinearConfig::new(16, 5).init(device),
         relu: Relu::new(),
     };
+    let mut chain = common::seeded(chain, 1);
     let factor = |c: usize| 2f32.powi(2 * c as i32 - 7);
     let scale = |t: Tensor<4>, inverse: bool| {
         let [o, i, h, w] = t.dims();
@@ -192,8 +194,9 @@ fn equalization_lets_per_tensor_weights_fit_every_channel() {
     };
     let (plain, equalized) = (sqnr(false), sqnr(true));
     println!("output SQNR per-tensor weights: {plain:.1} dB plain, {equalized:.1} dB equalized");
-    // Measured 23.0 -> 47.0 dB: the small channels of conv1 were lost to the scale of the
-    // large ones; equalized, the feature map is as good as 8-bit layers get.
+    // Measured 8.3 -> 44.2 dB (seed 1; seeds 1-8 give 4.0-12.5 dB plain, 37.2-45.5 dB
+    // equalized, two of them below 40): the small channels of conv1 were lost to the scale of
+    // the large ones; equalized, the feature map is as good as 8-bit layers get.
     assert!(
         equalized >= 38.0 && equalized >= plain + 15.0,
         "{plain:.1} dB -> {equalized:.1} dB"

@@ -137,19 +137,34 @@ fn output_shape(op: &Op, inputs: &[Vec<usize>]) -> std::result::Result<Vec<usize
                 ));
             }
             let (oh, ow) = geometry.output_size(h, w).map_err(|e| e.to_string())?;
+            vectors(
+                inputs.get(2..).unwrap_or(&[]),
+                geometry.out_channels,
+                "conv2d bias",
+            )?;
             vec![n, geometry.out_channels, oh, ow]
+        }
+        Op::BatchNorm { .. } => {
+            let channels = *x.get(1).ok_or_else(|| format!("batch norm of {x:?}"))?;
+            vectors(
+                inputs.get(1..).unwrap_or(&[]),
+                channels,
+                "batch norm parameter",
+            )?;
+            x.clone()
         }
         Op::Linear => {
             let weight = inputs.get(1).ok_or("no weight")?;
+            let &[ins, outs] = weight.as_slice() else {
+                return Err(format!("a linear weight of shape {weight:?}"));
+            };
             let last = x.last().copied().ok_or("a scalar input")?;
-            if last != weight[0] {
-                return Err(format!(
-                    "{last} input features; the weight takes {}",
-                    weight[0]
-                ));
+            if last != ins {
+                return Err(format!("{last} input features; the weight takes {ins}"));
             }
+            vectors(inputs.get(2..).unwrap_or(&[]), outs, "linear bias")?;
             let mut out = x.clone();
-            *out.last_mut().expect("not empty") = weight[1];
+            *out.last_mut().expect("not empty") = outs;
             out
         }
         Op::Matmul => matmul(x, inputs.get(1).ok_or("no second input")?)?,
@@ -202,6 +217,16 @@ fn output_shape(op: &Op, inputs: &[Vec<usize>]) -> std::result::Result<Vec<usize
         // Element-wise on their first input.
         _ => x.clone(),
     })
+}
+
+/// `Err` unless every shape in `shapes` is `[len]` (a per-channel vector).
+fn vectors(shapes: &[Vec<usize>], len: usize, what: &str) -> std::result::Result<(), String> {
+    match shapes.iter().find(|s| s.as_slice() != [len]) {
+        Some(s) => Err(format!(
+            "a {what} of shape {s:?}; the layer has {len} channels"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// NumPy broadcasting of several shapes (aligned at the last axis).
