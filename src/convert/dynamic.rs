@@ -37,10 +37,11 @@ pub fn to_dynamic_program(
         let placement = match (qconfig, linear_operands(graph, node)) {
             (Some(q), Some(operands)) => {
                 let layer = dynamic_layer(graph, node, operands, q, device)?;
+                let packed = layer.packed()?;
                 described.push(DynamicLinearLayer {
                     name: node.name.clone(),
-                    out_features: layer.packed()?.out_features(),
-                    in_features: layer.packed()?.in_features(),
+                    out_features: packed.out_features(),
+                    in_features: packed.in_features(),
                 });
                 layers.dynamic_linears.push(layer);
                 steps.push(Step::DynamicLinear {

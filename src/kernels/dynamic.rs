@@ -136,15 +136,15 @@ pub fn quantize_dynamic_rows(input: &[f32], k: usize) -> Result<DynamicRows> {
     let mut values = vec![0u8; input.len()];
     let params = (values.par_chunks_mut(k).zip(input.par_chunks(k)))
         .map(|(q, x)| {
-            let (min, max, finite) = row_range(tier, x);
-            if !finite {
+            let (min, max) = row_range(tier, x);
+            let scale = if max > min { (max - min) / Q_MAX } else { 1.0 };
+            let zero_point = (-min / scale).round_ties_even().clamp(0.0, Q_MAX);
+            // The quantizing pass also tells whether every value was finite.
+            if !quantize_slice(tier, x, 1.0 / scale, zero_point, q) {
                 return Err(Error::NonFinite {
                     context: "the input of a dynamic linear layer".into(),
                 });
             }
-            let scale = if max > min { (max - min) / Q_MAX } else { 1.0 };
-            let zero_point = (-min / scale).round_ties_even().clamp(0.0, Q_MAX);
-            quantize_slice(tier, x, 1.0 / scale, zero_point, q);
             Ok((scale, zero_point as i32))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -157,15 +157,14 @@ pub fn quantize_dynamic_rows(input: &[f32], k: usize) -> Result<DynamicRows> {
 }
 
 multiversion! {
-    /// The smallest and the largest of 0 and the values of `x`, and whether they are all finite.
-    fn row_range(x: &[f32]) -> (f32, f32, bool) {
-        let (mut lo, mut hi, mut finite) = (0.0f32, 0.0f32, true);
+    /// The smallest and the largest of 0 and the values of `x` (NaNs are passed over).
+    fn row_range(x: &[f32]) -> (f32, f32) {
+        let (mut lo, mut hi) = (0.0f32, 0.0f32);
         for &v in x {
             lo = if v < lo { v } else { lo };
             hi = if v > hi { v } else { hi };
-            finite &= v.is_finite();
         }
-        (lo, hi, finite)
+        (lo, hi)
     }
 }
 

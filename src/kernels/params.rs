@@ -264,17 +264,6 @@ impl Epilogue {
         }
     }
 
-    /// Maps requantized output bytes through the fused table, if any: `q → table[q]` (on
-    /// `tier`; every tier gives the same bytes).
-    #[inline(always)]
-    pub(crate) fn map_table(&self, tier: Tier, out: &mut [u8]) {
-        if let Some(table) = &self.table {
-            table.map_in_place(tier, out);
-        }
-    }
-}
-
-impl Epilogue {
     /// The epilogue of a GEMM with float outputs, which reads no requantization constant:
     /// zero multipliers for `columns` packed columns.
     pub(crate) fn unused(columns: usize) -> Self {
@@ -284,6 +273,15 @@ impl Epilogue {
             lo: 0.0,
             hi: 0.0,
             table: None,
+        }
+    }
+
+    /// Maps requantized output bytes through the fused table, if any: `q → table[q]` (on
+    /// `tier`; every tier gives the same bytes).
+    #[inline(always)]
+    pub(crate) fn map_table(&self, tier: Tier, out: &mut [u8]) {
+        if let Some(table) = &self.table {
+            table.map_in_place(tier, out);
         }
     }
 }

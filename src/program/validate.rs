@@ -34,14 +34,12 @@ impl QuantizedProgram {
                 .map_err(|e| invalid(format!("convolution {i} `{}`: {e}", l.name)))?;
         }
         for (i, l) in self.linears.iter().enumerate() {
-            check_sizes("features", &[l.out_features, l.in_features], 1)
-                .and_then(|()| elements(&[l.out_features, l.in_features]).map(drop))
+            check_features(l.out_features, l.in_features)
                 .and_then(|()| check_spec(&l.spec))
                 .map_err(|e| invalid(format!("linear layer {i} `{}`: {e}", l.name)))?;
         }
         for (i, l) in self.dynamic_linears.iter().enumerate() {
-            check_sizes("features", &[l.out_features, l.in_features], 1)
-                .and_then(|()| elements(&[l.out_features, l.in_features]).map(drop))
+            check_features(l.out_features, l.in_features)
                 .and_then(|()| match l.in_features <= MAX_DYNAMIC_IN_FEATURES {
                     true => Ok(()),
                     false => Err(format!("{} input features", l.in_features)),
@@ -261,6 +259,13 @@ impl QuantizedProgram {
     fn domain(&self, id: ValueId) -> Domain {
         self.domains[id.index()]
     }
+}
+
+/// Output and input feature counts of a linear layer: positive, and a weight matrix of them
+/// within the size bound.
+fn check_features(out_features: usize, in_features: usize) -> std::result::Result<(), String> {
+    check_sizes("features", &[out_features, in_features], 1)
+        .and_then(|()| elements(&[out_features, in_features]).map(drop))
 }
 
 fn invalid(what: String) -> Error {

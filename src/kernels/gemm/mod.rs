@@ -102,7 +102,7 @@ pub(crate) struct Tile {
     pub(crate) ldc: usize,
     /// Whether the tile stores its `i32` accumulators (bias and `adds` included) instead of
     /// requantized bytes: the output elements are then `i32`s, which the driver turns into
-    /// floats ([`driver::Dequant`]).
+    /// floats ([`super::params::Dequant`]).
     pub(crate) raw: bool,
     /// Null, or per row of the tile null or that row's sums to add to the accumulators
     /// ([`Kernel::a_max`]), read at `add_col..add_col + nr`. Only given to narrow kernels.
