@@ -44,6 +44,8 @@
 //!   `convert`, run by `exec`, saved by `record`;
 //! - [`quantized`]: the [`quantized::QuantizedModel`] (program, layers and planned executor;
 //!   [`quantized::convert`] makes one) and the bit-exact debug model;
+//! - [`qat`]: quantization-aware training ([`qat::prepare_qat`]: the prepared graph trained
+//!   with fake quantization on Burn's autodiff backend, converted like a calibrated model);
 //! - [`numeric`]: the numeric suite, float vs int8 layer by layer (SQNR, cosine, max error);
 //! - [`record`]: save and load through Burn's burnpack records;
 //! - [`exec`]: the float and quantized interpreters;

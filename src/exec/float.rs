@@ -80,43 +80,50 @@ impl<G: Borrow<Graph>> FloatExecutor<G> {
         inputs: Vec<DispatchTensor>,
         observe: &mut dyn FnMut(&Node, &[DispatchTensor]) -> Result<()>,
     ) -> Result<Vec<DispatchTensor>> {
+        self.run_transformed(inputs, &HashMap::new(), &mut |node, outputs| {
+            observe(node, &outputs)?;
+            Ok(outputs)
+        })
+    }
+
+    /// Runs the graph with some parameters replaced (`params`, by value id: trainable tensors
+    /// in quantization-aware training) and every node's outputs passed through `transform`
+    /// before later nodes read them (fake quantization).
+    pub(crate) fn run_transformed(
+        &self,
+        inputs: Vec<DispatchTensor>,
+        params: &HashMap<ValueId, DispatchTensor>,
+        transform: &mut Transform<'_>,
+    ) -> Result<Vec<DispatchTensor>> {
         let graph = self.graph.borrow();
         let mut shapes =
             RunShapes::new(graph, inputs.iter().map(|t| t.shape().to_vec()).collect())?;
         let n = shapes.batch();
         let mut live: HashMap<ValueId, DispatchTensor> =
             graph.inputs.iter().copied().zip(inputs).collect();
+        let value = |live: &HashMap<ValueId, DispatchTensor>, id: ValueId| {
+            live.get(&id)
+                .or_else(|| params.get(&id))
+                .or_else(|| self.tensors.get(&id))
+                .cloned()
+                .ok_or_else(|| {
+                    Error::InvalidGraph(format!("value {id} is read but was never made"))
+                })
+        };
         for (node, frees) in graph.nodes.iter().zip(&self.frees) {
-            let args = node
-                .inputs
-                .iter()
-                .map(|id| self.value(&live, *id))
+            let args = (node.inputs.iter())
+                .map(|id| value(&live, *id))
                 .collect::<Result<Vec<_>>>()?;
             shapes.infer(node)?;
             let outputs = float_ops::run_node(node, args, &|id| shapes.get(id), n, &self.device)?;
             check_outputs(node, &outputs, &shapes)?;
-            observe(node, &outputs)?;
+            let outputs = transform(node, outputs)?;
             live.extend(node.outputs.iter().copied().zip(outputs));
             for id in frees {
                 live.remove(id);
             }
         }
-        graph
-            .outputs
-            .iter()
-            .map(|id| self.value(&live, *id))
-            .collect()
-    }
-
-    fn value(
-        &self,
-        live: &HashMap<ValueId, DispatchTensor>,
-        id: ValueId,
-    ) -> Result<DispatchTensor> {
-        live.get(&id)
-            .or_else(|| self.tensors.get(&id))
-            .cloned()
-            .ok_or_else(|| Error::InvalidGraph(format!("value {id} is read but was never made")))
+        graph.outputs.iter().map(|id| value(&live, *id)).collect()
     }
 }
 
@@ -146,6 +153,10 @@ fn check_outputs(node: &Node, outputs: &[DispatchTensor], shapes: &RunShapes<Gra
 }
 
 type B = Dispatch;
+
+/// What [`FloatExecutor::run_transformed`] does to each node's outputs.
+pub(crate) type Transform<'a> =
+    dyn FnMut(&Node, Vec<DispatchTensor>) -> Result<Vec<DispatchTensor>> + 'a;
 
 /// Validates `graph` and uploads its parameters and constants to `device`.
 fn upload(graph: &Graph, device: &Device) -> Result<HashMap<ValueId, DispatchTensor>> {

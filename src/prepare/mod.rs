@@ -203,6 +203,32 @@ impl PreparedModel {
 }
 
 impl PreparedModel {
+    /// A calibrated model of an already prepared `graph` (same structure as the one `qconfigs`
+    /// was resolved on) whose observers are `observers`, in the order of [`Plan::observed`]
+    /// and with its configs: how a model trained with fake quantization is converted.
+    pub(crate) fn calibrated_with(
+        graph: Graph,
+        qconfigs: Vec<Option<QConfig>>,
+        observers: Vec<Box<dyn Observer>>,
+    ) -> Result<PreparedModel> {
+        graph.validate()?;
+        let mut model = PreparedModel::build(Arc::new(graph), qconfigs, false)?;
+        let fits = observers.len() == model.plan.observed.len()
+            && (observers.iter().zip(&model.plan.observed)).all(|(o, p)| o.config() == &p.config);
+        if !fits {
+            return Err(Error::InvalidArgument(format!(
+                "{} observers do not fit the {} values the plan observes",
+                observers.len(),
+                model.plan.observed.len()
+            )));
+        }
+        model.observers = observers;
+        model.batches = 1;
+        Ok(model)
+    }
+}
+
+impl PreparedModel {
     /// The prepared graph (BatchNorm folded, activations fused).
     pub fn graph(&self) -> &Graph {
         &self.graph

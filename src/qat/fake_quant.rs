@@ -1,8 +1,10 @@
 //! [`FakeQuantize`]: observe, quantize and dequantize in float, straight-through gradients.
 
-use burn::tensor::{Tensor, TensorData};
+use burn::backend::ops::FloatTensorOps;
+use burn::backend::{Dispatch, DispatchTensor, TensorMetadata};
+use burn::tensor::{Shape, Tensor, TensorData};
 
-use crate::observe::{Observer, ObserverConfig, QParams};
+use crate::observe::{Observer, ObserverConfig, QDType, QParams};
 use crate::{Error, Result};
 
 /// PyTorch's `FakeQuantize`: in training, each forward shows the tensor to an observer (unless
@@ -18,6 +20,9 @@ use crate::{Error, Result};
 #[derive(Debug)]
 pub struct FakeQuantize {
     observer: Box<dyn Observer>,
+    /// Parameters that do not depend on the data (PyTorch's `FixedQParamsFakeQuantize`, for
+    /// sigmoid and tanh outputs): used instead of the observer's, which then observes nothing.
+    fixed: Option<QParams>,
     observer_enabled: bool,
     fake_quant_enabled: bool,
 }
@@ -29,9 +34,26 @@ impl FakeQuantize {
     pub fn new(config: &ObserverConfig) -> Result<Self> {
         Ok(FakeQuantize {
             observer: config.build()?,
+            fixed: None,
             observer_enabled: true,
             fake_quant_enabled: true,
         })
+    }
+
+    /// A fake quantizer with fixed `u8` parameters (per tensor, range `[0, 255]`): PyTorch's
+    /// `FixedQParamsFakeQuantize` for sigmoid and tanh outputs. Its observer (built from
+    /// `config`) observes nothing.
+    pub fn fixed(config: &ObserverConfig, scale: f32, zero_point: u8) -> Result<Self> {
+        let mut fq = FakeQuantize::new(config)?;
+        fq.fixed = Some(QParams {
+            scale: vec![scale],
+            zero_point: vec![i32::from(zero_point)],
+            dtype: QDType::QUInt8,
+            axis: None,
+            quant_min: 0,
+            quant_max: 255,
+        });
+        Ok(fq)
     }
 
     /// Stops updating the quantization parameters (they stay as last observed).
@@ -56,7 +78,10 @@ impl FakeQuantize {
 
     /// The current quantization parameters (scale 1 and zero point 0 before any data).
     pub fn qparams(&self) -> Result<QParams> {
-        self.observer.qparams()
+        match &self.fixed {
+            Some(qp) => Ok(qp.clone()),
+            None => self.observer.qparams(),
+        }
     }
 
     /// The observer (its state, for converting the trained model).
@@ -67,51 +92,70 @@ impl FakeQuantize {
     /// Observes `x` (if enabled) and returns it fake-quantized (if enabled). Errors on a NaN
     /// or infinite value while observing, or a tensor without the observer's channel axis.
     pub fn forward<const D: usize>(&mut self, x: Tensor<D>) -> Result<Tensor<D>> {
-        if self.observer_enabled {
-            let data = x.clone().detach().into_data();
-            let values: Vec<f32> = data
-                .try_to_vec::<f32>()
-                .map_err(|e| Error::InvalidArgument(format!("fake quantization input: {e:?}")))?;
-            self.observer.observe(&values, data.shape().as_slice())?;
+        Ok(Tensor::from_dispatch(
+            self.forward_dispatch(x.into_dispatch())?,
+        ))
+    }
+
+    /// [`forward`](Self::forward) on a tensor of any rank.
+    pub(crate) fn forward_dispatch(&mut self, x: DispatchTensor) -> Result<DispatchTensor> {
+        if self.observer_enabled && self.fixed.is_none() {
+            let values = crate::ops::float_values::<f32>(&x)?;
+            self.observer.observe(&values, &x.shape().to_vec())?;
         }
         if !self.fake_quant_enabled {
             return Ok(x);
         }
-        let qp = self.observer.qparams()?;
-        let [scale, inverse, zero] = per_axis(&qp, &x)?;
-        let (qmin, qmax) = (qp.quant_min as f32, qp.quant_max as f32);
-        let q = x.clone().mul(inverse).round().add(zero.clone());
-        let inside = q
-            .clone()
-            .greater_equal_elem(qmin)
-            .bool_and(q.clone().lower_equal_elem(qmax))
-            .float();
-        let fake = q.clamp(qmin, qmax).sub(zero).mul(scale);
-        // Value: `fake`; gradient: 1 inside the range, 0 where clamped.
-        let through = x.clone().sub(x.detach()).mul(inside);
-        Ok(fake.detach().add(through))
+        fake_quantize(x, &self.qparams()?)
     }
 }
 
-/// The scale, its inverse and the zero point of `qp` as tensors that broadcast against `x`:
-/// `[1, .., 1]` for per-tensor parameters, the channel count on the observer's axis for
-/// per-channel ones.
-fn per_axis<const D: usize>(qp: &QParams, x: &Tensor<D>) -> Result<[Tensor<D>; 3]> {
-    let dims = x.dims();
-    let mut shape = [1usize; D];
-    if let Some(axis) = qp.axis {
-        if axis >= D || dims[axis] != qp.scale.len() {
+type B = Dispatch;
+
+/// `x` fake-quantized with `qp` (straight-through gradients): computed on a 3-D view
+/// `[before, channels, after]` of `x` around the channel axis (`[1, 1, all]` per tensor).
+pub(crate) fn fake_quantize(x: DispatchTensor, qp: &QParams) -> Result<DispatchTensor> {
+    let dims = x.shape().to_vec();
+    let view = match qp.axis {
+        None => [1, 1, dims.iter().product()],
+        Some(axis) if axis < dims.len() && dims[axis] == qp.scale.len() => [
+            dims[..axis].iter().product(),
+            dims[axis],
+            dims[axis + 1..].iter().product(),
+        ],
+        Some(axis) => {
             return Err(Error::Shape {
                 context: "fake quantization input".into(),
                 expected: format!("{} channels on axis {axis}", qp.scale.len()),
                 got: format!("{dims:?}"),
             });
         }
-        shape[axis] = dims[axis];
-    }
+    };
+    let x: Tensor<3> = Tensor::from_dispatch(B::float_reshape(x, Shape::from(view)));
+    let fake = fake_quantize_3d(x, qp).into_dispatch();
+    Ok(B::float_reshape(fake, Shape::from(dims)))
+}
+
+/// Fake quantization of `x` `[before, channels, after]` with one scale and zero point per
+/// channel (or one for all).
+fn fake_quantize_3d(x: Tensor<3>, qp: &QParams) -> Tensor<3> {
     let device = x.device();
-    let zero: Vec<f32> = qp.zero_point.iter().map(|&z| z as f32).collect();
-    let tensor = |values: Vec<f32>| Tensor::from_data(TensorData::new(values, shape), &device);
-    let inverse = qp.scale.iter().map(|s| 1.0 / s).collect();
-    Ok([tensor(qp.scale.clone()), tensor(inverse), tensor(zero)])
+    let channels = qp.scale.len();
+    let tensor = |values: Vec<f32>| {
+        Tensor::<3>::from_data(TensorData::new(values, [1, channels, 1]), &device)
+    };
+    let scale = tensor(qp.scale.clone());
+    let inverse = tensor(qp.scale.iter().map(|s| 1.0 / s).collect());
+    let zero = tensor(qp.zero_point.iter().map(|&z| z as f32).collect());
+    let (qmin, qmax) = (qp.quant_min as f32, qp.quant_max as f32);
+    let q = x.clone().mul(inverse).round().add(zero.clone());
+    let inside = q
+        .clone()
+        .greater_equal_elem(qmin)
+        .bool_and(q.clone().lower_equal_elem(qmax))
+        .float();
+    let fake = q.clamp(qmin, qmax).sub(zero).mul(scale);
+    // Value: `fake`; gradient: 1 inside the range, 0 where clamped.
+    let through = x.clone().sub(x.detach()).mul(inside);
+    fake.detach().add(through)
 }

@@ -1,10 +1,11 @@
-//! Quantization-aware training: [`FakeQuantize`], PyTorch's `torch.ao.quantization.FakeQuantize`
-//! on Burn tensors: an observer that keeps updating while training, quantize-then-dequantize
-//! in the forward, and straight-through gradients.
-//!
-//! Work in progress (issue 13): `prepare_qat` over a captured graph, training with a Burn
-//! optimizer and `convert` of the trained model build on this piece.
+//! Quantization-aware training (PyTorch's `prepare_qat_fx`): [`prepare_qat`] turns a captured
+//! graph into a [`QatModel`] that trains in float on Burn's autodiff backend with
+//! [`FakeQuantize`] on every value and weight the int8 model quantizes (observers that keep
+//! updating until frozen, straight-through gradients), and converts to the same
+//! [`QuantizedModel`](crate::quantized::QuantizedModel) as post-training quantization.
 
 mod fake_quant;
+mod model;
 
 pub use fake_quant::FakeQuantize;
+pub use model::{QatModel, QatParams, prepare_qat};

@@ -88,6 +88,18 @@ impl QConfig {
         }
     }
 
+    /// PyTorch's `get_default_qat_qconfig(engine)` for quantization-aware training
+    /// ([`crate::qat`]): moving-average min/max activations (`reduce_range` for `fbgemm` and
+    /// `x86`), per-channel symmetric weights (per-tensor for `qnnpack`). The weights are
+    /// observed afresh at every step (PyTorch averages them over steps; they change little).
+    pub fn qat_preset(engine: Engine) -> Self {
+        let reduce_range = matches!(engine, Engine::Fbgemm | Engine::X86);
+        QConfig {
+            activation: ObserverConfig::moving_average_min_max(reduce_range),
+            ..QConfig::preset(engine)
+        }
+    }
+
     /// The same weights with 16-bit activations (W8A16, [`ObserverConfig::min_max_16`]): the
     /// node's output is held as `u16`, and a conv or linear layer reading it reads 16 bits.
     /// Where a value cannot be 16-bit (an op without 16-bit kernels reads or makes it), it
