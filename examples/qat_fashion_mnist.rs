@@ -13,8 +13,9 @@
 //! images instead (CI's smoke, which needs no package).
 //!
 //! The training set is the Debian package `dataset-fashion-mnist`. Recipe: SGD with momentum 0.9,
-//! batch 64, the learning rate from `--lr` down to zero along a cosine, observers frozen after
-//! 70% of the steps (PyTorch's `disable_observer`); BatchNorm is folded from the start. PTQ uses
+//! batch 64, the learning rate from `--lr` down to zero along a cosine, BatchNorm statistics
+//! frozen after half the steps (PyTorch's `freeze_bn_stats`) and observers after 70% (its
+//! `disable_observer`). PTQ uses
 //! the x86 preset calibrated on the committed 1,000 calibration images, as the quickstart;
 //! QAT starts from the same weights with PyTorch's x86 QAT qconfig. `convert_identical` says
 //! whether the int8 model gives the debug model's (the exactly computed fake-quantized
@@ -127,6 +128,7 @@ fn train(
         .init();
     let steps_per_epoch = train.len().div_ceil(BATCH);
     let total = steps_per_epoch * args.epochs;
+    let freeze_bn_at = total / 2;
     let freeze_at = (total * 7 / 10).max(1);
     let order: Vec<usize> = (0..train.len())
         .map(|i| (i * STRIDE) % train.len())
@@ -136,6 +138,9 @@ fn train(
     for epoch in 1..=args.epochs {
         loss_sum = 0.0;
         for chunk in order.chunks(BATCH) {
+            if step == freeze_bn_at {
+                qat.freeze_bn();
+            }
             if step == freeze_at {
                 qat.freeze_observers();
             }
@@ -146,7 +151,7 @@ fn train(
             loss_sum += f64::from(loss.into_scalar::<f32>());
             let t = step as f64 / total as f64;
             let lr = args.lr * 0.5 * (1.0 + (std::f64::consts::PI * t).cos());
-            qat.update(|params| optimizer.step(lr, params, grads));
+            qat.update(|params| optimizer.step(lr, params, grads))?;
             step += 1;
             if step % 100 == 0 {
                 println!(

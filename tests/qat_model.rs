@@ -36,6 +36,8 @@ fn converted_qat_model_is_its_debug_model_and_close_to_the_fake_quantized_forwar
     let qconfig = QConfigMap::global(QConfig::qat_preset(Engine::X86));
     let mut qat = prepare_qat(&graph, &qconfig, &device).unwrap();
     assert!(qat.convert().is_err(), "nothing observed yet");
+    // BatchNorm with its running statistics from the start: the layers run folded.
+    qat.freeze_bn();
     for seed in 0..4 {
         let _: Tensor<2> = qat.forward(images(4, 10 + seed, &device)).unwrap();
     }
@@ -73,6 +75,127 @@ fn converted_qat_model_is_its_debug_model_and_close_to_the_fake_quantized_forwar
     assert!(
         cos_float > 0.999,
         "fake-quantized forward vs float: cosine {cos_float}"
+    );
+}
+
+/// `model`'s BatchNorm named `name` (its module path).
+#[cfg(feature = "train")]
+fn batch_norm_mut<'a>(model: &'a mut FashionNet, name: &str) -> &'a mut burn::nn::BatchNorm {
+    let parts: Vec<&str> = name.split('.').collect();
+    let conv_bn = match parts[..] {
+        ["stem", "bn"] => &mut model.stem,
+        ["blocks", block, layer, "bn"] => {
+            let block = &mut model.blocks[block.parse::<usize>().unwrap()];
+            match layer {
+                "conv1" => &mut block.conv1,
+                "conv2" => &mut block.conv2,
+                _ => block.shortcut.as_mut().unwrap(),
+            }
+        }
+        _ => panic!("no BatchNorm {name}"),
+    };
+    &mut conv_bn.bn
+}
+
+/// Before `freeze_bn`, BatchNorm normalizes with the batch's statistics (as Burn's BatchNorm in
+/// training, on the autodiff device) and updates its running statistics with momentum 0.1 and
+/// the unbiased variance (PyTorch's rule); after it, the QAT model is the float model with those
+/// running statistics.
+#[cfg(feature = "train")]
+#[test]
+fn batch_norm_trains_with_batch_statistics_until_frozen() {
+    use burn::module::{Module, RunningState};
+    use burn_quantize::observe::{ObserverConfig, ObserverKind};
+    let plain = Device::flex();
+    let device = plain.clone().autodiff();
+    let mut model = small_net(&plain);
+    let training = model.clone().fork(&device);
+    let graph = Graph::capture(&model, &images(2, 1, &plain)).unwrap();
+    // Observers that take each batch's own range (a moving average of weight 1) before
+    // fake-quantizing it: nothing is clamped, and the frozen forward is not quantized with the
+    // (wider) ranges of the batch statistics' outputs. 16 bits where the plan allows.
+    let qconfig = QConfigMap::global(QConfig {
+        activation: ObserverConfig {
+            kind: ObserverKind::MovingAverageMinMax {
+                averaging_constant: 1.0,
+            },
+            ..ObserverConfig::min_max_16()
+        },
+        ..QConfig::preset(Engine::Native)
+    });
+    let mut qat = prepare_qat(&graph, &qconfig, &device).unwrap();
+    // The stem, and two convolutions and a projection shortcut in each of the two blocks.
+    assert_eq!(
+        qat.batch_norm_layers().len(),
+        7,
+        "every conv has a BatchNorm"
+    );
+    let x = images(16, 3, &device);
+    let fake: Tensor<2> = qat.forward(x.clone()).unwrap();
+    let batch_statistics = training.forward(x.clone());
+    let running_statistics = model.forward(x.clone().inner());
+    let cos_train = common::cosine(fake.clone().inner(), batch_statistics.inner());
+    let cos_eval = common::cosine(fake.inner(), running_statistics);
+    assert!(
+        cos_train > 0.9995,
+        "vs BatchNorm on batch statistics: {cos_train}"
+    );
+    assert!(
+        cos_eval < 0.99,
+        "the two statistics should differ here: {cos_eval}"
+    );
+
+    // The stem's BatchNorm reads the stem convolution's output (running stats were 0 and 1).
+    let stem = model
+        .stem
+        .conv
+        .forward(x.clone().inner())
+        .swap_dims(0, 1)
+        .flatten::<2>(1, 3);
+    let count = stem.dims()[1] as f32;
+    let mean = stem.clone().mean_dim(1);
+    let var = stem
+        .sub(mean.clone())
+        .powi_scalar(2)
+        .sum_dim(1)
+        .div_scalar(count - 1.0);
+    let (name, qat_mean, qat_var) = qat.batch_norm_statistics()[0];
+    assert_eq!(name, "stem.bn");
+    let [mean, var] = [mean, var].map(|t| t.into_data().iter::<f32>().collect::<Vec<_>>());
+    for c in 0..mean.len() {
+        let expected = [0.1 * mean[c], 0.9 + 0.1 * var[c]];
+        // What differs is the fake quantization of the input and weights (≤ 2e-5 and 1.2e-4
+        // here); a momentum off by 0.01 would move them by 3e-4 and 6e-3.
+        assert!(
+            (qat_mean[c] - expected[0]).abs() < 5e-5,
+            "mean {c}: {} vs {}",
+            qat_mean[c],
+            expected[0]
+        );
+        assert!(
+            (qat_var[c] - expected[1]).abs() < 3e-4,
+            "var {c}: {} vs {}",
+            qat_var[c],
+            expected[1]
+        );
+    }
+
+    // Frozen: the float model with the QAT model's running statistics.
+    qat.freeze_bn();
+    for (name, mean, var) in qat.batch_norm_statistics() {
+        let bn = batch_norm_mut(&mut model, name);
+        let tensor = |v: &[f32]| {
+            Tensor::<1>::from_data(burn::tensor::TensorData::new(v.to_vec(), [v.len()]), &plain)
+        };
+        bn.running_mean = RunningState::new(tensor(mean));
+        bn.running_var = RunningState::new(tensor(var));
+    }
+    let x = images(16, 4, &device);
+    let fake: Tensor<2> = qat.forward(x.clone()).unwrap();
+    let cos = common::cosine(fake.inner(), model.forward(x.inner()));
+    assert!(
+        cos > 0.9999,
+        "frozen vs the float model with its running statistics: {cos}"
     );
 }
 

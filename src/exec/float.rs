@@ -80,20 +80,22 @@ impl<G: Borrow<Graph>> FloatExecutor<G> {
         inputs: Vec<DispatchTensor>,
         observe: &mut dyn FnMut(&Node, &[DispatchTensor]) -> Result<()>,
     ) -> Result<Vec<DispatchTensor>> {
-        self.run_transformed(inputs, &HashMap::new(), &mut |node, outputs| {
+        self.run_transformed(inputs, &HashMap::new(), &mut |node, args, run| {
+            let outputs = run(node, args)?;
             observe(node, &outputs)?;
             Ok(outputs)
         })
     }
 
     /// Runs the graph with some parameters replaced (`params`, by value id: trainable tensors
-    /// in quantization-aware training) and every node's outputs passed through `transform`
-    /// before later nodes read them (fake quantization).
+    /// in quantization-aware training) and every node run by `step`, which gets the node, its
+    /// arguments and the float interpreter's way of running a node, and may change any of
+    /// them or the outputs (fake quantization, BatchNorm with batch statistics).
     pub(crate) fn run_transformed(
         &self,
         inputs: Vec<DispatchTensor>,
         params: &HashMap<ValueId, DispatchTensor>,
-        transform: &mut Transform<'_>,
+        step: &mut NodeStep<'_>,
     ) -> Result<Vec<DispatchTensor>> {
         let graph = self.graph.borrow();
         let mut shapes =
@@ -115,9 +117,11 @@ impl<G: Borrow<Graph>> FloatExecutor<G> {
                 .map(|id| value(&live, *id))
                 .collect::<Result<Vec<_>>>()?;
             shapes.infer(node)?;
-            let outputs = float_ops::run_node(node, args, &|id| shapes.get(id), n, &self.device)?;
+            let run = |node: &Node, args| {
+                float_ops::run_node(node, args, &|id| shapes.get(id), n, &self.device)
+            };
+            let outputs = step(node, args, &run)?;
             check_outputs(node, &outputs, &shapes)?;
-            let outputs = transform(node, outputs)?;
             live.extend(node.outputs.iter().copied().zip(outputs));
             for id in frees {
                 live.remove(id);
@@ -154,9 +158,14 @@ fn check_outputs(node: &Node, outputs: &[DispatchTensor], shapes: &RunShapes<Gra
 
 type B = Dispatch;
 
-/// What [`FloatExecutor::run_transformed`] does to each node's outputs.
-pub(crate) type Transform<'a> =
-    dyn FnMut(&Node, Vec<DispatchTensor>) -> Result<Vec<DispatchTensor>> + 'a;
+/// Runs a node on its arguments (the float interpreter's op).
+pub(crate) type RunNode<'a> =
+    dyn Fn(&Node, Vec<DispatchTensor>) -> Result<Vec<DispatchTensor>> + 'a;
+
+/// How [`FloatExecutor::run_transformed`] runs each node: the node, its arguments, and
+/// [`RunNode`].
+pub(crate) type NodeStep<'a> =
+    dyn FnMut(&Node, Vec<DispatchTensor>, &RunNode<'_>) -> Result<Vec<DispatchTensor>> + 'a;
 
 /// Validates `graph` and uploads its parameters and constants to `device`.
 fn upload(graph: &Graph, device: &Device) -> Result<HashMap<ValueId, DispatchTensor>> {

@@ -10,6 +10,7 @@ mod quantized;
 mod reference;
 
 pub use float::FloatExecutor;
+pub(crate) use float::RunNode;
 pub(crate) use quantized::nc_plane;
 pub(crate) use quantized::{Arithmetic, QuantizedExecutor, Tap};
 pub use quantized::{NonFinite, RunValue};

@@ -101,6 +101,15 @@ pub fn prepare_with(
 ) -> Result<PreparedModel> {
     let mut graph = graph.clone();
     passes::fold_batch_norm(&mut graph);
+    prepare_folded(graph, qconfig, options)
+}
+
+/// [`prepare_with`] on a graph whose BatchNorm is folded already.
+pub(crate) fn prepare_folded(
+    mut graph: Graph,
+    qconfig: &QConfigMap,
+    options: &PrepareOptions,
+) -> Result<PreparedModel> {
     passes::fuse_activations(&mut graph);
     if options.equalize {
         passes::equalize_layers(&mut graph);

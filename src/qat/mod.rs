@@ -4,8 +4,11 @@
 //! updating until frozen, straight-through gradients), and converts to the same
 //! [`QuantizedModel`](crate::quantized::QuantizedModel) as post-training quantization.
 
+mod batch_norm;
+mod convert;
 mod fake_quant;
 mod model;
 
+pub use batch_norm::QatBatchNorm;
 pub use fake_quant::FakeQuantize;
 pub use model::{QatModel, QatParams, prepare_qat};

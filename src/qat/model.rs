@@ -9,25 +9,29 @@ use burn::backend::{Dispatch, DispatchTensor};
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Shape, Tensor, TensorData};
 
+use super::batch_norm::{FoldedTensors, QatBatchNorm};
 use super::fake_quant::{FakeQuantize, fake_quantize};
 use crate::capture::Tensors;
 use crate::exec::FloatExecutor;
+use crate::graph::passes::{FoldedBatchNorm, fold_batch_norm_recorded};
 use crate::graph::{Graph, ValueId, ValueKind};
-use crate::observe::{FrozenObserver, Observer, ObserverConfig};
-use crate::prepare::{Int8Op, Placement, Plan, PreparedModel, prepare};
+use crate::observe::ObserverConfig;
+use crate::prepare::{Int8Op, Placement, Plan, PrepareOptions, prepare_folded};
 use crate::qconfig::{QConfig, QConfigMap};
-use crate::quantized::{DebugModel, QuantizedModel, convert, convert_debug};
 use crate::{Error, Result};
 
 type B = Dispatch;
 
-/// The trainable parameters of a [`QatModel`]: the float parameters of its prepared graph
-/// (BatchNorm folded into the layers before it), flattened, in [`QatModel::parameter_ids`]
-/// order. What a Burn optimizer steps and `GradientsParams::from_grads` reads.
+/// The trainable parameters of a [`QatModel`]: what a Burn optimizer steps and
+/// `GradientsParams::from_grads` reads.
 #[derive(Module, Debug)]
 pub struct QatParams {
-    /// One flattened tensor per graph parameter.
+    /// The float parameters of the prepared graph, flattened, in
+    /// [`QatModel::parameter_ids`] order (all but the layers followed by a BatchNorm).
     pub tensors: Vec<Param<Tensor<1>>>,
+    /// The layers followed by a BatchNorm, with its scale and shift, in the order of
+    /// [`QatModel::batch_norm_layers`].
+    pub batch_norms: Vec<QatBatchNorm>,
 }
 
 /// A model prepared for quantization-aware training (PyTorch's `prepare_qat_fx` result): the
@@ -43,29 +47,37 @@ pub struct QatParams {
 ///   at every step, so the scales `convert` computes from the trained weights are the ones
 ///   the last forward used. Biases stay float (the int8 model quantizes them with the input
 ///   and weight scales, as PyTorch).
-/// - BatchNorm is folded into the layer before it when the model is prepared: its statistics
-///   are frozen from the first step (PyTorch's `freeze_bn` at step 0) and the folded weights and
-///   biases are trained.
+/// - BatchNorm after a conv or linear layer trains as in PyTorch's `ConvBn2d`: the weight
+///   fake-quantized folded with the running statistics, the output normalized with the batch's
+///   statistics, which update the running ones, until [`freeze_bn`](Self::freeze_bn); from
+///   then on the layer runs folded with the running statistics, as `convert` folds it.
 ///
 /// Gradients are straight-through (zero where a value was clamped). [`convert`](Self::convert)
-/// gives the same kind of [`QuantizedModel`] as post-training quantization, with the trained
-/// weights and the fake quantizers' parameters; [`convert_debug`](Self::convert_debug) its debug
-/// model, the fake-quantized forward computed exactly (bit-identical to the int8 model).
+/// gives the same kind of [`QuantizedModel`](crate::quantized::QuantizedModel) as post-training
+/// quantization, with the trained weights and the fake quantizers' parameters;
+/// [`convert_debug`](Self::convert_debug) its debug model, the fake-quantized forward computed
+/// exactly (bit-identical to the int8 model).
 pub struct QatModel {
-    graph: Arc<Graph>,
-    qconfigs: Vec<Option<QConfig>>,
-    plan: Plan,
-    params: QatParams,
+    pub(super) graph: Arc<Graph>,
+    pub(super) qconfigs: Vec<Option<QConfig>>,
+    pub(super) plan: Plan,
+    pub(super) params: QatParams,
     /// The graph value of each tensor of `params`.
-    param_ids: Vec<ValueId>,
+    pub(super) param_ids: Vec<ValueId>,
     /// The weight quantizer of the parameters that are int8 layer weights.
     weight_of: HashMap<ValueId, WeightQuant>,
     /// One per observer of the plan, in its order.
-    activations: Vec<FakeQuantize>,
+    pub(super) activations: Vec<FakeQuantize>,
+    /// The BatchNorms folded into layers, with their running statistics (as `params`).
+    pub(super) batch_norms: Vec<FoldedBatchNorm>,
+    /// Which of `batch_norms` a layer reading this folded weight has.
+    batch_norm_of: HashMap<ValueId, usize>,
+    /// Whether BatchNorm uses (and no longer updates) its running statistics.
+    bn_frozen: bool,
     /// Which fake quantizer observes each observed value.
     observer_of: HashMap<ValueId, usize>,
     executor: FloatExecutor<Arc<Graph>>,
-    steps: usize,
+    pub(super) steps: usize,
 }
 
 impl std::fmt::Debug for QatModel {
@@ -74,6 +86,8 @@ impl std::fmt::Debug for QatModel {
             .field("nodes", &self.graph.nodes.len())
             .field("parameters", &self.param_ids.len())
             .field("fake_quantizers", &self.activations.len())
+            .field("batch_norms", &self.batch_norms.len())
+            .field("bn_frozen", &self.bn_frozen)
             .field("steps", &self.steps)
             .finish()
     }
@@ -105,12 +119,15 @@ struct WeightQuant {
 /// let mut qat = prepare_qat(&graph, &qconfig, &device)?;
 /// let logits: Tensor<2> = qat.forward(images.to_device(&device))?;
 /// // With the `train` feature: loss.backward(), GradientsParams::from_grads(grads, qat.params()),
-/// // qat.update(|params| optimizer.step(lr, params, grads)); later qat.freeze_observers().
+/// // qat.update(|params| optimizer.step(lr, params, grads))?; later qat.freeze_bn() and
+/// // qat.freeze_observers().
 /// let int8 = qat.convert()?;
 /// # Ok(()) }
 /// ```
 pub fn prepare_qat(graph: &Graph, qconfig: &QConfigMap, device: &Device) -> Result<QatModel> {
-    let prepared = prepare(graph, qconfig)?;
+    let mut graph = graph.clone();
+    let folded = fold_batch_norm_recorded(&mut graph);
+    let prepared = prepare_folded(graph, qconfig, &PrepareOptions::default())?;
     let graph = Arc::new(prepared.graph().clone());
     let plan = prepared.plan().clone();
     let qconfigs = prepared.qconfigs().to_vec();
@@ -124,17 +141,41 @@ pub fn prepare_qat(graph: &Graph, qconfig: &QConfigMap, device: &Device) -> Resu
         .map(|(k, o)| (o.value, k))
         .collect();
     let weight_of = int8_weights(&graph, &plan, &qconfigs);
-    let (param_ids, tensors) = trainable(&graph, device)?;
+    // Folds whose layer is still in the graph (all, unless a later pass removed a dead one).
+    let batch_norms: Vec<FoldedBatchNorm> = (folded.into_iter())
+        .filter(|f| {
+            graph
+                .nodes
+                .iter()
+                .any(|n| n.inputs.get(1) == Some(&f.folded_weight))
+        })
+        .collect();
+    let batch_norm_of = (batch_norms.iter().enumerate())
+        .map(|(j, f)| (f.folded_weight, j))
+        .collect();
+    let folded_ids: Vec<ValueId> = (batch_norms.iter())
+        .flat_map(|f| [f.folded_weight, f.folded_bias])
+        .collect();
+    let (param_ids, tensors) = trainable(&graph, &folded_ids, device);
+    let params = QatParams {
+        tensors,
+        batch_norms: (batch_norms.iter())
+            .map(|f| QatBatchNorm::new(f, device))
+            .collect(),
+    };
     Ok(QatModel {
         executor: FloatExecutor::new(graph.clone(), device)?,
         graph,
         qconfigs,
         plan,
-        params: QatParams { tensors },
+        params,
         param_ids,
         weight_of,
         activations,
         observer_of,
+        batch_norms,
+        batch_norm_of,
+        bn_frozen: false,
         steps: 0,
     })
 }
@@ -158,25 +199,29 @@ fn int8_weights(
         .collect()
 }
 
-/// The graph's float parameters as flattened trainable tensors on `device`.
-fn trainable(graph: &Graph, device: &Device) -> Result<(Vec<ValueId>, Vec<Param<Tensor<1>>>)> {
+/// The graph's float parameters but `folded` as flattened trainable tensors on `device`.
+fn trainable(
+    graph: &Graph,
+    folded: &[ValueId],
+    device: &Device,
+) -> (Vec<ValueId>, Vec<Param<Tensor<1>>>) {
     let mut ids: Vec<ValueId> = (graph.tensors.iter())
         .filter(|(id, data)| {
-            matches!(graph.value(**id).kind, ValueKind::Parameter(_)) && data.dtype().is_float()
+            matches!(graph.value(**id).kind, ValueKind::Parameter(_))
+                && data.dtype().is_float()
+                && !folded.contains(id)
         })
         .map(|(id, _)| *id)
         .collect();
     ids.sort();
     let tensors = (ids.iter())
         .map(|id| {
-            let data = &graph.tensors[id];
-            let values: Vec<f32> = data.iter::<f32>().collect();
+            let values: Vec<f32> = graph.tensors[id].iter::<f32>().collect();
             let n = values.len();
-            let tensor = Tensor::<1>::from_data(TensorData::new(values, [n]), device);
-            Ok(Param::from_tensor(tensor))
+            Param::from_tensor(Tensor::<1>::from_data(TensorData::new(values, [n]), device))
         })
-        .collect::<Result<Vec<_>>>()?;
-    Ok((ids, tensors))
+        .collect();
+    (ids, tensors)
 }
 
 impl QatModel {
@@ -186,15 +231,27 @@ impl QatModel {
     }
 
     /// Replaces the parameters by what `step` makes of them (an optimizer step:
-    /// `qat.update(|p| optimizer.step(lr, p, grads))`).
-    pub fn update(&mut self, step: impl FnOnce(QatParams) -> QatParams) {
-        let params = std::mem::replace(
-            &mut self.params,
-            QatParams {
-                tensors: Vec::new(),
-            },
-        );
-        self.params = step(params);
+    /// `qat.update(|p| optimizer.step(lr, p, grads))?`). Parameters of other shapes are an
+    /// error, and the model keeps its own.
+    pub fn update(&mut self, step: impl FnOnce(QatParams) -> QatParams) -> Result<()> {
+        let updated = step(self.params.clone());
+        let shapes = |p: &QatParams| -> Vec<Vec<usize>> {
+            let mut shapes: Vec<Vec<usize>> = p.tensors.iter().map(|t| t.dims().to_vec()).collect();
+            for bn in &p.batch_norms {
+                shapes.push(bn.weight.dims().to_vec());
+                shapes.push(bn.gamma.dims().to_vec());
+                shapes.push(bn.beta.dims().to_vec());
+                shapes.extend(bn.bias.iter().map(|b| b.dims().to_vec()));
+            }
+            shapes
+        };
+        if shapes(&updated) != shapes(&self.params) {
+            return Err(Error::InvalidArgument(
+                "the updated QAT parameters do not have the model's shapes".into(),
+            ));
+        }
+        self.params = updated;
+        Ok(())
     }
 
     /// The graph value each tensor of [`params`](Self::params) holds.
@@ -202,7 +259,34 @@ impl QatModel {
         &self.param_ids
     }
 
-    /// The prepared graph it trains (BatchNorm folded, activations fused).
+    /// The layers followed by a BatchNorm, by the folded weight value they read in the
+    /// prepared graph, in the order of [`QatParams::batch_norms`].
+    pub fn batch_norm_layers(&self) -> Vec<ValueId> {
+        self.batch_norms.iter().map(|f| f.folded_weight).collect()
+    }
+
+    /// Each BatchNorm's name (its module path) and running mean and variance, in the order of
+    /// [`QatParams::batch_norms`].
+    pub fn batch_norm_statistics(&self) -> Vec<(&str, &[f32], &[f32])> {
+        (self.batch_norms.iter())
+            .map(|f| (f.name.as_str(), &f.stats.mean[..], &f.stats.var[..]))
+            .collect()
+    }
+
+    /// Stops updating BatchNorm's running statistics and uses them from now on (PyTorch's
+    /// `freeze_bn_stats`, usually after some epochs): each layer then runs folded, as
+    /// `convert` folds it.
+    pub fn freeze_bn(&mut self) {
+        self.bn_frozen = true;
+    }
+
+    /// Normalizes with batch statistics and updates the running ones again.
+    pub fn unfreeze_bn(&mut self) {
+        self.bn_frozen = false;
+    }
+
+    /// The prepared graph it trains (activations fused; a layer followed by a BatchNorm reads
+    /// the folded weight and bias, which the model computes at every step).
     pub fn graph(&self) -> &Graph {
         &self.graph
     }
@@ -257,7 +341,7 @@ impl QatModel {
                 self.executor.device()
             )));
         }
-        let params = self.layer_params()?;
+        let (params, folded) = self.layer_params()?;
         let graph = &self.graph;
         let (activations, observer_of) = (&mut self.activations, &self.observer_of);
         let qparams_of = &self.plan.qparams_of;
@@ -273,9 +357,23 @@ impl QatModel {
         let inputs = (graph.inputs.iter().zip(inputs.into_dispatch()))
             .map(|(&v, t)| fake(v, t))
             .collect::<Result<Vec<_>>>()?;
+        let (batch_norms, batch_norm_of) = (&mut self.batch_norms, &self.batch_norm_of);
+        let batch_statistics = !self.bn_frozen;
         let outputs = self
             .executor
-            .run_transformed(inputs, &params, &mut |node, outputs| {
+            .run_transformed(inputs, &params, &mut |node, args, run| {
+                let bn = (node.inputs.get(1))
+                    .and_then(|w| batch_norm_of.get(w))
+                    .filter(|_| batch_statistics);
+                let outputs = match bn {
+                    Some(&j) => vec![folded[j].run_with_batch_statistics(
+                        node,
+                        args,
+                        run,
+                        &mut batch_norms[j],
+                    )?],
+                    None => run(node, args)?,
+                };
                 (node.outputs.iter().zip(outputs))
                     .map(|(&v, t)| fake(v, t))
                     .collect()
@@ -284,19 +382,29 @@ impl QatModel {
         O::from_dispatch(outputs)
     }
 
-    /// The parameters in their graph shapes, int8 layer weights fake-quantized.
-    fn layer_params(&self) -> Result<HashMap<ValueId, DispatchTensor>> {
-        (self.param_ids.iter().zip(&self.params.tensors))
+    /// The parameters in their graph shapes (layers with a BatchNorm folded with its running
+    /// statistics), int8 layer weights fake-quantized; and each BatchNorm layer's tensors.
+    fn layer_params(&self) -> Result<(HashMap<ValueId, DispatchTensor>, Vec<FoldedTensors>)> {
+        let quantized = |id: ValueId, t: DispatchTensor| match self.weight_of.get(&id) {
+            Some(weight) => weight.apply(t),
+            None => Ok(t),
+        };
+        let mut params = (self.param_ids.iter().zip(&self.params.tensors))
             .map(|(&id, param)| {
                 let shape = self.graph.tensors[&id].shape().as_slice().to_vec();
                 let t = B::float_reshape(param.val().into_dispatch(), Shape::from(shape));
-                let t = match self.weight_of.get(&id) {
-                    Some(weight) => weight.apply(t)?,
-                    None => t,
-                };
-                Ok((id, t))
+                Ok((id, quantized(id, t)?))
             })
-            .collect()
+            .collect::<Result<HashMap<_, _>>>()?;
+        let mut folded = Vec::new();
+        for (running, trained) in self.batch_norms.iter().zip(&self.params.batch_norms) {
+            let tensors = trained.tensors(running);
+            let weight = quantized(running.folded_weight, tensors.weight.clone())?;
+            params.insert(running.folded_weight, weight);
+            params.insert(running.folded_bias, tensors.bias.clone());
+            folded.push(tensors);
+        }
+        Ok((params, folded))
     }
 }
 
@@ -310,50 +418,5 @@ impl WeightQuant {
         } else {
             fq.forward_dispatch(weight)
         }
-    }
-}
-
-impl QatModel {
-    /// The trained model as a calibrated [`PreparedModel`]: the prepared graph with the trained
-    /// parameters, whose observers hold the fake quantizers' parameters. What
-    /// [`convert`](Self::convert) converts; also for the numeric suite.
-    pub fn to_prepared(&self) -> Result<PreparedModel> {
-        if self.steps == 0 {
-            return Err(Error::Calibration(
-                "the QAT model never ran: its fake quantizers observed nothing".into(),
-            ));
-        }
-        let mut graph = (*self.graph).clone();
-        for (&id, param) in self.param_ids.iter().zip(&self.params.tensors) {
-            let shape = graph.tensors[&id].shape().as_slice().to_vec();
-            let values = crate::ops::float_values::<f32>(&param.val().into_dispatch())?;
-            graph.tensors.insert(id, TensorData::new(values, shape));
-        }
-        let observers = (self.activations.iter().enumerate())
-            .map(|(k, fq)| {
-                let observed = fq.observer().min_max().iter().all(|(lo, hi)| lo <= hi);
-                if !observed && !self.plan.fixed.contains_key(&k) {
-                    return Err(Error::Calibration(format!(
-                        "the fake quantizer of value {} never observed data (its observer was \
-                         frozen before the first forward)",
-                        self.plan.observed[k].value
-                    )));
-                }
-                Ok(Box::new(FrozenObserver::of(fq.observer())?) as Box<dyn Observer>)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        PreparedModel::calibrated_with(graph, self.qconfigs.clone(), observers)
-    }
-
-    /// The int8 model of the trained weights and the fake quantizers' parameters (PyTorch's
-    /// `convert_fx` after QAT).
-    pub fn convert(&self) -> Result<QuantizedModel> {
-        convert(&self.to_prepared()?)
-    }
-
-    /// The debug model of [`convert`](Self::convert): the fake-quantized forward with exact
-    /// integer arithmetic, bit-identical to the int8 model.
-    pub fn convert_debug(&self) -> Result<DebugModel> {
-        convert_debug(&self.to_prepared()?)
     }
 }

@@ -17,13 +17,48 @@ use crate::graph::{Graph, LayerLayout, Op, ParamRef, ValueId, ValueInfo, ValueKi
 /// Folds every BatchNorm whose input is a convolution or linear layer that nothing else reads.
 /// Returns how many were folded.
 pub fn fold_batch_norm(graph: &mut Graph) -> usize {
-    let mut folded = 0;
+    fold_batch_norm_recorded(graph).len()
+}
+
+/// A BatchNorm folded into the layer before it, with what the fold started from:
+/// quantization-aware training trains the layer and the BatchNorm apart until it freezes the
+/// statistics ([`crate::qat`]).
+#[derive(Clone, Debug)]
+pub(crate) struct FoldedBatchNorm {
+    /// The BatchNorm node's name (its module path).
+    pub(crate) name: String,
+    /// The folded weight's value, which the layer reads.
+    pub(crate) folded_weight: ValueId,
+    /// The folded bias's value.
+    pub(crate) folded_bias: ValueId,
+    /// The layer's weight layout.
+    pub(crate) layout: LayerLayout,
+    /// The layer's weight before folding, and its shape.
+    pub(crate) weight: (Vec<f32>, Vec<usize>),
+    /// The layer's bias before folding, if it had one.
+    pub(crate) bias: Option<Vec<f32>>,
+    /// The BatchNorm's scale, shift, running mean and running variance, and epsilon.
+    pub(crate) stats: BatchNormStats,
+}
+
+/// The parameters and statistics of one BatchNorm, per channel.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct BatchNormStats {
+    pub(crate) gamma: Vec<f32>,
+    pub(crate) beta: Vec<f32>,
+    pub(crate) mean: Vec<f32>,
+    pub(crate) var: Vec<f32>,
+    pub(crate) eps: f32,
+}
+
+/// [`fold_batch_norm`], returning what each fold started from.
+pub(crate) fn fold_batch_norm_recorded(graph: &mut Graph) -> Vec<FoldedBatchNorm> {
+    let mut folded = Vec::new();
     let mut i = 0;
     while i < graph.nodes.len() {
         if let Some(layer) = foldable_into(graph, i) {
-            fold(graph, layer, i);
+            folded.push(fold(graph, layer, i));
             graph.nodes.remove(i);
-            folded += 1;
         } else {
             i += 1;
         }
@@ -31,6 +66,31 @@ pub fn fold_batch_norm(graph: &mut Graph) -> usize {
     // Drop the data of weights that only the folded layers read.
     super::remove_dead_nodes(graph);
     folded
+}
+
+/// The folded weight and bias of a layer with `weight` (laid out as `layout`) and `bias`
+/// followed by a BatchNorm with `stats` (PyTorch's `fuse_conv_bn_weights`).
+pub(crate) fn folded_values(
+    (weight, bias): (&[f32], Option<&[f32]>),
+    layout: &LayerLayout,
+    stats: &BatchNormStats,
+) -> (Vec<f32>, Vec<f32>) {
+    let BatchNormStats {
+        gamma,
+        beta,
+        mean,
+        var,
+        eps,
+    } = stats;
+    let rsqrt: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    let scale: Vec<f32> = gamma.iter().zip(&rsqrt).map(|(g, r)| g * r).collect();
+    let weight = (weight.iter().enumerate())
+        .map(|(k, w)| w * scale[layout.out_channel(k)])
+        .collect();
+    let bias = (0..scale.len())
+        .map(|c| (bias.map_or(0.0, |b| b[c]) - mean[c]) * rsqrt[c] * gamma[c] + beta[c])
+        .collect();
+    (weight, bias)
 }
 
 /// The index of the conv/linear node that BatchNorm node `bn` can fold into.
@@ -76,33 +136,33 @@ fn values(graph: &Graph, id: ValueId) -> Vec<f32> {
 
 /// Rewrites `layer`'s weight and bias with BatchNorm node `bn` folded in, and makes it produce
 /// the BatchNorm's output.
-fn fold(graph: &mut Graph, layer: usize, bn: usize) {
+fn fold(graph: &mut Graph, layer: usize, bn: usize) -> FoldedBatchNorm {
     let bn_node = graph.nodes[bn].clone();
     let Op::BatchNorm { epsilon } = bn_node.op else {
         unreachable!("checked by foldable_into")
     };
     let [gamma, beta, mean, var] = [1, 2, 3, 4].map(|k| values(graph, bn_node.inputs[k]));
-    let eps = epsilon as f32;
-    let rsqrt: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-    let scale: Vec<f32> = gamma.iter().zip(&rsqrt).map(|(g, r)| g * r).collect();
-    let channels = scale.len();
-
+    let stats = BatchNormStats {
+        gamma,
+        beta,
+        mean,
+        var,
+        eps: epsilon as f32,
+    };
+    let channels = stats.gamma.len();
     let node = &graph.nodes[layer];
     let (weight_id, bias_id) = (node.inputs[1], node.inputs.get(2).copied());
     let weight_shape = graph.tensors[&weight_id].shape().to_vec();
     let layout = LayerLayout::of(graph, layer).expect("checked by foldable_into");
-    let mut weight = values(graph, weight_id);
-    for (k, w) in weight.iter_mut().enumerate() {
-        *w *= scale[layout.out_channel(k)];
-    }
-    let bias_in = bias_id
-        .map(|b| values(graph, b))
-        .unwrap_or_else(|| vec![0.0; channels]);
-    let bias: Vec<f32> = (0..channels)
-        .map(|c| (bias_in[c] - mean[c]) * rsqrt[c] * gamma[c] + beta[c])
-        .collect();
+    let weight_in = values(graph, weight_id);
+    let bias_in = bias_id.map(|b| values(graph, b));
+    let (weight, bias) = folded_values((&weight_in, bias_in.as_deref()), &layout, &stats);
 
-    let weight_value = replace_data(graph, weight_id, TensorData::new(weight, weight_shape));
+    let weight_value = replace_data(
+        graph,
+        weight_id,
+        TensorData::new(weight, weight_shape.clone()),
+    );
     let bias_value = match bias_id {
         Some(b) => replace_data(graph, b, TensorData::new(bias, [channels])),
         None => new_bias(graph, weight_id, TensorData::new(bias, [channels])),
@@ -111,6 +171,15 @@ fn fold(graph: &mut Graph, layer: usize, bn: usize) {
     node.inputs.truncate(1);
     node.inputs.extend([weight_value, bias_value]);
     node.outputs = bn_node.outputs;
+    FoldedBatchNorm {
+        name: bn_node.name,
+        folded_weight: weight_value,
+        folded_bias: bias_value,
+        layout,
+        weight: (weight_in, weight_shape),
+        bias: bias_in,
+        stats,
+    }
 }
 
 /// A value with the same origin as `old` but new data (the old value may be read elsewhere).

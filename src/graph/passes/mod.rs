@@ -10,6 +10,9 @@ mod pointwise;
 mod reduce;
 
 pub use batch_norm::fold_batch_norm;
+pub(crate) use batch_norm::{
+    BatchNormStats, FoldedBatchNorm, fold_batch_norm_recorded, folded_values,
+};
 pub use dead::remove_dead_nodes;
 pub use equalize::equalize_layers;
 pub use fuse::fuse_activations;
