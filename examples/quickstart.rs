@@ -65,10 +65,14 @@ fn evaluate(
             .try_to_vec()
             .map_err(|e| Error::InvalidArgument(format!("{e:?}")))?;
         for (row, &label) in logits.chunks(10).zip(&labels) {
-            let target = row[label as usize];
-            let above = row.iter().filter(|&&v| v > target).count();
-            top1 += usize::from(above == 0);
-            top5 += usize::from(above < 5);
+            // The label's rank, ties going to the lower class index (as argmax): quantized
+            // logits tie often, and a tie is not a hit unless argmax would pick the label.
+            let (label, target) = (label as usize, row[label as usize]);
+            let rank = (row.iter().enumerate())
+                .filter(|&(j, &v)| v > target || (v == target && j < label))
+                .count();
+            top1 += usize::from(rank == 0);
+            top5 += usize::from(rank < 5);
         }
         n += labels.len();
         all.extend(logits);
