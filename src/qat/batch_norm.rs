@@ -15,6 +15,7 @@ use burn::backend::{Dispatch, DispatchTensor, TensorMetadata};
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Shape, Tensor, TensorData};
 
+use super::{flat_param, values_of};
 use crate::exec::RunNode;
 use crate::graph::Node;
 use crate::graph::passes::{BatchNormStats, FoldedBatchNorm, folded_values};
@@ -41,34 +42,25 @@ fn reshaped<const D: usize>(t: DispatchTensor, dims: [usize; D]) -> Tensor<D> {
     Tensor::from_dispatch(Dispatch::float_reshape(t, Shape::from(dims)))
 }
 
-fn param(values: &[f32], device: &Device) -> Param<Tensor<1>> {
-    let data = TensorData::new(values.to_vec(), [values.len()]);
-    Param::from_tensor(Tensor::from_data(data, device))
-}
-
-fn host(t: Tensor<1>) -> Result<Vec<f32>> {
-    crate::ops::float_values::<f32>(&t.into_dispatch())
-}
-
 impl QatBatchNorm {
     /// The parameters of `folded` as they were before folding.
     pub(crate) fn new(folded: &FoldedBatchNorm, device: &Device) -> Self {
         QatBatchNorm {
-            weight: param(&folded.weight.0, device),
-            bias: folded.bias.as_ref().map(|b| param(b, device)),
-            gamma: param(&folded.stats.gamma, device),
-            beta: param(&folded.stats.beta, device),
+            weight: flat_param(&folded.weight.0, device),
+            bias: folded.bias.as_ref().map(|b| flat_param(b, device)),
+            gamma: flat_param(&folded.stats.gamma, device),
+            beta: flat_param(&folded.stats.beta, device),
         }
     }
 
     /// The folded weight and bias (host values, the fold pass's arithmetic) with `running`
     /// statistics: what `convert` quantizes.
     pub(crate) fn folded(&self, running: &FoldedBatchNorm) -> Result<(Vec<f32>, Vec<f32>)> {
-        let weight = host(self.weight.val())?;
-        let bias = self.bias.as_ref().map(|b| host(b.val())).transpose()?;
+        let weight = values_of(self.weight.val())?;
+        let bias = self.bias.as_ref().map(|b| values_of(b.val())).transpose()?;
         let stats = BatchNormStats {
-            gamma: host(self.gamma.val())?,
-            beta: host(self.beta.val())?,
+            gamma: values_of(self.gamma.val())?,
+            beta: values_of(self.beta.val())?,
             ..running.stats.clone()
         };
         Ok(folded_values(
@@ -208,8 +200,8 @@ fn update_running(
     var: Tensor<3>,
     count: usize,
 ) -> Result<()> {
-    let mean = host(mean.detach().flatten(0, 2))?;
-    let var = host(var.detach().flatten(0, 2))?;
+    let mean = values_of(mean.detach().flatten(0, 2))?;
+    let var = values_of(var.detach().flatten(0, 2))?;
     let unbias = count as f32 / (count.max(2) - 1) as f32;
     let stats = &mut running.stats;
     for c in 0..mean.len() {

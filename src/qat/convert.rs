@@ -3,7 +3,7 @@
 
 use burn::tensor::TensorData;
 
-use super::QatModel;
+use super::{QatModel, values_of};
 use crate::observe::{FrozenObserver, Observer};
 use crate::prepare::PreparedModel;
 use crate::quantized::{DebugModel, QuantizedModel, convert, convert_debug};
@@ -22,7 +22,7 @@ impl QatModel {
         let mut graph = (*self.graph).clone();
         for (&id, param) in self.param_ids.iter().zip(&self.params.tensors) {
             let shape = graph.tensors[&id].shape().as_slice().to_vec();
-            let values = crate::ops::float_values::<f32>(&param.val().into_dispatch())?;
+            let values = values_of(param.val())?;
             graph.tensors.insert(id, TensorData::new(values, shape));
         }
         for (running, trained) in self.batch_norms.iter().zip(&self.params.batch_norms) {

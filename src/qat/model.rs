@@ -7,10 +7,11 @@ use std::sync::Arc;
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::{Dispatch, DispatchTensor};
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Shape, Tensor, TensorData};
+use burn::tensor::{Device, Shape, Tensor};
 
 use super::batch_norm::{FoldedTensors, QatBatchNorm};
 use super::fake_quant::{FakeQuantize, fake_quantize};
+use super::flat_param;
 use crate::capture::Tensors;
 use crate::exec::FloatExecutor;
 use crate::graph::passes::{FoldedBatchNorm, fold_batch_norm_recorded};
@@ -215,11 +216,7 @@ fn trainable(
         .collect();
     ids.sort();
     let tensors = (ids.iter())
-        .map(|id| {
-            let values: Vec<f32> = graph.tensors[id].iter::<f32>().collect();
-            let n = values.len();
-            Param::from_tensor(Tensor::<1>::from_data(TensorData::new(values, [n]), device))
-        })
+        .map(|id| flat_param(&graph.tensors[id].iter::<f32>().collect::<Vec<_>>(), device))
         .collect();
     (ids, tensors)
 }
