@@ -516,7 +516,7 @@ impl Builder<'_> {
         let x = Tensor::<1>::from_data(TensorData::new(x, [256]), &self.device).into_dispatch();
         let y = pointwise(body, input, x, 1, &self.device)?;
         let mut table = vec![0u8; 256];
-        kernels::quantize(&float_values::<f32>(&y)?, out_qp, &mut table)?;
+        kernels::quantize(&float_values::<f32>(y)?, out_qp, &mut table)?;
         Table::new(&table)
     }
 

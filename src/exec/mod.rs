@@ -3,8 +3,10 @@
 //! interpreter runs a [`QuantizedProgram`](crate::program::QuantizedProgram) with the int8
 //! kernels.
 
+mod activation;
 mod chunk;
 mod float;
+mod floats;
 mod plan;
 mod quantized;
 mod reference;

@@ -17,9 +17,11 @@ use burn::tensor::{Device, TensorData};
 
 use rayon::prelude::*;
 
+use super::activation::ActivationKernel;
+use super::floats::Floats;
 use super::plan::ShapePlan;
 use super::{chunk, reference};
-use crate::graph::{BinaryOp, ValueId, ValueShapes};
+use crate::graph::{BinaryOp, Node, ValueId, ValueShapes};
 use crate::kernels::{self, CatInput, QBinaryOp, QParams, QTensorRef};
 use crate::nn::{QConv2d, QDynamicLinear, QLayerSpec, QLinear};
 use crate::ops as float_ops;
@@ -243,23 +245,19 @@ impl QuantizedExecutor {
     ) -> Result<Vec<DispatchTensor>> {
         let program = run.program;
         let mut arena = Lease::take(&self.arenas, run.plan.size);
-        let mut floats: HashMap<ValueId, DispatchTensor> =
-            program.inputs.iter().copied().zip(inputs).collect();
+        let inputs = program.inputs.iter().copied().zip(inputs);
+        let mut floats = Floats::new(inputs, &run.params, run.device);
         for (step, frees) in program.steps.iter().zip(&self.frees) {
-            run.step(step, &mut arena.bytes, &mut floats)?;
+            run.step(step, frees, &mut arena.bytes, &mut floats)?;
             if let Some(tap) = tap.as_mut() {
-                run.show(step, &arena.bytes, &floats, &mut **tap)?;
+                run.show(step, &arena.bytes, &mut floats, &mut **tap)?;
             }
-            for id in frees {
+            for &id in frees {
                 floats.remove(id);
             }
         }
         (program.outputs.iter())
-            .map(|id| {
-                floats.remove(id).ok_or_else(|| {
-                    Error::InvalidGraph(format!("program output {id} is not a float value"))
-                })
-            })
+            .map(|&id| floats.take_tensor(id))
             .collect()
     }
 
@@ -448,42 +446,26 @@ impl Run<'_> {
         })
     }
 
-    /// The float value `id`: a live value or a float parameter.
-    fn float(
-        &self,
-        floats: &HashMap<ValueId, DispatchTensor>,
-        id: ValueId,
-    ) -> Result<DispatchTensor> {
-        (floats.get(&id).or_else(|| self.params.get(&id)).cloned())
-            .ok_or_else(|| Error::InvalidGraph(format!("value {id} is not a float value here")))
-    }
-
-    /// Runs one step: `u8` outputs into their arena bytes, float outputs into `floats`.
+    /// Runs one step, after which the values `frees` are no longer read: `u8` outputs into
+    /// their arena bytes, float outputs into `floats`.
     fn step(
         &self,
         step: &Step,
+        frees: &[ValueId],
         arena: &mut [u8],
-        floats: &mut HashMap<ValueId, DispatchTensor>,
+        floats: &mut Floats,
     ) -> Result<()> {
         match step {
-            Step::Float(node) => {
-                let args = (node.inputs.iter())
-                    .map(|&id| self.float(floats, id))
-                    .collect::<Result<Vec<_>>>()?;
-                let shape_of = |id: ValueId| self.plan.shape(id).map(<[usize]>::to_vec);
-                let outputs =
-                    float_ops::run_node(node, args, &shape_of, self.plan.batch, self.device)?;
-                floats.extend(node.outputs.iter().copied().zip(outputs));
-                Ok(())
-            }
+            Step::Float(node) => self.float_step(node, frees, floats),
             Step::DynamicLinear {
                 layer,
                 input,
                 output,
             } => {
-                let x = self.float(floats, *input)?;
+                let shape = self.plan.shape(*output)?.to_vec();
                 let layer = &self.layers.dynamic_linears[*layer];
-                floats.insert(*output, self.dynamic_linear(layer, &x, *output)?);
+                let y = self.dynamic_linear(layer, floats.host(*input)?, &shape)?;
+                floats.insert_host(*output, y, shape);
                 Ok(())
             }
             Step::Dequantize { input, output } => {
@@ -491,7 +473,7 @@ impl Run<'_> {
                     Error::InvalidGraph(format!("value {input} is out of the arena"))
                 })?;
                 let tensor = self.dequantize(*input, x)?;
-                floats.insert(*output, tensor);
+                floats.insert_tensor(*output, tensor);
                 Ok(())
             }
             Step::Reshape { input, output } if self.plan.moves_no_bytes(*input, *output) => Ok(()),
@@ -500,7 +482,7 @@ impl Run<'_> {
                 let (out, around) = Around::split(arena, self.plan.slot(output)?);
                 match step {
                     Step::Quantize { input, output } => {
-                        self.quantize(&self.float(floats, *input)?, [*input, *output], out)
+                        self.quantize(floats.host(*input)?, [*input, *output], out)
                     }
                     Step::Conv2d { .. } | Step::Linear { .. } => self.layer(step, &around, out),
                     _ => self.int8(step, &around, out),
@@ -509,12 +491,35 @@ impl Run<'_> {
         }
     }
 
+    /// A float node: an activation the kernels run on host values, or any node through Burn.
+    fn float_step(&self, node: &Node, frees: &[ValueId], floats: &mut Floats) -> Result<()> {
+        let input = node.inputs.first().copied();
+        let shape = input.map(|id| self.plan.shape(id)).transpose()?;
+        if let (Some(input), Some(shape)) = (input, shape)
+            && let Some(kernel) = ActivationKernel::of(node, shape)
+        {
+            let mut values = floats.host_to_change(input, frees.contains(&input))?;
+            kernel.run(&mut values)?;
+            floats.insert_host(node.outputs[0], values, shape.to_vec());
+            return Ok(());
+        }
+        let args = (node.inputs.iter())
+            .map(|&id| floats.tensor(id))
+            .collect::<Result<Vec<_>>>()?;
+        let shape_of = |id: ValueId| self.plan.shape(id).map(<[usize]>::to_vec);
+        let outputs = float_ops::run_node(node, args, &shape_of, self.plan.batch, self.device)?;
+        for (&id, tensor) in node.outputs.iter().zip(outputs) {
+            floats.insert_tensor(id, tensor);
+        }
+        Ok(())
+    }
+
     /// Shows what `step` made to `tap`.
     fn show(
         &self,
         step: &Step,
         arena: &[u8],
-        floats: &HashMap<ValueId, DispatchTensor>,
+        floats: &mut Floats,
         tap: &mut dyn FnMut(ValueId, &RunValue) -> Result<()>,
     ) -> Result<()> {
         for &id in step.outputs() {
@@ -523,7 +528,7 @@ impl Run<'_> {
                 Domain::Int16(_) => {
                     RunValue::Int16(kernels::as_u16(&arena[self.plan.slot(id)?])?.to_vec())
                 }
-                Domain::Float => RunValue::Float(self.float(floats, id)?),
+                Domain::Float => RunValue::Float(floats.tensor(id)?),
             };
             tap(id, &value)?;
         }
@@ -537,23 +542,18 @@ impl Run<'_> {
 
     /// Float value `input` to `u8` or `u16` value `output` in one pass (NCHW float to NHWC for
     /// images), checking that every value is finite unless the policy says to quantize them.
-    fn quantize(
-        &self,
-        x: &DispatchTensor,
-        [input, output]: [ValueId; 2],
-        out: &mut [u8],
-    ) -> Result<()> {
+    fn quantize(&self, x: &[f32], [input, output]: [ValueId; 2], out: &mut [u8]) -> Result<()> {
         let shape = self.plan.shape(output)?;
         let finite = if let Domain::Int16(qp) = self.program.domains[output.index()] {
             let dims = nc_plane(shape);
             let out = kernels::as_u16_mut(out)?;
-            float_ops::with_f32_values(x, |x| kernels::quantize_wide(x, dims, qp, out))??
+            kernels::quantize_wide(x, dims, qp, out)?
         } else {
             let qp = self.qparams(output)?;
-            float_ops::with_f32_values(x, |x| match *shape {
-                [n, c, h, w] => kernels::quantize_nchw_to_nhwc(x, n, c, h, w, qp, out),
-                _ => kernels::quantize(x, qp, out),
-            })??
+            match *shape {
+                [n, c, h, w] => kernels::quantize_nchw_to_nhwc(x, n, c, h, w, qp, out)?,
+                _ => kernels::quantize(x, qp, out)?,
+            }
         };
         if finite || self.non_finite == NonFinite::Quantize {
             return Ok(());
@@ -624,24 +624,22 @@ impl Run<'_> {
         }
     }
 
-    /// A dynamic linear layer of `x` into float value `output`, on the kernels or (debug
-    /// model) through Burn in `f64`.
+    /// A dynamic linear layer of `x`, of output shape `shape`, on the kernels or (debug model)
+    /// through Burn in `f64`.
     fn dynamic_linear(
         &self,
         layer: &QDynamicLinear,
-        x: &DispatchTensor,
-        output: ValueId,
-    ) -> Result<DispatchTensor> {
+        x: &[f32],
+        shape: &[usize],
+    ) -> Result<Vec<f32>> {
         let packed = layer.packed()?;
-        let shape = self.plan.shape(output)?.to_vec();
         let rows = shape[..shape.len().saturating_sub(1)].iter().product();
         let mut y = vec![0f32; rows * packed.out_features()];
-        float_ops::with_f32_values(x, |x| match self.arithmetic {
-            Arithmetic::Kernels => kernels::qlinear_dynamic(x, rows, packed, &mut y),
-            Arithmetic::FloatReference => reference::dynamic_linear(layer, x, self.device, &mut y),
-        })??;
-        let data = TensorData::new(y, shape);
-        Ok(Dispatch::float_from_data(data, self.device.as_dispatch()))
+        match self.arithmetic {
+            Arithmetic::Kernels => kernels::qlinear_dynamic(x, rows, packed, &mut y)?,
+            Arithmetic::FloatReference => reference::dynamic_linear(layer, x, self.device, &mut y)?,
+        }
+        Ok(y)
     }
 
     /// The element-wise int8 steps: binary ops, tables, clamps, concatenation, reshape.

@@ -69,7 +69,7 @@ pub(crate) fn conv2d(
     let dims = burn::backend::TensorMetadata::shape(&acc).to_vec();
     let [_, oc, oh, ow] = <[usize; 4]>::try_from(dims.as_slice())
         .map_err(|_| Error::InvalidGraph("reference conv gave a non-4-D result".into()))?;
-    let acc = float_values::<f64>(&acc)?;
+    let acc = float_values::<f64>(acc)?;
     let requant = Requantizer::of(
         &layer.spec,
         || layer.packed().map(|p| &p.1),
@@ -116,7 +116,7 @@ pub(crate) fn linear(
         device,
     );
     let acc = B::float_add(B::float_matmul(x, B::float_swap_dims(wt, 0, 1)), bias);
-    let acc = float_values::<f64>(&acc)?;
+    let acc = float_values::<f64>(acc)?;
     let requant = Requantizer::of(
         &layer.spec,
         || layer.packed().map(|p| &p.1),
@@ -149,7 +149,7 @@ pub(crate) fn dynamic_linear(
         .collect();
     let x = f64_tensor(centred, [m, k], device);
     let w = f64_tensor(weight, [n, k], device);
-    let acc = float_values::<f64>(&B::float_matmul(x, B::float_swap_dims(w, 0, 1)))?;
+    let acc = float_values::<f64>(B::float_matmul(x, B::float_swap_dims(w, 0, 1)))?;
     if out.len() != m * n {
         return Err(Error::Shape {
             context: "dynamic linear output".into(),

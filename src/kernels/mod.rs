@@ -20,6 +20,9 @@
 //! * A dynamically quantized linear layer ([`qlinear_dynamic`]) reads and writes `f32`: it
 //!   quantizes each input row at run time, runs the same GEMM with the `i32` accumulators
 //!   stored, and turns them into floats with one expression every path shares.
+//! * Float activations the quantized interpreter runs itself ([`gelu`],
+//!   [`softmax_last_axis`]) are portable loops without fused multiply-adds: the same bits on
+//!   every tier.
 //! * Padding and table lookups ([`qpad_nhwc`], [`lookup`]) move bytes without arithmetic.
 //!
 //! # Matching PyTorch (fbgemm)
@@ -38,6 +41,7 @@
 //! [`active_isa`] picks the best (or the one forced by `BURN_QUANTIZE_ISA`), and [`with_isa`]
 //! forces one for a closure. All paths and all thread counts give identical bytes.
 
+mod activation;
 mod binary;
 mod conv;
 mod dynamic;
@@ -54,6 +58,7 @@ mod simd;
 mod table;
 mod wide;
 
+pub use activation::{gelu, softmax_last_axis};
 pub use binary::{QBinaryOp, QTensorRef, qadd, qbinary};
 pub use conv::{Conv2dGeometry, PackedConv2d, qconv2d, qconv2d_prepared};
 pub use dynamic::{

@@ -108,7 +108,7 @@ pub fn compare_activations<const DI: usize, const DO: usize>(
     let mut float_out: HashMap<ValueId, Vec<f32>> = HashMap::new();
     float.run_observed(vec![input.clone().into_dispatch()], &mut |node, outputs| {
         for (&id, t) in node.outputs.iter().zip(outputs) {
-            float_out.insert(id, float_values::<f32>(t)?);
+            float_out.insert(id, float_values::<f32>(t.clone())?);
         }
         Ok(())
     })?;

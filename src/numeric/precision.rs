@@ -93,7 +93,7 @@ impl<'a, const DI: usize> Reference<'a, DI> {
             })?;
             let shape = burn::backend::TensorMetadata::shape(&output).to_vec();
             classes = (shape.len() == 2).then(|| shape[1]);
-            float.push(float_values::<f32>(&output)?);
+            float.push(float_values::<f32>(output)?);
         }
         Ok(Reference {
             batches,

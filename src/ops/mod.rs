@@ -242,39 +242,18 @@ fn resolve(dims: &[Dim], n: usize) -> Result<Vec<usize>> {
         .collect()
 }
 
-/// The values of a float tensor, row-major, converted to `E`.
-pub(crate) fn float_values<E: burn::tensor::Element>(tensor: &DispatchTensor) -> Result<Vec<E>> {
-    float_data::<E>(tensor)?
-        .try_into_vec::<E>()
-        .map_err(|e| read_error(&e))
-}
-
-/// Calls `f` on the values of a float tensor, row-major, as `f32`: borrowed from the tensor's
-/// data where it is `f32` and aligned (no copy into a `Vec`), else converted.
-pub(crate) fn with_f32_values<R>(
-    tensor: &DispatchTensor,
-    f: impl FnOnce(&[f32]) -> R,
-) -> Result<R> {
-    let data = float_data::<f32>(tensor)?;
-    match data.as_slice::<f32>() {
-        Ok(values) => Ok(f(values)),
-        Err(_) => Ok(f(&data
-            .try_into_vec::<f32>()
-            .map_err(|e| read_error(&e))?)),
-    }
-}
-
-/// The data of a float tensor, row-major, converted to `E`.
-fn float_data<E: burn::tensor::Element>(
-    tensor: &DispatchTensor,
-) -> Result<burn::tensor::TensorData> {
+/// The values of a float tensor, row-major, converted to `E` (taking the tensor: a tensor
+/// nothing else holds gives up its buffer instead of having it copied).
+pub(crate) fn float_values<E: burn::tensor::Element>(tensor: DispatchTensor) -> Result<Vec<E>> {
     let n = tensor.shape().num_elements();
-    let flat = Dispatch::float_reshape(tensor.clone(), Shape::new([n]));
+    let flat = Dispatch::float_reshape(tensor, Shape::new([n]));
     let data = Tensor::<1>::from_dispatch(flat)
         .try_into_data()
         .map_err(|e| read_error(&e))?;
     // One conversion of the whole buffer (none when the dtype is already `E`), not per element.
-    data.try_cast_as::<E>().map_err(|e| read_error(&e))
+    (data.try_cast_as::<E>())
+        .and_then(|data| data.try_into_vec::<E>())
+        .map_err(|e| read_error(&e))
 }
 
 fn read_error(e: &dyn std::fmt::Debug) -> Error {

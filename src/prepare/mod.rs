@@ -301,7 +301,7 @@ impl PreparedModel {
                     return Ok(());
                 }
                 let shape = burn::backend::TensorMetadata::shape(tensor).to_vec();
-                let values = crate::ops::float_values::<f32>(tensor)?;
+                let values = crate::ops::float_values::<f32>(tensor.clone())?;
                 if let Some(&k) = observer {
                     observers[k].observe(&values, &shape).map_err(|e| match e {
                         Error::NonFinite { context } => Error::NonFinite {

@@ -100,7 +100,7 @@ impl FakeQuantize {
     /// [`forward`](Self::forward) on a tensor of any rank.
     pub(crate) fn forward_dispatch(&mut self, x: DispatchTensor) -> Result<DispatchTensor> {
         if self.observer_enabled && self.fixed.is_none() {
-            let values = crate::ops::float_values::<f32>(&x)?;
+            let values = crate::ops::float_values::<f32>(x.clone())?;
             self.observer.observe(&values, &x.shape().to_vec())?;
         }
         if !self.fake_quant_enabled {

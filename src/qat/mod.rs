@@ -24,5 +24,5 @@ fn flat_param(values: &[f32], device: &Device) -> Param<Tensor<1>> {
 
 /// The values of a flat tensor, read back from its device.
 fn values_of(t: Tensor<1>) -> crate::Result<Vec<f32>> {
-    crate::ops::float_values::<f32>(&t.into_dispatch())
+    crate::ops::float_values::<f32>(t.into_dispatch())
 }

@@ -1,0 +1,134 @@
+//! The live float values of a quantized run, each held as a Burn tensor, as `f32` values on
+//! the host, or both. Float steps run on Burn tensors; dynamic linear layers and the
+//! activation kernels read and write host values. Each value is converted at most once each
+//! way, when a step first asks for the other form: a chain of host steps (a dynamic layer, its
+//! GELU, the next dynamic layer) never goes through Burn, whose conversions copy the values.
+
+use std::collections::HashMap;
+
+use burn::backend::{Dispatch, DispatchTensor, ops::FloatTensorOps};
+use burn::tensor::{Device, TensorData};
+
+use crate::graph::ValueId;
+use crate::ops::float_values;
+use crate::{Error, Result};
+
+/// One live value: at least one of its forms.
+struct Slot {
+    tensor: Option<DispatchTensor>,
+    host: Option<Vec<f32>>,
+    shape: Vec<usize>,
+}
+
+/// The float values of one run, over the model's float parameters (read-only tensors).
+pub(super) struct Floats<'a> {
+    live: HashMap<ValueId, Slot>,
+    params: &'a HashMap<ValueId, DispatchTensor>,
+    device: &'a Device,
+}
+
+impl<'a> Floats<'a> {
+    /// The run's inputs, over the model's float parameters.
+    pub(super) fn new(
+        inputs: impl IntoIterator<Item = (ValueId, DispatchTensor)>,
+        params: &'a HashMap<ValueId, DispatchTensor>,
+        device: &'a Device,
+    ) -> Self {
+        let mut floats = Floats {
+            live: HashMap::new(),
+            params,
+            device,
+        };
+        for (id, tensor) in inputs {
+            floats.insert_tensor(id, tensor);
+        }
+        floats
+    }
+
+    /// Makes `id` the tensor `tensor`.
+    pub(super) fn insert_tensor(&mut self, id: ValueId, tensor: DispatchTensor) {
+        use burn::backend::TensorMetadata;
+        let shape = tensor.shape().to_vec();
+        let slot = Slot {
+            tensor: Some(tensor),
+            host: None,
+            shape,
+        };
+        self.live.insert(id, slot);
+    }
+
+    /// Makes `id` the host values `values` of shape `shape`.
+    pub(super) fn insert_host(&mut self, id: ValueId, values: Vec<f32>, shape: Vec<usize>) {
+        let slot = Slot {
+            tensor: None,
+            host: Some(values),
+            shape,
+        };
+        self.live.insert(id, slot);
+    }
+
+    /// Value `id` (live, or a float parameter) as a tensor. A value held only on the host
+    /// moves into the tensor (no step reads the host values of a value after its tensor, but
+    /// if one does they are read back).
+    pub(super) fn tensor(&mut self, id: ValueId) -> Result<DispatchTensor> {
+        let Some(slot) = self.live.get_mut(&id) else {
+            return self.params.get(&id).cloned().ok_or_else(|| missing(id));
+        };
+        if slot.tensor.is_none() {
+            let values = slot.host.take().ok_or_else(|| missing(id))?;
+            let data = TensorData::new(values, slot.shape.clone());
+            slot.tensor = Some(Dispatch::float_from_data(data, self.device.as_dispatch()));
+        }
+        slot.tensor.clone().ok_or_else(|| missing(id))
+    }
+
+    /// Value `id` (live, or a float parameter) on the host, row-major.
+    pub(super) fn host(&mut self, id: ValueId) -> Result<&[f32]> {
+        if !self.live.contains_key(&id) {
+            let param = self.params.get(&id).ok_or_else(|| missing(id))?;
+            self.insert_tensor(id, param.clone());
+        }
+        let slot = self.live.get_mut(&id).ok_or_else(|| missing(id))?;
+        if slot.host.is_none() {
+            let tensor = slot.tensor.as_ref().ok_or_else(|| missing(id))?;
+            slot.host = Some(float_values::<f32>(tensor.clone())?);
+        }
+        slot.host.as_deref().ok_or_else(|| missing(id))
+    }
+
+    /// Value `id`'s host values to change in place: taken out of the run when `last_use`
+    /// (no copy if they are on the host), a copy otherwise.
+    pub(super) fn host_to_change(&mut self, id: ValueId, last_use: bool) -> Result<Vec<f32>> {
+        match self.live.remove(&id) {
+            Some(Slot {
+                host: Some(values), ..
+            }) if last_use => Ok(values),
+            Some(Slot {
+                tensor: Some(tensor),
+                ..
+            }) if last_use => float_values::<f32>(tensor),
+            Some(slot) => {
+                self.live.insert(id, slot);
+                self.host(id).map(<[f32]>::to_vec)
+            }
+            None => self.host(id).map(<[f32]>::to_vec),
+        }
+    }
+
+    /// Ends value `id`'s life.
+    pub(super) fn remove(&mut self, id: ValueId) {
+        self.live.remove(&id);
+    }
+
+    /// Takes value `id` out of the run as a tensor (a program output).
+    pub(super) fn take_tensor(&mut self, id: ValueId) -> Result<DispatchTensor> {
+        let tensor = self.tensor(id)?;
+        self.live.remove(&id);
+        Ok(tensor)
+    }
+}
+
+/// The error for a value that is not a live float value.
+fn missing(id: ValueId) -> Error {
+    Error::InvalidGraph(format!("value {id} is not a float value here"))
+}
