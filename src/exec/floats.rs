@@ -20,9 +20,14 @@ struct Slot {
     shape: Vec<usize>,
 }
 
+/// Host buffers kept for reuse: enough for the values a transformer block has alive at once.
+const SPARE_BUFFERS: usize = 4;
+
 /// The float values of one run, over the model's float parameters (read-only tensors).
 pub(super) struct Floats<'a> {
     live: HashMap<ValueId, Slot>,
+    /// Host buffers of values that died, for [`Floats::buffer`].
+    spare: Vec<Vec<f32>>,
     params: &'a HashMap<ValueId, DispatchTensor>,
     device: &'a Device,
 }
@@ -36,6 +41,7 @@ impl<'a> Floats<'a> {
     ) -> Self {
         let mut floats = Floats {
             live: HashMap::new(),
+            spare: Vec::new(),
             params,
             device,
         };
@@ -82,8 +88,9 @@ impl<'a> Floats<'a> {
         slot.tensor.clone().ok_or_else(|| missing(id))
     }
 
-    /// Value `id` (live, or a float parameter) on the host, row-major.
-    pub(super) fn host(&mut self, id: ValueId) -> Result<&[f32]> {
+    /// Makes sure value `id` (live, or a float parameter) is on the host, for
+    /// [`Floats::host_ref`].
+    pub(super) fn make_host(&mut self, id: ValueId) -> Result<()> {
         if !self.live.contains_key(&id) {
             let param = self.params.get(&id).ok_or_else(|| missing(id))?;
             self.insert_tensor(id, param.clone());
@@ -93,31 +100,52 @@ impl<'a> Floats<'a> {
             let tensor = slot.tensor.as_ref().ok_or_else(|| missing(id))?;
             slot.host = Some(float_values::<f32>(tensor.clone())?);
         }
+        Ok(())
+    }
+
+    /// The host values of value `id`, row-major, made by [`Floats::make_host`].
+    pub(super) fn host_ref(&self, id: ValueId) -> Result<&[f32]> {
+        let slot = self.live.get(&id).ok_or_else(|| missing(id))?;
         slot.host.as_deref().ok_or_else(|| missing(id))
     }
 
     /// Value `id`'s host values to change in place: taken out of the run when `last_use`
     /// (no copy if they are on the host), a copy otherwise.
     pub(super) fn host_to_change(&mut self, id: ValueId, last_use: bool) -> Result<Vec<f32>> {
-        match self.live.remove(&id) {
-            Some(Slot {
-                host: Some(values), ..
-            }) if last_use => Ok(values),
-            Some(Slot {
-                tensor: Some(tensor),
-                ..
-            }) if last_use => float_values::<f32>(tensor),
-            Some(slot) => {
-                self.live.insert(id, slot);
-                self.host(id).map(<[f32]>::to_vec)
+        if last_use {
+            match self.live.remove(&id) {
+                Some(Slot {
+                    host: Some(values), ..
+                }) => return Ok(values),
+                Some(Slot {
+                    tensor: Some(tensor),
+                    ..
+                }) => return float_values::<f32>(tensor),
+                _ => {}
             }
-            None => self.host(id).map(<[f32]>::to_vec),
+        }
+        self.make_host(id)?;
+        self.host_ref(id).map(<[f32]>::to_vec)
+    }
+
+    /// Ends value `id`'s life (its host buffer is kept for reuse).
+    pub(super) fn remove(&mut self, id: ValueId) {
+        if let Some(Slot {
+            host: Some(values), ..
+        }) = self.live.remove(&id)
+            && self.spare.len() < SPARE_BUFFERS
+        {
+            self.spare.push(values);
         }
     }
 
-    /// Ends value `id`'s life.
-    pub(super) fn remove(&mut self, id: ValueId) {
-        self.live.remove(&id);
+    /// A host buffer of `len` values for a step to overwrite entirely: the buffer of a value
+    /// that died, holding its old values (no zeroing, no fresh pages), or a new one.
+    pub(super) fn buffer(&mut self, len: usize) -> Vec<f32> {
+        match self.spare.iter().position(|b| b.len() == len) {
+            Some(i) => self.spare.swap_remove(i),
+            None => vec![0.0; len],
+        }
     }
 
     /// Takes value `id` out of the run as a tensor (a program output).

@@ -464,7 +464,9 @@ impl Run<'_> {
             } => {
                 let shape = self.plan.shape(*output)?.to_vec();
                 let layer = &self.layers.dynamic_linears[*layer];
-                let y = self.dynamic_linear(layer, floats.host(*input)?, &shape)?;
+                let mut y = floats.buffer(shape.iter().product());
+                floats.make_host(*input)?;
+                self.dynamic_linear(layer, floats.host_ref(*input)?, &mut y)?;
                 floats.insert_host(*output, y, shape);
                 Ok(())
             }
@@ -482,7 +484,8 @@ impl Run<'_> {
                 let (out, around) = Around::split(arena, self.plan.slot(output)?);
                 match step {
                     Step::Quantize { input, output } => {
-                        self.quantize(floats.host(*input)?, [*input, *output], out)
+                        floats.make_host(*input)?;
+                        self.quantize(floats.host_ref(*input)?, [*input, *output], out)
                     }
                     Step::Conv2d { .. } | Step::Linear { .. } => self.layer(step, &around, out),
                     _ => self.int8(step, &around, out),
@@ -624,22 +627,15 @@ impl Run<'_> {
         }
     }
 
-    /// A dynamic linear layer of `x`, of output shape `shape`, on the kernels or (debug model)
-    /// through Burn in `f64`.
-    fn dynamic_linear(
-        &self,
-        layer: &QDynamicLinear,
-        x: &[f32],
-        shape: &[usize],
-    ) -> Result<Vec<f32>> {
+    /// A dynamic linear layer of `x` into `y` (rows of its output features), on the kernels
+    /// or (debug model) through Burn in `f64`.
+    fn dynamic_linear(&self, layer: &QDynamicLinear, x: &[f32], y: &mut [f32]) -> Result<()> {
         let packed = layer.packed()?;
-        let rows = shape[..shape.len().saturating_sub(1)].iter().product();
-        let mut y = vec![0f32; rows * packed.out_features()];
+        let rows = y.len() / packed.out_features();
         match self.arithmetic {
-            Arithmetic::Kernels => kernels::qlinear_dynamic(x, rows, packed, &mut y)?,
-            Arithmetic::FloatReference => reference::dynamic_linear(layer, x, self.device, &mut y)?,
+            Arithmetic::Kernels => kernels::qlinear_dynamic(x, rows, packed, y),
+            Arithmetic::FloatReference => reference::dynamic_linear(layer, x, self.device, y),
         }
-        Ok(y)
     }
 
     /// The element-wise int8 steps: binary ops, tables, clamps, concatenation, reshape.
