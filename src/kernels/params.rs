@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::simd::Tier;
+use super::simd::{Tier, multiversion};
 use super::table::Table;
 use crate::{Error, Result};
 
@@ -320,16 +320,24 @@ impl Dequant<'_> {
     }
 
     /// Replaces the accumulators of row `row`, columns `first..first + values.len()` by the
-    /// bits of their floats.
+    /// bits of their floats, at `tier` (the same bits on every tier).
     #[inline]
-    pub(crate) fn to_float_bits(&self, values: &mut [i32], row: usize, first: usize) {
-        let (s, z) = (self.row_scales[row], self.row_zero_points[row]);
+    pub(crate) fn to_float_bits(&self, tier: Tier, values: &mut [i32], row: usize, first: usize) {
+        let row = (self.row_scales[row], self.row_zero_points[row]);
         let columns = first..first + values.len();
-        let (scales, sums, bias) = (
+        let columns = (
             &self.col_scales[columns.clone()],
             &self.col_sums[columns.clone()],
             &self.bias[columns],
         );
+        float_bits(tier, values, row, columns);
+    }
+}
+
+multiversion! {
+    /// [`Dequant::to_float_bits`] of one row `(s, z)`, its columns' `(scales, sums, biases)`.
+    fn float_bits(values: &mut [i32], row: (f32, i32), columns: (&[f32], &[i32], &[f32])) {
+        let ((s, z), (scales, sums, bias)) = (row, columns);
         for (((v, &sc), &sum), &b) in values.iter_mut().zip(scales).zip(sums).zip(bias) {
             let exact = v.wrapping_sub(z.wrapping_mul(sum));
             *v = (exact as f32 * (s * sc) + b).to_bits() as i32;

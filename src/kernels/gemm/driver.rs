@@ -589,6 +589,7 @@ impl Gemm<'_> {
         let (g, n) = (task.group, self.b.n());
         let (col, width) = (p * PANEL, (n - p * PANEL).min(PANEL));
         if let Some(dequant) = self.dequant {
+            let tier = Tier::of(kernel.isa);
             for row in task.m0..task.m0 + task.mc {
                 let first = row * ldc + g * n + col;
                 // SAFETY: row `row`, columns `g·n + col..` (`width` of them) of the `f32`
@@ -597,7 +598,7 @@ impl Gemm<'_> {
                 let values = unsafe {
                     std::slice::from_raw_parts_mut(out.0.cast::<i32>().add(first), width)
                 };
-                dequant.to_float_bits(values, row, g * n + col);
+                dequant.to_float_bits(tier, values, row, g * n + col);
             }
         } else if let Some(table) = &self.epilogue.table {
             let tier = Tier::of(kernel.isa);
