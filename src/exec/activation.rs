@@ -3,7 +3,7 @@
 //! time): GELU, and softmax along the last axis — the float ops between the int8 layers of a
 //! dynamically quantized transformer.
 
-use crate::graph::{Node, Op};
+use crate::graph::{Node, Op, ValueId};
 use crate::{Result, kernels};
 
 /// An activation the kernels run.
@@ -16,19 +16,25 @@ pub(super) enum ActivationKernel {
 }
 
 impl ActivationKernel {
-    /// The kernel that runs `node`, of one input of shape `shape`: GELU, or softmax along the
-    /// last axis, without a fused activation; `None` for any other node.
-    pub(super) fn of(node: &Node, shape: &[usize]) -> Option<Self> {
-        if node.inputs.len() != 1 || node.outputs.len() != 1 || node.activation.is_some() {
-            return None;
-        }
-        match node.op {
-            Op::Gelu => Some(ActivationKernel::Gelu),
-            Op::Softmax { axis } if axis + 1 == shape.len() => {
-                Some(ActivationKernel::Softmax(shape[axis]))
+    /// The kernel that runs `node` (GELU, or softmax along the last axis, of one input,
+    /// without a fused activation) and its input's shape, read with `shape_of` only for such a
+    /// node; `None` for any other node.
+    pub(super) fn of<'a>(
+        node: &Node,
+        shape_of: impl FnOnce(ValueId) -> Result<&'a [usize]>,
+    ) -> Result<Option<(Self, &'a [usize])>> {
+        let ([input], [_]) = (&node.inputs[..], &node.outputs[..]) else {
+            return Ok(None);
+        };
+        Ok(match node.op {
+            _ if node.activation.is_some() => None,
+            Op::Gelu => Some((ActivationKernel::Gelu, shape_of(*input)?)),
+            Op::Softmax { axis } => {
+                let shape = shape_of(*input)?;
+                (axis + 1 == shape.len()).then(|| (ActivationKernel::Softmax(shape[axis]), shape))
             }
             _ => None,
-        }
+        })
     }
 
     /// Runs the kernel on `values` in place.

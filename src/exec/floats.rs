@@ -88,9 +88,8 @@ impl<'a> Floats<'a> {
         slot.tensor.clone().ok_or_else(|| missing(id))
     }
 
-    /// Makes sure value `id` (live, or a float parameter) is on the host, for
-    /// [`Floats::host_ref`].
-    pub(super) fn make_host(&mut self, id: ValueId) -> Result<()> {
+    /// Value `id` (live, or a float parameter) on the host, row-major.
+    pub(super) fn host(&mut self, id: ValueId) -> Result<&[f32]> {
         if !self.live.contains_key(&id) {
             let param = self.params.get(&id).ok_or_else(|| missing(id))?;
             self.insert_tensor(id, param.clone());
@@ -100,12 +99,6 @@ impl<'a> Floats<'a> {
             let tensor = slot.tensor.as_ref().ok_or_else(|| missing(id))?;
             slot.host = Some(float_values::<f32>(tensor.clone())?);
         }
-        Ok(())
-    }
-
-    /// The host values of value `id`, row-major, made by [`Floats::make_host`].
-    pub(super) fn host_ref(&self, id: ValueId) -> Result<&[f32]> {
-        let slot = self.live.get(&id).ok_or_else(|| missing(id))?;
         slot.host.as_deref().ok_or_else(|| missing(id))
     }
 
@@ -124,8 +117,7 @@ impl<'a> Floats<'a> {
                 _ => {}
             }
         }
-        self.make_host(id)?;
-        self.host_ref(id).map(<[f32]>::to_vec)
+        self.host(id).map(<[f32]>::to_vec)
     }
 
     /// Ends value `id`'s life (its host buffer is kept for reuse).

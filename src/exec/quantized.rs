@@ -465,8 +465,7 @@ impl Run<'_> {
                 let shape = self.plan.shape(*output)?.to_vec();
                 let layer = &self.layers.dynamic_linears[*layer];
                 let mut y = floats.buffer(shape.iter().product());
-                floats.make_host(*input)?;
-                self.dynamic_linear(layer, floats.host_ref(*input)?, &mut y)?;
+                self.dynamic_linear(layer, floats.host(*input)?, &mut y)?;
                 floats.insert_host(*output, y, shape);
                 Ok(())
             }
@@ -484,8 +483,7 @@ impl Run<'_> {
                 let (out, around) = Around::split(arena, self.plan.slot(output)?);
                 match step {
                     Step::Quantize { input, output } => {
-                        floats.make_host(*input)?;
-                        self.quantize(floats.host_ref(*input)?, [*input, *output], out)
+                        self.quantize(floats.host(*input)?, [*input, *output], out)
                     }
                     Step::Conv2d { .. } | Step::Linear { .. } => self.layer(step, &around, out),
                     _ => self.int8(step, &around, out),
@@ -496,11 +494,8 @@ impl Run<'_> {
 
     /// A float node: an activation the kernels run on host values, or any node through Burn.
     fn float_step(&self, node: &Node, frees: &[ValueId], floats: &mut Floats) -> Result<()> {
-        let input = node.inputs.first().copied();
-        let shape = input.map(|id| self.plan.shape(id)).transpose()?;
-        if let (Some(input), Some(shape)) = (input, shape)
-            && let Some(kernel) = ActivationKernel::of(node, shape)
-        {
+        if let Some((kernel, shape)) = ActivationKernel::of(node, |id| self.plan.shape(id))? {
+            let input = node.inputs[0];
             let mut values = floats.host_to_change(input, frees.contains(&input))?;
             kernel.run(&mut values)?;
             floats.insert_host(node.outputs[0], values, shape.to_vec());
