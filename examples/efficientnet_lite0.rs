@@ -53,16 +53,19 @@ type Error = Box<dyn std::error::Error>;
 const MAX_ABS_VS_GOLDEN: f32 = 1e-3;
 const MIN_VIEWS: usize = 200;
 const MIN_AGREEMENT: f64 = 0.98;
-/// Issue 11's bars for the chosen configuration, reported (not yet met on every machine; see
-/// the README): agreement over the views and speed against all int8.
+/// Issue 11's bars for the chosen configuration, reported rather than failed on (the margin is
+/// one view of 480 and a timing on a shared machine; see the README): agreement over the views
+/// and speed against all int8.
 const TARGET_AGREEMENT: f64 = 0.985;
 const MAX_SLOWDOWN: f64 = 1.3;
 
-/// The precision search's budget, on the calibration views.
-const BUDGET: Budget = Budget::Cosine(0.9975);
+/// The precision search's budget, on the calibration views: an output cosine of 0.9985 is
+/// about 25 dB SQNR of the logits. Looser budgets stop at 23-24 dB, where which of the 480
+/// views' near-ties flip is noise (see the README).
+const BUDGET: Budget = Budget::Cosine(0.9985);
 
 /// Timing rounds per model (interleaved; the median is quoted).
-const TIMING_ROUNDS: usize = 5;
+const TIMING_ROUNDS: usize = 11;
 
 /// torchvision's normalisation, undone to get the golden images' pixels back.
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
