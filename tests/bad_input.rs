@@ -494,6 +494,32 @@ fn cases(f: &Fixture) -> Vec<Case<'_>> {
             }),
         ),
         (
+            "16-bit values through an 8-bit-only step",
+            "BadFile",
+            "not 8-bit",
+            Box::new(move || {
+                // The float output quantized to 16 bits, clamped, dequantized: consistent
+                // domains and shapes, but the executor clamps only `u8` values.
+                f.crafted(|p| {
+                    let output = p["outputs"][0].as_u64().unwrap();
+                    let info = p["values"][output as usize].clone();
+                    let n = p["values"].as_array().unwrap().len() as u64;
+                    for _ in 0..3 {
+                        p["values"].as_array_mut().unwrap().push(info.clone());
+                    }
+                    let wide = json!({"Int16": {"scale": 0.01, "zero_point": 100}});
+                    let domains = p["domains"].as_array_mut().unwrap();
+                    domains.extend([wide.clone(), wide, json!("Float")]);
+                    p["steps"].as_array_mut().unwrap().extend([
+                        json!({"Quantize": {"input": output, "output": n}}),
+                        json!({"Clamp": {"input": n, "output": n + 1, "min": 0, "max": 255}}),
+                        json!({"Dequantize": {"input": n + 1, "output": n + 2}}),
+                    ]);
+                    p["outputs"] = json!([n + 2]);
+                })
+            }),
+        ),
+        (
             "step using a missing layer",
             "BadFile",
             "layer 4000",

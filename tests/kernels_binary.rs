@@ -1,4 +1,4 @@
-//! Broadcasting add/sub/mul, constant padding, table lookups and tables fused into conv/linear
+//! Broadcasting add/sub/mul (add/sub also with 16-bit inputs or output), constant padding, table lookups and tables fused into conv/linear
 //! epilogues: every available path at 1 and 2 threads against plain scalar references written
 //! here from the documented formulas; against float within one output step; bad inputs are
 //! errors.
@@ -7,7 +7,8 @@ mod kernels_common;
 
 use burn_quantize::kernels::{
     Conv2dGeometry, PackedConv2d, PackedLinear, QBinaryOp, QParams, QTensorRef, Requant, Table,
-    lookup, lookup_in_place, qadd, qbinary, qconv2d, qlinear, qpad_nhwc,
+    WideInput, WideOutput, WideQParams, WideTensorRef, lookup, lookup_in_place, qadd, qbinary,
+    qbinary_wide, qconv2d, qlinear, qpad_nhwc,
 };
 use kernels_common::{Rng, check_all_paths, geometry};
 use proptest::prelude::*;
@@ -86,12 +87,12 @@ fn broadcast_index(flat: usize, out: &[usize], shape: &[usize]) -> usize {
 }
 
 /// A whole broadcast op by the reference `f`.
-fn broadcast_ref(
-    (a, a_shape): (&[u8], &[usize]),
-    (b, b_shape): (&[u8], &[usize]),
+fn broadcast_ref<A: Copy, B: Copy, O>(
+    (a, a_shape): (&[A], &[usize]),
+    (b, b_shape): (&[B], &[usize]),
     out: &[usize],
-    f: impl Fn(u8, u8) -> u8,
-) -> Vec<u8> {
+    f: impl Fn(A, B) -> O,
+) -> Vec<O> {
     let n: usize = out.iter().product();
     (0..n)
         .map(|i| {
@@ -300,6 +301,202 @@ fn bad_binary_inputs_are_errors_not_panics() {
         }
     }
     assert!(qadd(&data, qp, &data[..1], qp, qp, false, &mut [0; 12]).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Add and sub with 16-bit values
+// ---------------------------------------------------------------------------------------------
+
+/// One side of a wide add: its values as `u32`, its shape, quantization and width.
+#[derive(Clone, Debug)]
+struct Side {
+    values: Vec<u32>,
+    shape: Vec<usize>,
+    qp: WideQParams,
+    wide: bool,
+}
+
+impl Side {
+    fn max(&self) -> u32 {
+        if self.wide { 65535 } else { 255 }
+    }
+}
+
+/// The add/sub formula at any widths (as [`add_sub_ref`], clamped to `0..=max`).
+fn add_sub_wide_ref(
+    op: QBinaryOp,
+    a: u32,
+    b: u32,
+    qps: [WideQParams; 3],
+    max: u32,
+    relu: bool,
+) -> u32 {
+    let [qa, qb, qy] = qps;
+    let dq = |q: u32, p: WideQParams| {
+        p.scale
+            .mul_add(q as f32, p.scale * -f32::from(p.zero_point))
+    };
+    let c = match op {
+        QBinaryOp::Add => dq(a, qa) + dq(b, qb),
+        QBinaryOp::Sub => dq(a, qa) - dq(b, qb),
+        QBinaryOp::Mul => unreachable!("not an add or sub"),
+    };
+    let c = if relu { c.max(0.0) } else { c };
+    let q = (c * (1.0 / qy.scale)).round_ties_even() + f32::from(qy.zero_point);
+    q.clamp(0.0, max as f32) as u32
+}
+
+/// [`qbinary_wide`] on the sides, each at its width.
+fn run_wide<A, B, O>(op: QBinaryOp, [a, b, out]: [&Side; 3], relu: bool) -> Vec<u32>
+where
+    A: WideInput + TryFrom<u32>,
+    B: WideInput + TryFrom<u32>,
+    O: WideOutput + Into<u32>,
+{
+    let typed = |v: &[u32]| -> Vec<A> {
+        v.iter()
+            .map(|&x| A::try_from(x).ok().expect("fits"))
+            .collect()
+    };
+    let a_data = typed(&a.values);
+    let b_data: Vec<B> = b
+        .values
+        .iter()
+        .map(|&x| B::try_from(x).ok().expect("fits"))
+        .collect();
+    let mut y = vec![O::default(); out.shape.iter().product()];
+    let ta = WideTensorRef {
+        data: &a_data,
+        shape: &a.shape,
+        qparams: a.qp,
+    };
+    let tb = WideTensorRef {
+        data: &b_data,
+        shape: &b.shape,
+        qparams: b.qp,
+    };
+    qbinary_wide(op, ta, tb, &out.shape, out.qp, relu, &mut y).expect("wide binary op");
+    y.into_iter().map(Into::into).collect()
+}
+
+/// [`run_wide`] at the sides' widths.
+fn wide_op(op: QBinaryOp, sides: [&Side; 3], relu: bool) -> Vec<u32> {
+    match (sides[0].wide, sides[1].wide, sides[2].wide) {
+        (false, false, false) => run_wide::<u8, u8, u8>(op, sides, relu),
+        (false, false, true) => run_wide::<u8, u8, u16>(op, sides, relu),
+        (false, true, false) => run_wide::<u8, u16, u8>(op, sides, relu),
+        (false, true, true) => run_wide::<u8, u16, u16>(op, sides, relu),
+        (true, false, false) => run_wide::<u16, u8, u8>(op, sides, relu),
+        (true, false, true) => run_wide::<u16, u8, u16>(op, sides, relu),
+        (true, true, false) => run_wide::<u16, u16, u8>(op, sides, relu),
+        (true, true, true) => run_wide::<u16, u16, u16>(op, sides, relu),
+    }
+}
+
+/// A side of `shape` at the given width with random values and quantization.
+fn side(rng: &mut Rng, shape: &[usize], wide: bool) -> Side {
+    let max = if wide { 65535 } else { 255 };
+    let scale = if wide {
+        rng.f32(1e-5, 2e-3)
+    } else {
+        rng.f32(1e-3, 0.5)
+    };
+    let zero_point = rng.range(0, max) as u16;
+    let n = shape.iter().product();
+    Side {
+        values: (0..n).map(|_| rng.range(0, max) as u32).collect(),
+        shape: shape.to_vec(),
+        qp: WideQParams::new(scale, zero_point),
+        wide,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn wide_add_and_sub_match_the_reference_at_every_width(
+        add in any::<bool>(), (a_shape, b_shape, out_shape) in broadcast_shapes(),
+        widths in any::<[bool; 3]>(), relu in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let op = if add { QBinaryOp::Add } else { QBinaryOp::Sub };
+        let mut rng = Rng::new(seed);
+        let [wa, wb, wy] = widths;
+        let (a, b, y) = (side(&mut rng, &a_shape, wa), side(&mut rng, &b_shape, wb), side(&mut rng, &out_shape, wy));
+        let qps = [a.qp, b.qp, y.qp];
+        let expected = broadcast_ref((&a.values, &a.shape), (&b.values, &b.shape), &out_shape, |x, z| {
+            add_sub_wide_ref(op, x, z, qps, y.max(), relu)
+        });
+        let what = format!("{op:?} {widths:?} {a_shape:?} {b_shape:?} -> {out_shape:?}, {qps:?}, relu {relu}");
+        check_all_paths(&what, &expected, || wide_op(op, [&a, &b, &y], relu));
+        // Within one output step of the op in f64.
+        let dq = |q: u32, p: WideQParams| f64::from(p.scale) * (f64::from(q) - f64::from(p.zero_point));
+        let float = broadcast_ref((&a.values, &a.shape), (&b.values, &b.shape), &out_shape, |x, z| {
+            let c = if add { dq(x, a.qp) + dq(z, b.qp) } else { dq(x, a.qp) - dq(z, b.qp) };
+            let c = if relu { c.max(0.0) } else { c };
+            (c / f64::from(y.qp.scale) + f64::from(y.qp.zero_point)).round_ties_even().clamp(0.0, f64::from(y.max())) as u32
+        });
+        for (i, (&q, &f)) in expected.iter().zip(&float).enumerate() {
+            prop_assert!(q.abs_diff(f) <= 1, "{}: element {} is {}, float gives {}", what, i, q, f);
+        }
+    }
+
+    #[test]
+    fn wide_add_on_8_bit_values_writes_qbinary_s_bytes(
+        add in any::<bool>(), (a_shape, b_shape, out_shape) in broadcast_shapes(),
+        relu in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let op = if add { QBinaryOp::Add } else { QBinaryOp::Sub };
+        let mut rng = Rng::new(seed);
+        let (a, b, y) = (side(&mut rng, &a_shape, false), side(&mut rng, &b_shape, false), side(&mut rng, &out_shape, false));
+        let narrow = |s: &Side| -> (Vec<u8>, QParams) {
+            (s.values.iter().map(|&v| v as u8).collect(), QParams::new(s.qp.scale, s.qp.zero_point as u8))
+        };
+        let ((da, qa), (db, qb), (_, qy)) = (narrow(&a), narrow(&b), narrow(&y));
+        let mut expected = vec![0u8; out_shape.iter().product()];
+        qbinary(op, QTensorRef::new(&da, &a_shape, qa), QTensorRef::new(&db, &b_shape, qb), &out_shape, qy, relu, &mut expected).expect("qbinary");
+        let got = wide_op(op, [&a, &b, &y], relu);
+        prop_assert_eq!(got, expected.iter().map(|&v| u32::from(v)).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn bad_wide_binary_inputs_are_errors_not_panics() {
+    let shape = [2usize, 3];
+    let (a, b) = ([1u16; 6], [2u8; 6]);
+    let qp = WideQParams::new(0.01, 3);
+    let run = |op: QBinaryOp, out_qp: WideQParams, out: &mut [u8], b_len: usize| {
+        let ta = WideTensorRef {
+            data: &a[..],
+            shape: &shape,
+            qparams: qp,
+        };
+        let tb = WideTensorRef {
+            data: &b[..b_len],
+            shape: &shape,
+            qparams: qp,
+        };
+        qbinary_wide(op, ta, tb, &shape, out_qp, false, out)
+    };
+    let mut out = [0u8; 6];
+    assert!(run(QBinaryOp::Add, qp, &mut out, 6).is_ok());
+    assert!(
+        run(QBinaryOp::Mul, qp, &mut out, 6).is_err(),
+        "no 16-bit mul"
+    );
+    assert!(
+        run(QBinaryOp::Add, WideQParams::new(0.01, 256), &mut out, 6).is_err(),
+        "u8 zero point 256"
+    );
+    assert!(
+        run(QBinaryOp::Add, WideQParams::new(0.0, 3), &mut out, 6).is_err(),
+        "scale 0"
+    );
+    assert!(run(QBinaryOp::Sub, qp, &mut out, 5).is_err(), "short input");
+    assert!(
+        run(QBinaryOp::Sub, qp, &mut out[..5], 6).is_err(),
+        "short output"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

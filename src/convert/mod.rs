@@ -15,7 +15,7 @@ use burn::module::{Param, ParamId};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::graph::{
-    Activation, Graph, LayerLayout, Node, Op, PadMode, ValueId, ValueInfo, ValueKind,
+    Activation, BinaryOp, Graph, LayerLayout, Node, Op, PadMode, ValueId, ValueInfo, ValueKind,
 };
 use crate::kernels::{self, ActQParams, QParams, Table, WideQParams};
 use crate::nn::{QConv2d, QLayerSpec, QLinear, QWeights};
@@ -290,6 +290,7 @@ impl Builder<'_> {
                 }
                 self.layer_step(node, op, spec, qconfig, [input, output])?
             }
+            (Int8Op::Binary(op), _) => self.binary_step(node, op, input)?,
             (Int8Op::Pad | Int8Op::Clamp, _) => {
                 self.constant_step(node, op, self.qparams(output)?, input)?
             }
@@ -412,7 +413,29 @@ impl Builder<'_> {
         }
     }
 
-    /// The step of a binary, table, cat, pooling or reshape node.
+    /// The step of a binary node (8- or 16-bit values: the executor reads each value's width).
+    fn binary_step(&mut self, node: &Node, op: BinaryOp, input: ValueId) -> Result<Step> {
+        let other = self.int8_version(node.inputs[1])?;
+        let relu = match node.activation {
+            None => false,
+            Some(Activation::Relu) => true,
+            Some(act) => {
+                return Err(Error::Unsupported(format!(
+                    "{act} fused into {} `{}`",
+                    op.name(),
+                    node.name
+                )));
+            }
+        };
+        Ok(Step::Binary {
+            op,
+            inputs: [input, other],
+            output: node.outputs[0],
+            relu,
+        })
+    }
+
+    /// The step of a table, cat, pooling or reshape node.
     fn value_step(
         &mut self,
         node: &Node,
@@ -422,26 +445,6 @@ impl Builder<'_> {
     ) -> Result<Step> {
         let output = node.outputs[0];
         Ok(match (op, &node.op) {
-            (Int8Op::Binary(op), _) => {
-                let other = self.int8_version(node.inputs[1])?;
-                let relu = match node.activation {
-                    None => false,
-                    Some(Activation::Relu) => true,
-                    Some(act) => {
-                        return Err(Error::Unsupported(format!(
-                            "{act} fused into {} `{}`",
-                            op.name(),
-                            node.name
-                        )));
-                    }
-                };
-                Step::Binary {
-                    op,
-                    inputs: [input, other],
-                    output,
-                    relu,
-                }
-            }
             (Int8Op::Table, Op::Pointwise { name, body }) => Step::Table {
                 name: name.clone(),
                 table: self.table(body, node.inputs[0], in_qp, out_qp)?,

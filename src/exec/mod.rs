@@ -10,6 +10,7 @@ mod floats;
 mod plan;
 mod quantized;
 mod reference;
+mod wide_binary;
 
 pub use float::FloatExecutor;
 pub(crate) use float::RunNode;

@@ -20,6 +20,7 @@ use rayon::prelude::*;
 use super::activation::ActivationKernel;
 use super::floats::Floats;
 use super::plan::ShapePlan;
+use super::wide_binary::{self, Held, Output};
 use super::{chunk, reference};
 use crate::graph::{BinaryOp, Node, ValueId, ValueShapes};
 use crate::kernels::{self, CatInput, QBinaryOp, QParams, QTensorRef};
@@ -648,6 +649,24 @@ impl Run<'_> {
                     BinaryOp::Mul => QBinaryOp::Mul,
                     BinaryOp::Div => return Err(Error::InvalidGraph("int8 division".into())),
                 };
+                let domain = |id: ValueId| self.program.domains[id.index()];
+                if [a, b, output].iter().any(|&&id| domain(id).bytes() == 2) {
+                    let held = |id: ValueId| -> Result<Held> {
+                        let (bytes, shape) = (self.bytes(around, id)?, self.plan.physical(id)?);
+                        let domain = domain(id);
+                        Ok(Held {
+                            bytes,
+                            shape,
+                            domain,
+                        })
+                    };
+                    let out = Output {
+                        bytes: out,
+                        shape: self.plan.physical(*output)?,
+                        domain: domain(*output),
+                    };
+                    return wide_binary::run(kind, [held(*a)?, held(*b)?], out, *relu);
+                }
                 let operand = |id: ValueId| -> Result<QTensorRef> {
                     let (bytes, shape) = (self.bytes(around, id)?, self.plan.physical(id)?);
                     Ok(QTensorRef::new(bytes, shape, self.qparams(id)?))

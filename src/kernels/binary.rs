@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::elementwise::{CHUNK, tier};
-use super::params::{QParams, expect_len, requantize_parts, round_to_u8};
+use super::params::{QParams, expect_len, requantize_parts, round_clamped};
 use super::simd::multiversion;
 use crate::{Error, Result};
 
@@ -144,7 +144,7 @@ pub fn qadd(
 }
 
 /// The product of `shape`, or `Err` if it overflows `usize`.
-fn elements(shape: &[usize]) -> Result<usize> {
+pub(crate) fn elements(shape: &[usize]) -> Result<usize> {
     shape
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d))
@@ -154,7 +154,7 @@ fn elements(shape: &[usize]) -> Result<usize> {
 /// A broadcast collapsed to rows: the output is `rows × inner` (row-major), row `r`'s inputs
 /// start at the offsets [`Rows`] tracks.
 #[derive(Debug)]
-struct Layout {
+pub(crate) struct Layout {
     /// Length of the innermost collapsed dimension (at least 1).
     inner: usize,
     /// Whether `a` / `b` advance along it (stride 1) or repeat one value (stride 0).
@@ -166,7 +166,7 @@ struct Layout {
 
 impl Layout {
     /// Checks the ranks and broadcast rules (`what` names the op in errors) and collapses.
-    fn new(what: &str, a: &[usize], b: &[usize], out: &[usize]) -> Result<Self> {
+    pub(crate) fn new(what: &str, a: &[usize], b: &[usize], out: &[usize]) -> Result<Self> {
         let fits = |x: &[usize]| {
             x.len() == out.len() && x.iter().zip(out).all(|(&d, &o)| d == o || d == 1)
         };
@@ -256,7 +256,8 @@ impl<'l> Rows<'l> {
     }
 }
 
-/// The constants of one quantized add or sub (PyTorch's `qadd_kernel`).
+/// The constants of one quantized add or sub (PyTorch's `qadd_kernel`), for an output of
+/// `0..=max` (255 for `u8`, 65535 for the 16-bit add of `kernels::qbinary_wide`).
 pub(crate) struct AddParams {
     a_scale: f32,
     a_offset: f32,
@@ -272,37 +273,52 @@ pub(crate) struct AddParams {
 impl AddParams {
     /// `offset = s·(−f32(z))` per input, `inv_out = 1/s_y`, clamps `[−z_y, 255 − z_y]`.
     pub(crate) fn new(a: QParams, b: QParams, out: QParams, relu: bool) -> Self {
-        let zero_point = i32::from(out.zero_point);
+        let scales = [a.scale, b.scale, out.scale];
+        let zero_points = [a.zero_point, b.zero_point, out.zero_point].map(u16::from);
+        Self::ranged(scales, zero_points, 255, relu)
+    }
+
+    /// The same for inputs and an output of any width: scales and zero points of `a`, `b` and
+    /// the output, whose values span `0..=max`.
+    pub(crate) fn ranged(scales: [f32; 3], zero_points: [u16; 3], max: u16, relu: bool) -> Self {
+        let [za, zb, zy] = zero_points.map(f32::from);
+        let zero_point = i32::from(zero_points[2]);
         AddParams {
-            a_scale: a.scale,
-            a_offset: a.scale * -f32::from(a.zero_point),
-            b_scale: b.scale,
-            b_offset: b.scale * -f32::from(b.zero_point),
-            inv_out: 1.0 / out.scale,
+            a_scale: scales[0],
+            a_offset: scales[0] * -za,
+            b_scale: scales[1],
+            b_offset: scales[1] * -zb,
+            inv_out: 1.0 / scales[2],
             zero_point,
-            lo: -zero_point as f32,
-            hi: (255 - zero_point) as f32,
+            lo: -zy,
+            hi: (i32::from(max) - zero_point) as f32,
             relu,
         }
     }
 
     /// `a' = fma(s_a, f32(q), s_a·(−f32(z_a)))`.
     #[inline(always)]
-    fn a(&self, q: u8) -> f32 {
-        self.a_scale.mul_add(f32::from(q), self.a_offset)
+    pub(crate) fn a(&self, q: f32) -> f32 {
+        self.a_scale.mul_add(q, self.a_offset)
     }
 
     /// `b' = fma(s_b, f32(q), s_b·(−f32(z_b)))`.
     #[inline(always)]
-    fn b(&self, q: u8) -> f32 {
-        self.b_scale.mul_add(f32::from(q), self.b_offset)
+    pub(crate) fn b(&self, q: f32) -> f32 {
+        self.b_scale.mul_add(q, self.b_offset)
     }
 
-    /// `c` (ReLU'd if fused) → `round_to_u8(c·(1/s_y), z_y, −z_y, 255 − z_y)`.
+    /// `c` (ReLU'd if fused) → `clamp(c·(1/s_y), −z_y, max − z_y)` rounded half to even, `+ z_y`.
+    #[inline(always)]
+    pub(crate) fn quantized(&self, c: f32) -> i32 {
+        let c = if self.relu { c.max(0.0) } else { c };
+        round_clamped(c * self.inv_out, self.zero_point, self.lo, self.hi)
+    }
+
+    /// [`quantized`](Self::quantized) for a `u8` output.
     #[inline(always)]
     fn output(&self, c: f32) -> u8 {
-        let c = if self.relu { c.max(0.0) } else { c };
-        round_to_u8(c * self.inv_out, self.zero_point, self.lo, self.hi)
+        self.quantized(c) as u8
     }
 }
 
@@ -349,32 +365,58 @@ enum Arith {
 multiversion! {
     /// Output elements `start..start + out.len()` (flat indices), row segment by row segment.
     fn binary_chunk(arith: &Arith, layout: &Layout, a: &[u8], b: &[u8], start: usize, out: &mut [u8]) {
-        if out.is_empty() {
-            return;
-        }
-        let inner = layout.inner;
-        let (mut rows, mut col, mut done) = (Rows::at(layout, start / inner), start % inner, 0);
-        while done < out.len() {
-            let len = (inner - col).min(out.len() - done);
-            let (a0, b0) = (rows.a, rows.b);
-            let a = if layout.inner_a { &a[a0 + col..][..len] } else { &a[a0..][..1] };
-            let b = if layout.inner_b { &b[b0 + col..][..len] } else { &b[b0..][..1] };
-            let out = &mut out[done..][..len];
-            match arith {
-                Arith::Add(p) => segment(a, b, out, |x, y| p.output(p.a(x) + p.b(y))),
-                Arith::Sub(p) => segment(a, b, out, |x, y| p.output(p.a(x) - p.b(y))),
-                Arith::Mul(p) => segment(a, b, out, |x, y| p.apply(x, y)),
-            }
-            (done, col) = (done + len, 0);
-            rows.advance();
-        }
+        for_each_segment(layout, a, b, start, out, |a, b, out| match arith {
+            Arith::Add(p) => segment(a, b, out, |x, y| p.output(p.a(x.into()) + p.b(y.into()))),
+            Arith::Sub(p) => segment(a, b, out, |x, y| p.output(p.a(x.into()) - p.b(y.into()))),
+            Arith::Mul(p) => segment(a, b, out, |x, y| p.apply(x, y)),
+        });
+    }
+}
+
+/// Calls `f(a, b, out)` for each row segment of output elements `start..start + out.len()`
+/// (flat indices) with the input runs it reads: an input broadcast along the row is one value.
+#[inline(always)]
+pub(crate) fn for_each_segment<A, B, O>(
+    layout: &Layout,
+    a: &[A],
+    b: &[B],
+    start: usize,
+    out: &mut [O],
+    mut f: impl FnMut(&[A], &[B], &mut [O]),
+) {
+    if out.is_empty() {
+        return;
+    }
+    let inner = layout.inner;
+    let (mut rows, mut col, mut done) = (Rows::at(layout, start / inner), start % inner, 0);
+    while done < out.len() {
+        let len = (inner - col).min(out.len() - done);
+        let (a0, b0) = (rows.a, rows.b);
+        let a = if layout.inner_a {
+            &a[a0 + col..][..len]
+        } else {
+            &a[a0..][..1]
+        };
+        let b = if layout.inner_b {
+            &b[b0 + col..][..len]
+        } else {
+            &b[b0..][..1]
+        };
+        f(a, b, &mut out[done..][..len]);
+        (done, col) = (done + len, 0);
+        rows.advance();
     }
 }
 
 /// `out[i] = f(a[i], b[i])` where an input of length 1 (when `out` is longer) is broadcast: one
 /// loop per stride pattern, so that each vectorizes with the broadcast value hoisted.
 #[inline(always)]
-fn segment(a: &[u8], b: &[u8], out: &mut [u8], f: impl Fn(u8, u8) -> u8) {
+pub(crate) fn segment<A: Copy, B: Copy, O: Copy>(
+    a: &[A],
+    b: &[B],
+    out: &mut [O],
+    f: impl Fn(A, B) -> O,
+) {
     match (a, b) {
         (&[x], &[y]) => out.fill(f(x, y)),
         (&[x], b) => {

@@ -84,6 +84,6 @@ pub use pool::{
 pub use table::{Table, lookup, lookup_in_place};
 pub use wide::{
     ActQParams, PackedWide, PackedWideConv2d, RequantWide, Typed, WideInput, WideOutput,
-    WideQParams, as_u16, as_u16_mut, dequantize_wide, qconv2d_wide, qlinear_wide, quantize_wide,
-    requantize_wide,
+    WideQParams, WideTensorRef, as_u16, as_u16_mut, dequantize_wide, qbinary_wide, qconv2d_wide,
+    qlinear_wide, quantize_wide, requantize_wide,
 };

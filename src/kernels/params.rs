@@ -152,9 +152,16 @@ pub(crate) fn requantize_parts(acc: i32, multiplier: f32, zero_point: i32, lo: f
 /// [`round_half_even`], so that loops over it vectorize.
 #[inline(always)]
 pub(crate) fn round_to_u8(v: f32, zero_point: i32, lo: f32, hi: f32) -> u8 {
+    round_clamped(v, zero_point, lo, hi) as u8
+}
+
+/// [`round_to_u8`] as an `i32`, for outputs of other widths: `lo`/`hi` bound the result to
+/// `zero_point + [lo, hi]` (within ±2^22, where the rounding is exact).
+#[inline(always)]
+pub(crate) fn round_clamped(v: f32, zero_point: i32, lo: f32, hi: f32) -> i32 {
     let v = if v > lo { v } else { lo };
     let v = if v < hi { v } else { hi };
-    (round_half_even(v) + zero_point) as u8
+    round_half_even(v) + zero_point
 }
 
 /// Quantizes one value with a precomputed `inv_scale = 1/scale` and `zero = z as f32`:

@@ -117,8 +117,8 @@ impl Plan {
 
 impl Plan {
     /// Gives 8 bits to every value observed at 16 bits that an op without 16-bit kernels makes
-    /// or reads: 16-bit values are made by conv/linear layers or quantized from float, and read
-    /// by conv/linear layers or dequantized.
+    /// or reads: 16-bit values are made by conv/linear layers and adds/subs or quantized from
+    /// float, and read by conv/linear layers (as their data input), adds/subs or dequantized.
     fn narrow_16bit(&mut self, graph: &Graph) {
         for k in 0..self.observed.len() {
             let value = self.observed[k].value;
@@ -140,8 +140,14 @@ impl Plan {
                 Placement::Int8(Int8Op::Conv2d | Int8Op::Linear)
             )
         };
+        let add = |n: usize| {
+            matches!(
+                self.placement[n],
+                Placement::Int8(Int8Op::Binary(BinaryOp::Add | BinaryOp::Sub))
+            )
+        };
         let int8 = |n: usize| matches!(self.placement[n], Placement::Int8(_));
-        if let Some(p) = graph.producer(value).filter(|&p| int8(p) && !layer(p)) {
+        if let Some(p) = (graph.producer(value)).filter(|&p| int8(p) && !layer(p) && !add(p)) {
             return Some(format!(
                 "it is made by `{}` ({}), which has no 16-bit kernel",
                 graph.nodes[p].name,
@@ -151,7 +157,7 @@ impl Plan {
         let reader = graph
             .consumers(value)
             .into_iter()
-            .find(|&c| int8(c) && !(layer(c) && graph.nodes[c].inputs[0] == value));
+            .find(|&c| int8(c) && !add(c) && !(layer(c) && graph.nodes[c].inputs[0] == value));
         reader.map(|c| {
             format!(
                 "it is read by `{}` ({}), which has no 16-bit kernel",

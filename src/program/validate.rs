@@ -4,7 +4,7 @@
 //! What it cannot see without the tensors (their shapes) is checked by `record`; what needs a
 //! run (shapes along the steps) by the executor's dry run at the recorded shapes.
 
-use crate::graph::{Activation, BatchMode, MAX_SIZE, ValueId, check_sizes};
+use crate::graph::{Activation, BatchMode, BinaryOp, MAX_SIZE, ValueId, check_sizes};
 use crate::kernels::{ActQParams, Conv2dGeometry, MAX_DYNAMIC_IN_FEATURES};
 use crate::nn::QLayerSpec;
 use crate::{Error, Result};
@@ -164,11 +164,15 @@ impl QuantizedProgram {
             )),
             None => Ok(()),
         };
-        let same_bits = || match ins
+        // The executor runs these steps on `u8` values only.
+        let all_8bit = || match ins
             .iter()
-            .find(|&&id| self.domain(id).bytes() != self.domain(outs[0]).bytes())
+            .chain(outs)
+            .find(|&&id| !matches!(self.domain(id), Domain::Int8(_)))
         {
-            Some(id) => Err(format!("{id} and {} differ in bits", outs[0])),
+            Some(id) => Err(format!(
+                "{id} is not 8-bit; the step has only 8-bit kernels"
+            )),
             None => Ok(()),
         };
         let domain_is = |id: ValueId, expected: Domain| match self.domain(id) {
@@ -213,31 +217,25 @@ impl QuantizedProgram {
             }
             Step::Pad { padding, .. } => {
                 check_sizes("padding", padding, 0)?;
-                all_quantized().and_then(|()| same_bits())
+                all_8bit()
             }
             Step::MaxPool2d { pool, .. } => {
                 let window = [pool.kernel, pool.stride, pool.dilation].concat();
                 check_sizes("pool window", &window, 1)?;
-                all_quantized().and_then(|()| same_bits())
+                all_8bit()
             }
             Step::AvgPool2d { pool, .. } => {
                 check_sizes("pool window", &[pool.kernel, pool.stride].concat(), 1)?;
-                all_quantized().and_then(|()| same_bits())
+                all_8bit()
             }
             Step::Clamp { min, max, .. } if min > max => Err(format!("clamp [{min}, {max}]")),
             Step::Cat { inputs, .. } if inputs.is_empty() => Err("cat of nothing".into()),
-            Step::Clamp { .. } | Step::Reshape { .. } | Step::GlobalAvgPool { .. } => {
-                all_quantized().and_then(|()| same_bits())
-            }
-            Step::Table { input, output, .. } => {
-                match (self.domain(*input), self.domain(*output)) {
-                    (Domain::Int8(_), Domain::Int8(_)) => Ok(()),
-                    _ => Err(format!(
-                        "a table maps 8-bit values; {input} -> {output} are not"
-                    )),
-                }
-            }
-            Step::Binary { .. } | Step::Cat { .. } => all_quantized(),
+            Step::Clamp { .. } | Step::Reshape { .. } | Step::GlobalAvgPool { .. } => all_8bit(),
+            Step::Binary {
+                op: BinaryOp::Add | BinaryOp::Sub,
+                ..
+            } => all_quantized(),
+            Step::Table { .. } | Step::Binary { .. } | Step::Cat { .. } => all_8bit(),
         }
     }
 

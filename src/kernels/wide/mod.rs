@@ -17,11 +17,14 @@
 //!   `(OFFSET − z_x)·Σ q_w + bias_i32` is added per column.
 //! * The accumulator becomes the output through [`requantize_wide`], one scalar definition in
 //!   `f64` that all paths share.
+//! * Add and sub ([`qbinary_wide`]): the `u8` add's `f32` arithmetic with each value read at
+//!   its width and the result clamped to the output's.
 //! * Depthwise convolutions sum `(q_x − z_x)·q_w` directly in `i32` while
 //!   `taps·65535·max|q_w| < 2^31` (up to 255 taps of `i8` weights), else as a grouped GEMM.
 
 mod avx2;
 mod avx512;
+mod binary;
 mod conv;
 mod elementwise;
 mod gemm;
@@ -29,6 +32,7 @@ mod pack;
 #[cfg(test)]
 mod tests;
 
+pub use binary::{WideTensorRef, qbinary_wide};
 pub use conv::{PackedWideConv2d, qconv2d_wide};
 pub use elementwise::{as_u16, as_u16_mut, dequantize_wide, quantize_wide};
 pub use gemm::qlinear_wide;
