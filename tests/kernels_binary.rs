@@ -346,6 +346,13 @@ fn add_sub_wide_ref(
     q.clamp(0.0, max as f32) as u32
 }
 
+/// `values` as elements of type `T` (each fits it).
+fn typed<T: TryFrom<u32>>(values: &[u32]) -> Vec<T> {
+    (values.iter())
+        .map(|&x| T::try_from(x).ok().expect("fits"))
+        .collect()
+}
+
 /// [`qbinary_wide`] on the sides, each at its width.
 fn run_wide<A, B, O>(op: QBinaryOp, [a, b, out]: [&Side; 3], relu: bool) -> Vec<u32>
 where
@@ -353,17 +360,7 @@ where
     B: WideInput + TryFrom<u32>,
     O: WideOutput + Into<u32>,
 {
-    let typed = |v: &[u32]| -> Vec<A> {
-        v.iter()
-            .map(|&x| A::try_from(x).ok().expect("fits"))
-            .collect()
-    };
-    let a_data = typed(&a.values);
-    let b_data: Vec<B> = b
-        .values
-        .iter()
-        .map(|&x| B::try_from(x).ok().expect("fits"))
-        .collect();
+    let (a_data, b_data): (Vec<A>, Vec<B>) = (typed(&a.values), typed(&b.values));
     let mut y = vec![O::default(); out.shape.iter().product()];
     let ta = WideTensorRef {
         data: &a_data,

@@ -75,5 +75,5 @@ fn into<A: WideInput, B: WideInput>(
 fn qparams(domain: Domain) -> Result<WideQParams> {
     let qp = (domain.act_qparams())
         .ok_or_else(|| Error::InvalidGraph("a float value in a quantized add".into()))?;
-    Ok(WideQParams::new(qp.scale(), qp.zero_point()))
+    Ok(qp.widened())
 }
